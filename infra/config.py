@@ -1,0 +1,111 @@
+"""Settings: every deployment choice comes from the environment or a TOML file, never from code.
+
+Precedence: environment variables (``CHARGEMESH_*``) > TOML file > defaults. The TOML file is
+``$CHARGEMESH_CONFIG`` if set, else ``<state_dir>/chargemesh.toml`` if it exists.
+
+Pointing at an external Kafka and ClickHouse is a matter of setting
+``CHARGEMESH_KAFKA_BOOTSTRAP`` and ``CHARGEMESH_CLICKHOUSE_HOST``; ``chargemesh up`` then starts
+nothing embedded for that component.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "CHARGEMESH_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    state_dir: Path = Path(".chargemesh")
+    # Kafka. Empty bootstrap = use the embedded broker on ``kafka_port``.
+    kafka_bootstrap: str = ""
+    kafka_port: int = 19092
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    partitions: int = 4
+    replication_factor: int = 1
+    # Consumer-group join costs about half the session timeout (STACK.md); keep it low embedded.
+    session_timeout_ms: int = 6000
+    # ClickHouse. Empty host = use the embedded server on the ports below.
+    clickhouse_host: str = ""
+    clickhouse_port: int = 19000
+    clickhouse_http_port: int = 18123
+    clickhouse_database: str = "chargemesh"
+    clickhouse_user: str = "default"
+    clickhouse_password: str = ""
+    # Optional Confluent Schema Registry framing (empty = Avro single-object encoding).
+    schema_registry_url: str = ""
+    # Faust worker web port base (each worker needs its own port).
+    worker_web_port: int = 16066
+
+    @property
+    def kafka_embedded(self) -> bool:
+        return not self.kafka_bootstrap
+
+    @property
+    def clickhouse_embedded(self) -> bool:
+        return not self.clickhouse_host
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def clickhouse_address(self) -> tuple[str, int]:
+        return (self.clickhouse_host or "127.0.0.1", self.clickhouse_port)
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by producers, consumers and the admin client."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username
+            conf["sasl.password"] = self.kafka_sasl_password
+        return conf
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    if kind == "int":
+        return int(raw)
+    if kind == "Path":
+        return Path(str(raw))
+    return str(raw)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_file: Path | None = None
+) -> Settings:
+    """Build settings from defaults, then the TOML file, then the environment."""
+    env = os.environ if environ is None else environ
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    state_dir = Path(env.get(ENV_PREFIX + "STATE_DIR", ".chargemesh"))
+    path = config_file or (
+        Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None
+    )
+    if path is None and (state_dir / "chargemesh.toml").is_file():
+        path = state_dir / "chargemesh.toml"
+    if path is not None:
+        with open(path, "rb") as handle:
+            for key, raw in tomllib.load(handle).items():
+                if key in fields:
+                    values[key] = _coerce(fields[key], raw)
+    for name, field in fields.items():
+        raw_env = env.get(ENV_PREFIX + name.upper())
+        if raw_env is not None:
+            values[name] = _coerce(field, raw_env)
+    return Settings(**values)

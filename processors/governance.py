@@ -1,0 +1,393 @@
+"""Governance trust (M2, M3): authorities, delegated issuers, credentials, revocations.
+
+Pure and synchronous: no Kafka, no clock. The store is built by applying the governance topic in
+order; every worker holds its own copy. Trust anchors (root authorities and their keys) are
+configured per deployment; everything else must chain up to one of them.
+
+Chain: credential -> issuer (IssuerDelegated) -> authority -> ... -> trust anchor. A revocation of
+any link revokes everything below it from its effective time (P4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from chargemesh.processors.policy import POLICIES, field_at
+from chargemesh.processors.reasons import Reason, Rejection
+from chargemesh.streams.envelope import SignedEvent
+
+CHAIN_DEPTH_MAX = 8
+FOREVER_MS = 2**62
+
+
+@dataclasses.dataclass(frozen=True)
+class TrustAnchor:
+    authority_id: str
+    public_key: bytes
+
+    @classmethod
+    def load_file(cls, path: Path) -> list["TrustAnchor"]:
+        """JSON: [{"authority_id": ..., "public_key_hex": ...}, ...]."""
+        data = json.loads(path.read_text())
+        return [cls(item["authority_id"], bytes.fromhex(item["public_key_hex"])) for item in data]
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """Anything that signs: an authority, an issuer or a participant credential."""
+
+    principal_id: str
+    kind: str  # "authority" | "issuer" | "credential"
+    public_key: bytes
+    roles: frozenset[str]
+    jurisdictions: frozenset[str]
+    valid_from_ms: int
+    valid_until_ms: int
+    parent_id: str  # who vouches for it ("" for an anchor or an unrecognised authority)
+    subject_id: str
+    recognised: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Revocation:
+    principal_id: str
+    effective_at_ms: int
+    reason_code: str
+    event_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainOk:
+    principal: Principal
+    chain: tuple[str, ...]  # principal first, trust anchor last
+    root_authority_id: str
+
+
+class TrustStore:
+    """The governance state at some offset of the governance topic."""
+
+    def __init__(self, anchors: list[TrustAnchor]) -> None:
+        self.anchors = {a.authority_id: a.public_key for a in anchors}
+        self.principals: dict[str, Principal] = {}
+        self.revocations: dict[str, Revocation] = {}
+        self.reciprocity: dict[frozenset[str], list[tuple[int, int, str]]] = {}
+        self.tariffs: dict[str, dict[str, Any]] = {}
+        self.rules: dict[str, dict[str, Any]] = {}
+        self.applied_event_ids: set[str] = set()
+
+    # ---- queries -------------------------------------------------------------------------
+
+    def resolve(self, principal_id: str, at_ms: int) -> ChainOk | Rejection:
+        """Walk the chain of ``principal_id`` up to a trust anchor, as it stood at ``at_ms``."""
+        first = self.principals.get(principal_id)
+        if first is None:
+            return Rejection.of(Reason.UNKNOWN_CREDENTIAL, f"{principal_id} is not known")
+        chain: list[str] = []
+        current: Principal | None = first
+        for _ in range(CHAIN_DEPTH_MAX):
+            if current is None:
+                return Rejection.of(Reason.UNKNOWN_CREDENTIAL, f"{chain[-1]}'s parent is unknown")
+            chain.append(current.principal_id)
+            problem = self._link_problem(current, at_ms)
+            if problem is not None:
+                return problem
+            if current.kind == "authority" and current.principal_id in self.anchors:
+                return ChainOk(first, tuple(chain), current.principal_id)
+            if current.kind == "authority" and not current.recognised:
+                return Rejection.of(
+                    Reason.UNRECOGNISED_AUTHORITY,
+                    f"authority {current.principal_id} is not recognised by this deployment",
+                )
+            current = self.principals.get(current.parent_id)
+        return Rejection.of(Reason.UNRECOGNISED_AUTHORITY, f"chain longer than {CHAIN_DEPTH_MAX}")
+
+    def _link_problem(self, link: Principal, at_ms: int) -> Rejection | None:
+        revoked = self.revocations.get(link.principal_id)
+        if revoked is not None and revoked.effective_at_ms <= at_ms:
+            return Rejection.of(
+                Reason.CREDENTIAL_REVOKED,
+                f"{link.principal_id} revoked from {revoked.effective_at_ms} ({revoked.reason_code})",
+            )
+        if at_ms < link.valid_from_ms:
+            return Rejection.of(
+                Reason.CREDENTIAL_NOT_YET_VALID, f"{link.principal_id} valid from {link.valid_from_ms}"
+            )
+        if at_ms >= link.valid_until_ms:
+            return Rejection.of(
+                Reason.CREDENTIAL_EXPIRED, f"{link.principal_id} expired at {link.valid_until_ms}"
+            )
+        return None
+
+    def verify_signer(
+        self, event: SignedEvent, signer_id: str, at_ms: int
+    ) -> ChainOk | Rejection:
+        """A signature by ``signer_id`` is present, valid, and its chain holds at ``at_ms``."""
+        principal = self.principals.get(signer_id)
+        if principal is None:
+            return Rejection.of(Reason.UNKNOWN_CREDENTIAL, f"signer {signer_id} is not known")
+        if event.signature_by(signer_id) is None:
+            return Rejection.of(Reason.MISSING_SIGNATURE, f"no signature by {signer_id}")
+        if not event.verify_by(signer_id, principal.public_key):
+            return Rejection.of(Reason.BAD_SIGNATURE, f"signature by {signer_id} does not verify")
+        return self.resolve(signer_id, at_ms)
+
+    def check_event(self, event: SignedEvent, payload: dict[str, Any]) -> ChainOk | Rejection:
+        """Apply the event type's policy: author signature, chain, role, subject, co-signers."""
+        policy = POLICIES.get(event.event_type)
+        if policy is None:
+            return Rejection.of(Reason.ROLE_NOT_PERMITTED, f"{event.event_type} is not publishable")
+        at_ms = event.body.occurred_at_ms
+        author = self.verify_signer(event, event.body.author_credential_id, at_ms)
+        if isinstance(author, Rejection):
+            return author
+        if not (author.principal.roles & policy.author_roles):
+            return Rejection.of(
+                Reason.ROLE_NOT_PERMITTED,
+                f"{author.principal.principal_id} has roles {sorted(author.principal.roles)}; "
+                f"{event.event_type} needs one of {sorted(policy.author_roles)}",
+            )
+        if policy.key_path and field_at(payload, policy.key_path) != event.body.subject_key:
+            return Rejection.of(
+                Reason.KEY_MISMATCH, f"subject_key is not the payload's {policy.key_path}"
+            )
+        if policy.author_subject_path:
+            claimed = field_at(payload, policy.author_subject_path)
+            if claimed != author.principal.subject_id:
+                return Rejection.of(
+                    Reason.SUBJECT_MISMATCH,
+                    f"{policy.author_subject_path}={claimed!r} is not the author's subject "
+                    f"{author.principal.subject_id!r}",
+                )
+        for path in policy.cosigner_paths:
+            cosigner = field_at(payload, path)
+            if not isinstance(cosigner, str):
+                return Rejection.of(Reason.MISSING_SIGNATURE, f"no co-signer named at {path}")
+            verdict = self.verify_signer(event, cosigner, at_ms)
+            if isinstance(verdict, Rejection):
+                return verdict
+        return author
+
+    def has_reciprocity(self, authority_a: str, authority_b: str, at_ms: int) -> bool:
+        if authority_a == authority_b:
+            return True
+        for start, end, _ in self.reciprocity.get(frozenset({authority_a, authority_b}), []):
+            if start <= at_ms < end:
+                return True
+        return False
+
+    def tariff(self, tariff_id: str) -> dict[str, Any] | None:
+        return self.tariffs.get(tariff_id)
+
+    def descendants(self, principal_id: str) -> list[str]:
+        """Everything that chains through ``principal_id`` (itself first); for P4 cascades."""
+        children: dict[str, list[str]] = {}
+        for p in self.principals.values():
+            children.setdefault(p.parent_id, []).append(p.principal_id)
+        out, stack = [], [principal_id]
+        while stack and len(out) <= len(self.principals):
+            current = stack.pop()
+            out.append(current)
+            stack.extend(children.get(current, []))
+        return out
+
+    # ---- applying governance events ---------------------------------------------------------
+
+    def apply(self, event: SignedEvent, payload: dict[str, Any]) -> Rejection | None:
+        """Check a governance event and, if admissible, fold it into the store."""
+        if event.event_id in self.applied_event_ids:
+            return Rejection.of(Reason.REPLAYED_EVENT_ID, f"{event.event_id} already applied")
+        handler = _HANDLERS.get(event.event_type)
+        if handler is None:
+            return Rejection.of(Reason.WRONG_TOPIC, f"{event.event_type} is not a governance event")
+        problem = handler(self, event, payload)
+        if problem is None:
+            self.applied_event_ids.add(event.event_id)
+        return problem
+
+    def _check_author(
+        self, event: SignedEvent, payload: dict[str, Any], expected_author: str | None = None
+    ) -> ChainOk | Rejection:
+        if expected_author is not None and event.body.author_credential_id != expected_author:
+            return Rejection.of(
+                Reason.SUBJECT_MISMATCH,
+                f"must be signed by {expected_author}, not {event.body.author_credential_id}",
+            )
+        return self.check_event(event, payload)
+
+
+def _declare_authority(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Rejection | None:
+    authority_id = p["authority_id"]
+    if event.body.author_credential_id != authority_id:
+        return Rejection.of(Reason.SUBJECT_MISMATCH, "an authority declares itself")
+    if not event.verify_by(authority_id, p["public_key"]):
+        return Rejection.of(Reason.BAD_SIGNATURE, f"self-signature of {authority_id} fails")
+    existing = store.principals.get(authority_id)
+    if existing is not None and existing.public_key != p["public_key"]:
+        return Rejection.of(Reason.DUPLICATE_IDENTIFIER, f"{authority_id} exists with another key")
+    anchor_key = store.anchors.get(authority_id)
+    recognised = anchor_key == p["public_key"] or (existing is not None and existing.recognised)
+    store.principals[authority_id] = Principal(
+        principal_id=authority_id,
+        kind="authority",
+        public_key=p["public_key"],
+        roles=frozenset(p["roles"]) | frozenset({"AUTHORITY"}),
+        jurisdictions=frozenset({p["jurisdiction"]}),
+        valid_from_ms=existing.valid_from_ms if existing else 0,
+        valid_until_ms=existing.valid_until_ms if existing else FOREVER_MS,
+        parent_id=existing.parent_id if existing else "",
+        subject_id=authority_id,
+        recognised=recognised,
+    )
+    return None
+
+
+def _recognise_authority(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Rejection | None:
+    verdict = store._check_author(event, p, p["recognised_by_authority_id"])
+    if isinstance(verdict, Rejection):
+        return verdict
+    existing = store.principals.get(p["authority_id"])
+    if existing is not None and existing.public_key != p["public_key"]:
+        return Rejection.of(Reason.DUPLICATE_IDENTIFIER, f"{p['authority_id']} has another key")
+    store.principals[p["authority_id"]] = Principal(
+        principal_id=p["authority_id"],
+        kind="authority",
+        public_key=p["public_key"],
+        roles=frozenset(p["roles"]) | frozenset({"AUTHORITY"}),
+        jurisdictions=frozenset({p["jurisdiction"]}),
+        valid_from_ms=p["valid_from_ms"],
+        valid_until_ms=p["valid_until_ms"],
+        parent_id=p["recognised_by_authority_id"],
+        subject_id=p["authority_id"],
+        recognised=True,
+    )
+    return None
+
+
+def _delegate_issuer(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Rejection | None:
+    verdict = store._check_author(event, p, p["authority_id"])
+    if isinstance(verdict, Rejection):
+        return verdict
+    if p["issuer_id"] in store.principals:
+        return Rejection.of(Reason.DUPLICATE_IDENTIFIER, f"{p['issuer_id']} already exists")
+    store.principals[p["issuer_id"]] = Principal(
+        principal_id=p["issuer_id"],
+        kind="issuer",
+        public_key=p["public_key"],
+        roles=frozenset(p["roles"]) | frozenset({"ISSUER"}),
+        jurisdictions=frozenset(p["jurisdictions"]),
+        valid_from_ms=p["valid_from_ms"],
+        valid_until_ms=p["valid_until_ms"],
+        parent_id=p["authority_id"],
+        subject_id=p["issuer_id"],
+    )
+    return None
+
+
+def _issue_credential(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Rejection | None:
+    verdict = store._check_author(event, p, p["issuer_id"])
+    if isinstance(verdict, Rejection):
+        return verdict
+    issuer = verdict.principal
+    if p["credential_id"] in store.principals:
+        return Rejection.of(Reason.DUPLICATE_IDENTIFIER, f"{p['credential_id']} already exists")
+    roles = frozenset(p["roles"])
+    delegated = issuer.roles - {"ISSUER"}
+    if not roles <= delegated:
+        return Rejection.of(
+            Reason.ISSUANCE_EXCEEDS_DELEGATION,
+            f"roles {sorted(roles - delegated)} were not delegated to {issuer.principal_id}",
+        )
+    if p["jurisdiction"] not in issuer.jurisdictions:
+        return Rejection.of(
+            Reason.JURISDICTION_NOT_DELEGATED,
+            f"{issuer.principal_id} may not issue in {p['jurisdiction']}",
+        )
+    store.principals[p["credential_id"]] = Principal(
+        principal_id=p["credential_id"],
+        kind="credential",
+        public_key=p["public_key"],
+        roles=roles,
+        jurisdictions=frozenset({p["jurisdiction"]}),
+        valid_from_ms=p["valid_from_ms"],
+        valid_until_ms=min(p["valid_until_ms"], issuer.valid_until_ms),
+        parent_id=p["issuer_id"],
+        subject_id=p["subject_id"],
+    )
+    return None
+
+
+def _revoke(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Rejection | None:
+    target = store.principals.get(p["credential_id"])
+    if target is None:
+        return Rejection.of(Reason.UNKNOWN_CREDENTIAL, f"{p['credential_id']} is not known")
+    author_id = event.body.author_credential_id
+    if author_id != p["revoked_by_id"]:
+        return Rejection.of(Reason.SUBJECT_MISMATCH, "revoked_by_id must be the author")
+    # The holder itself, or anything above it in its chain, may revoke it.
+    allowed = set(store.descendants(author_id))
+    if p["credential_id"] not in allowed:
+        return Rejection.of(
+            Reason.ROLE_NOT_PERMITTED, f"{author_id} is not above {p['credential_id']}"
+        )
+    verdict = store.verify_signer(event, author_id, event.body.occurred_at_ms)
+    if isinstance(verdict, Rejection):
+        return verdict
+    earlier = store.revocations.get(p["credential_id"])
+    if earlier is None or p["effective_at_ms"] < earlier.effective_at_ms:
+        store.revocations[p["credential_id"]] = Revocation(
+            p["credential_id"], p["effective_at_ms"], p["reason_code"], event.event_id
+        )
+    return None
+
+
+def _agree_reciprocity(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Rejection | None:
+    verdict = store.check_event(event, p)
+    if isinstance(verdict, Rejection):
+        return verdict
+    key = frozenset({p["authority_a_id"], p["authority_b_id"]})
+    store.reciprocity.setdefault(key, []).append(
+        (p["valid_from_ms"], p["valid_until_ms"], p["agreement_id"])
+    )
+    return None
+
+
+def _file_tariff(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Rejection | None:
+    verdict = store.check_event(event, p)
+    if isinstance(verdict, Rejection):
+        return verdict
+    if p["rate_authority_id"] not in verdict.chain:
+        return Rejection.of(
+            Reason.SUBJECT_MISMATCH,
+            f"{event.body.author_credential_id} does not act for {p['rate_authority_id']}",
+        )
+    if p["tariff_id"] in store.tariffs:
+        return Rejection.of(Reason.DUPLICATE_IDENTIFIER, f"tariff {p['tariff_id']} already filed")
+    store.tariffs[p["tariff_id"]] = p
+    return None
+
+
+def _publish_rules(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Rejection | None:
+    verdict = store.check_event(event, p)
+    if isinstance(verdict, Rejection):
+        return verdict
+    if p["rules_version"] in store.rules:
+        return Rejection.of(Reason.DUPLICATE_IDENTIFIER, f"rules {p['rules_version']} exist")
+    store.rules[p["rules_version"]] = p
+    return None
+
+
+_Handler = Callable[[TrustStore, SignedEvent, dict[str, Any]], "Rejection | None"]
+_HANDLERS: dict[str, _Handler] = {
+    "chargemesh.governance.v1.AuthorityDeclared": _declare_authority,
+    "chargemesh.governance.v1.AuthorityRecognised": _recognise_authority,
+    "chargemesh.governance.v1.IssuerDelegated": _delegate_issuer,
+    "chargemesh.governance.v1.CredentialIssued": _issue_credential,
+    "chargemesh.governance.v1.CredentialRevoked": _revoke,
+    "chargemesh.governance.v1.ReciprocityAgreed": _agree_reciprocity,
+    "chargemesh.governance.v1.TariffFiled": _file_tariff,
+    "chargemesh.governance.v1.AllocationRulesPublished": _publish_rules,
+}
+GOVERNANCE_EVENT_TYPES = frozenset(_HANDLERS)

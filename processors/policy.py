@@ -1,0 +1,119 @@
+"""Who may author which event: roles, subject binding, partition key and required co-signers.
+
+This is data, not code paths: every event type a participant can publish has one entry, and the
+ingress verifier applies it the same way for all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from chargemesh.streams import topics
+
+
+@dataclasses.dataclass(frozen=True)
+class EventPolicy:
+    topic: str
+    author_roles: frozenset[str]
+    # Payload field that must equal the envelope's subject_key (the partition key).
+    key_path: str = ""
+    # Payload field that must equal the author credential's subject_id ("" = not bound).
+    author_subject_path: str = ""
+    # Payload fields naming credentials that must also have signed the event.
+    cosigner_paths: tuple[str, ...] = ()
+
+
+STATION_ROLES = frozenset({"STATION", "MOBILE_STATION"})
+VEHICLE_ROLES = frozenset({"VEHICLE", "FLEET_AGENT"})
+PARTY_ROLES = STATION_ROLES | VEHICLE_ROLES
+GOV = topics.GOVERNANCE.name
+MKT = topics.MARKET.name
+GRD = topics.GRID.name
+DSP = topics.DISPUTES.name
+
+
+def _p(topic: str, roles: frozenset[str], **kw: Any) -> EventPolicy:
+    return EventPolicy(topic=topic, author_roles=roles, **kw)
+
+
+POLICIES: dict[str, EventPolicy] = {
+    # Governance: authors are authorities or issuers; the trust store checks the specifics.
+    "chargemesh.governance.v1.AuthorityDeclared": _p(GOV, frozenset({"AUTHORITY"})),
+    "chargemesh.governance.v1.AuthorityRecognised": _p(GOV, frozenset({"AUTHORITY"})),
+    "chargemesh.governance.v1.IssuerDelegated": _p(GOV, frozenset({"AUTHORITY"})),
+    "chargemesh.governance.v1.CredentialIssued": _p(GOV, frozenset({"ISSUER"})),
+    "chargemesh.governance.v1.CredentialRevoked": _p(
+        GOV, frozenset({"AUTHORITY", "ISSUER"}) | PARTY_ROLES | frozenset({"METER"})
+    ),
+    "chargemesh.governance.v1.ReciprocityAgreed": _p(
+        GOV, frozenset({"AUTHORITY", "RATE_AUTHORITY"}),
+        cosigner_paths=("authority_a_id", "authority_b_id"),
+    ),
+    "chargemesh.governance.v1.TariffFiled": _p(GOV, frozenset({"RATE_AUTHORITY"})),
+    "chargemesh.governance.v1.AllocationRulesPublished": _p(
+        GOV, frozenset({"RATE_AUTHORITY", "AUTHORITY"})
+    ),
+    "chargemesh.grid.v1.GridProgramDeclared": _p(GRD, frozenset({"GRID_OPERATOR"}),
+                                                 key_path="grid_zone_id"),
+    # Capacity (station-authored, keyed by station)
+    "chargemesh.capacity.v1.SlotCalendarPublished": _p(
+        MKT, STATION_ROLES, key_path="station_id", author_subject_path="station_id"
+    ),
+    "chargemesh.capacity.v1.CapacityChanged": _p(
+        MKT, STATION_ROLES, key_path="station_id", author_subject_path="station_id"
+    ),
+    # Orders (vehicle-authored, keyed by the station they target)
+    "chargemesh.orders.v1.BidPlaced": _p(
+        MKT, VEHICLE_ROLES, key_path="identity.station_id",
+        author_subject_path="identity.vehicle_id",
+    ),
+    "chargemesh.orders.v1.PostedPriceAccepted": _p(
+        MKT, VEHICLE_ROLES, key_path="identity.station_id",
+        author_subject_path="identity.vehicle_id",
+    ),
+    "chargemesh.orders.v1.WalkUpRequested": _p(
+        MKT, VEHICLE_ROLES, key_path="identity.station_id",
+        author_subject_path="identity.vehicle_id",
+    ),
+    "chargemesh.orders.v1.ReservationCancelled": _p(MKT, VEHICLE_ROLES, key_path="station_id"),
+    # Session evidence
+    "chargemesh.session.v1.ConnectorHandshakeCompleted": _p(
+        MKT, STATION_ROLES, key_path="identity.station_id",
+        author_subject_path="identity.station_id",
+        cosigner_paths=("identity.vehicle_credential_id",),
+    ),
+    "chargemesh.session.v1.MeterReadingRecorded": _p(
+        MKT, frozenset({"METER"}), key_path="station_id"
+    ),
+    "chargemesh.session.v1.RepriceAccepted": _p(MKT, VEHICLE_ROLES, key_path="station_id"),
+    "chargemesh.session.v1.SessionStopped": _p(MKT, PARTY_ROLES, key_path="station_id"),
+    "chargemesh.session.v1.MeterClosedOut": _p(
+        MKT, STATION_ROLES, key_path="station_id", author_subject_path="station_id"
+    ),
+    "chargemesh.session.v1.CloseOutCountersigned": _p(MKT, VEHICLE_ROLES, key_path="station_id"),
+    # Grid
+    "chargemesh.grid.v1.GridEventDeclared": _p(GRD, frozenset({"GRID_OPERATOR"}),
+                                               key_path="grid_zone_id"),
+    "chargemesh.grid.v1.SettlementCoSigned": _p(GRD, frozenset({"GRID_OPERATOR"}),
+                                                key_path="grid_zone_id"),
+    # Disputes
+    "chargemesh.dispute.v1.DisputeOpened": _p(DSP, PARTY_ROLES, key_path="session_id"),
+    "chargemesh.dispute.v1.DisputeEvidenceSubmitted": _p(DSP, PARTY_ROLES | frozenset({"ARBITER"}),
+                                                         key_path="session_id"),
+    "chargemesh.dispute.v1.DisputeResolved": _p(
+        DSP, frozenset({"ARBITER", "RATE_AUTHORITY"}), key_path="session_id"
+    ),
+}
+
+PATH_DEPTH_MAX = 4
+
+
+def field_at(payload: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path of a decoded payload, or None."""
+    node: Any = payload
+    for depth, part in enumerate(path.split(".")):
+        if depth >= PATH_DEPTH_MAX or not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
