@@ -26,6 +26,7 @@ DOMAIN_PREFIX = b"chargemesh/signed-event/v1\x00"
 SIGNED_EVENT_SCHEMA = "chargemesh.envelope.v1.SignedEvent"
 REJECTED_SCHEMA = "chargemesh.envelope.v1.EventRejected"
 SIGNATURES_MAX = 16
+SIGNATURE_ALGORITHM = "Ed25519"
 ENVELOPE_BYTES_MAX = 1_000_000
 ID_CHARS_MAX = 128
 
@@ -50,7 +51,7 @@ class EventBody:
 class Signature:
     signer_credential_id: str
     signature: bytes
-    algorithm: str = "Ed25519"
+    algorithm: str = SIGNATURE_ALGORITHM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +225,10 @@ def open_envelope(data: bytes) -> SignedEvent:
     sigs = tuple(
         Signature(s["signer_credential_id"], s["signature"], s["algorithm"]) for s in raw_sigs
     )
+    for sig in sigs:
+        # The algorithm name is not under the signature: accept exactly the one we verify.
+        if sig.algorithm != SIGNATURE_ALGORITHM:
+            raise DecodeError("BAD_SIGNATURE", f"unsupported signature algorithm {sig.algorithm!r}")
     return SignedEvent(body, bytes(data[10:body_end]), sigs)
 
 

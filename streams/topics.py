@@ -54,6 +54,13 @@ GRID = TopicSpec(
     doc="Grid operators' signed events: price signals, capacity limits, curtailment, "
     "observer co-signatures, settlement co-signatures.",
 )
+ADMITTED = TopicSpec(
+    name="chargemesh.admitted.v1",
+    key="same key as the source topic",
+    doc="The lineage log: every admitted input event, its original signed bytes unchanged, in "
+    "admission order, with headers naming the source topic, partition and offset. Regulators "
+    "replay this (with decisions and settlements) to audit.",
+)
 DECISIONS = TopicSpec(
     name="chargemesh.decisions.v1",
     key="station_id",
@@ -80,6 +87,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     GOVERNANCE,
     MARKET,
     GRID,
+    ADMITTED,
     DECISIONS,
     SETTLEMENTS,
     DISPUTES,

@@ -1,0 +1,66 @@
+"""A small credentialed world for tests: one root authority, issuers, stations, vehicles, meters."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from chargemesh.processors.governance import TrustAnchor, TrustStore
+from chargemesh.processors.governance import GOVERNANCE_EVENT_TYPES
+from chargemesh.processors.ingress import Admitted, Refused, admit, admit_governance
+from chargemesh.streams.envelope import SignedEvent
+from chargemesh.streams.sdk import Participant, topic_for
+
+T0_MS = 1_790_000_000_000  # 2026-09-21, an arbitrary fixed epoch for reproducible tests
+
+
+@dataclasses.dataclass
+class World:
+    root: Participant
+    issuer: Participant
+    governance: list[SignedEvent]
+
+    def anchors(self) -> list[TrustAnchor]:
+        return [TrustAnchor(self.root.credential_id, self.root.public_key)]
+
+    def store(self) -> TrustStore:
+        store = TrustStore(self.anchors())
+        for event in self.governance:
+            verdict = admit_governance(event.encode(), event.body.subject_key.encode(), store)
+            assert isinstance(verdict, Admitted), verdict
+        return store
+
+    def credential(self, credential_id: str, roles: list[str], jurisdiction: str = "US-CA",
+                   subject_id: str | None = None, valid_from_ms: int = 0,
+                   valid_until_ms: int = 2**62) -> Participant:
+        holder = Participant.seeded(credential_id, subject_id, secret="tests")
+        self.governance.append(self.issuer.issue_credential(
+            holder, roles, jurisdiction, valid_from_ms=valid_from_ms,
+            valid_until_ms=valid_until_ms, at_ms=T0_MS))
+        return holder
+
+
+def make_world(jurisdictions: tuple[str, ...] = ("US-CA", "DE-BY")) -> World:
+    root = Participant.seeded("auth-root", secret="tests")
+    issuer = Participant.seeded("issuer-1", secret="tests")
+    governance = [
+        root.declare_authority("Root charging authority", "US-CA",
+                               ["AUTHORITY", "RATE_AUTHORITY"], "USD", at_ms=T0_MS),
+        root.delegate_issuer(issuer, ["STATION", "VEHICLE", "FLEET_AGENT", "METER",
+                                      "GRID_OPERATOR", "OBSERVER", "ARBITER",
+                                      "MOBILE_STATION", "RATE_AUTHORITY"],
+                             list(jurisdictions), at_ms=T0_MS),
+    ]
+    return World(root, issuer, governance)
+
+
+def verdict_of(store: TrustStore, event: SignedEvent | bytes, topic: str | None = None,
+               key: str | None = None) -> Admitted | Refused:
+    if isinstance(event, SignedEvent):
+        raw, topic, key = event.encode(), topic or topic_for(event.event_type), (
+            key if key is not None else event.body.subject_key)
+    else:
+        raw = event
+    assert topic is not None
+    if isinstance(event, SignedEvent) and event.event_type in GOVERNANCE_EVENT_TYPES:
+        return admit_governance(raw, key.encode() if key is not None else None, store)
+    return admit(raw, key.encode() if key is not None else None, topic, store)
