@@ -44,6 +44,12 @@ class Settings:
     schema_registry_url: str = ""
     # Faust worker web port base (each worker needs its own port).
     worker_web_port: int = 16066
+    # Trust anchors (root authorities) of this deployment: JSON list of
+    # {"authority_id", "public_key_hex"}. Empty = <state_dir>/trust_anchors.json.
+    trust_anchors_file: str = ""
+    # The processors' signing key for the decisions they publish. Empty =
+    # <state_dir>/processor-key.json (created on first use).
+    processor_key_file: str = ""
 
     @property
     def kafka_embedded(self) -> bool:
@@ -72,6 +78,21 @@ class Settings:
             conf["sasl.username"] = self.kafka_sasl_username
             conf["sasl.password"] = self.kafka_sasl_password
         return conf
+
+    @property
+    def trust_anchors_path(self) -> Path:
+        return Path(self.trust_anchors_file) if self.trust_anchors_file else (
+            self.state_dir / "trust_anchors.json")
+
+    @property
+    def processor_key_path(self) -> Path:
+        return Path(self.processor_key_file) if self.processor_key_file else (
+            self.state_dir / "processor-key.json")
+
+    def as_environ(self) -> dict[str, str]:
+        """These settings as CHARGEMESH_* variables, for child processes (workers, sinks)."""
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name))
+                for f in dataclasses.fields(self)}
 
     def with_overrides(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -178,6 +178,11 @@ class TrustStore:
                 return True
         return False
 
+    def is_rate_authority(self, authority_id: str, at_ms: int) -> bool:
+        """``authority_id`` is recognised (chains to an anchor) and holds the RATE_AUTHORITY role."""
+        verdict = self.resolve(authority_id, at_ms)
+        return isinstance(verdict, ChainOk) and "RATE_AUTHORITY" in verdict.principal.roles
+
     def tariff(self, tariff_id: str) -> dict[str, Any] | None:
         return self.tariffs.get(tariff_id)
 

@@ -60,6 +60,9 @@ POLICIES: dict[str, EventPolicy] = {
     "chargemesh.capacity.v1.SlotCalendarPublished": _p(
         MKT, STATION_ROLES, key_path="station_id", author_subject_path="station_id"
     ),
+    "chargemesh.capacity.v1.StationHeartbeat": _p(
+        MKT, STATION_ROLES, key_path="station_id", author_subject_path="station_id"
+    ),
     "chargemesh.capacity.v1.CapacityChanged": _p(
         MKT, STATION_ROLES, key_path="station_id", author_subject_path="station_id"
     ),

@@ -66,3 +66,44 @@ def new_stack_settings(tmp_path: Path) -> Callable[[], Settings]:
         return private_settings(tmp_path / f"stack-{next(counter)}")
 
     return make
+
+
+# ---- the processors on the real stack ----------------------------------------------------------
+
+import dataclasses as _dc  # noqa: E402
+
+from .pipeline import TopicReader, WorkerProcess, publisher, write_anchors  # noqa: E402
+from .world import World, make_world  # noqa: E402
+
+
+@_dc.dataclass
+class Mesh:
+    settings: Settings
+    world: World
+    worker: WorkerProcess
+
+    def publish(self, *events: object) -> None:
+        pub = publisher(self.settings)
+        for event in events:
+            pub.publish(event)  # type: ignore[arg-type]
+        pub.flush()
+
+    def reader(self, topic: str) -> TopicReader:
+        return TopicReader(self.settings, topic)
+
+
+@pytest.fixture(scope="session")
+def mesh(stack_settings: Settings) -> Iterator[Mesh]:
+    """The session stack with one root authority, its issuer, and a running processor worker."""
+    world = make_world()
+    write_anchors(stack_settings, world.root)
+    pub = publisher(stack_settings)
+    for event in world.governance:
+        pub.publish(event)
+    pub.flush()
+    world.governance.clear()
+    worker = WorkerProcess(stack_settings, index=0).start()
+    try:
+        yield Mesh(stack_settings, world, worker)
+    finally:
+        worker.stop()

@@ -1,0 +1,631 @@
+"""The slot ledger (M4, M5): one station's calendar, reservations and the decisions they cause.
+
+Pure and deterministic: ``handle(state, command, view)`` returns the decisions an admitted input
+causes and folds them into ``state`` through ``evolve``. No Kafka, no clock: time is the station's
+event time (the largest ``occurred_at_ms`` its admitted inputs carried, heartbeats included), so
+replaying the same inputs in the same order always gives the same ledger.
+
+Allocation rules come from the signed ``AllocationRulesPublished`` the station's calendar names
+and are copied into the ledger when the calendar is published:
+
+* posted-price acceptances are served first come, first served in ledger order;
+* bids for a window are sealed until ``slot_start - bid_gate_closure_ms``; then, per
+  ``bid_resolution``, the highest bid (ties: earliest) wins, demand-response priority first when
+  ``demand_response_priority_wins``; the others are rejected ``OUTBID``;
+* a reservation with no connector handshake by ``slot_start + no_show_grace_ms`` is released
+  ``NO_SHOW``;
+* a capacity loss displaces reservations it makes infeasible; they get first pick in the order
+  ``curtailment_order`` gives, are moved per ``reallocation`` (another connector in the same
+  window, then the next windows) and otherwise cancelled with a reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from decimal import Decimal
+from typing import Any, Callable, Protocol
+
+from chargemesh.processors.reasons import Rejection
+
+SLOTS_PER_ORDER_MAX = 96
+CONNECTORS_PER_STATION_MAX = 64
+RESERVATIONS_LIVE_MAX = 50_000
+BIDS_PENDING_MAX = 10_000
+OUTAGES_LIVE_MAX = 1_000
+REALLOCATION_SHIFT_SLOTS_MAX = 8
+# Finished reservations stay in the live ledger this long after their slot ends (then only in
+# the lineage and ClickHouse): bounds the state of a station that runs for years.
+FINISHED_KEPT_MS = 2 * 24 * 3_600_000
+MS_PER_HOUR = 3_600_000
+LIVE = ("ACTIVE", "ARRIVED")
+
+Decision = tuple[str, dict[str, Any]]
+
+
+class GovernanceView(Protocol):
+    """What the ledger reads from the trust state (a TrustStore satisfies it)."""
+
+    tariffs: dict[str, dict[str, Any]]
+    rules: dict[str, dict[str, Any]]
+
+    def is_rate_authority(self, authority_id: str, at_ms: int) -> bool: ...
+
+
+@dataclasses.dataclass
+class Reservation:
+    reservation_id: str
+    order_id: str
+    vehicle_credential_id: str
+    vehicle_id: str
+    connector_id: str
+    start_ms: int
+    stop_ms: int
+    rate_per_kwh: Decimal
+    energy_wh: int
+    dr_priority: int
+    curtailable: bool
+    walk_up: bool
+    seq: int
+    status: str = "ACTIVE"  # ACTIVE | ARRIVED | RELEASED | COMPLETED
+    session_id: str = ""
+
+
+@dataclasses.dataclass
+class Bid:
+    order_id: str
+    vehicle_credential_id: str
+    vehicle_id: str
+    connector_id: str
+    start_ms: int
+    stop_ms: int
+    bid_rate_per_kwh: Decimal
+    energy_wh: int
+    dr_priority: int
+    curtailable: bool
+    seq: int
+
+
+@dataclasses.dataclass
+class Outage:
+    connector_id: str
+    from_ms: int
+    until_ms: int
+    power_w: int  # 0 = offline
+    cause: str
+
+
+@dataclasses.dataclass
+class LedgerState:
+    station_id: str
+    calendar: dict[str, Any] | None = None
+    reservations: dict[str, Reservation] = dataclasses.field(default_factory=dict)
+    bids: list[Bid] = dataclasses.field(default_factory=list)
+    outages: list[Outage] = dataclasses.field(default_factory=list)
+    clock_ms: int = 0
+    seq: int = 0
+    applied_through_offset: int = -1
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # sessions (M6) live here
+
+    # ---- calendar geometry ------------------------------------------------------------------
+
+    @property
+    def rules(self) -> dict[str, Any]:
+        return self.calendar["rules"] if self.calendar else {}
+
+    def connector(self, connector_id: str) -> dict[str, Any] | None:
+        return self.calendar["connectors"].get(connector_id) if self.calendar else None
+
+    def window_problem(self, start_ms: int, stop_ms: int) -> Rejection | None:
+        cal = self.calendar
+        if cal is None:
+            return Rejection("NO_CALENDAR", f"station {self.station_id} has published no calendar")
+        slot = cal["slot_duration_ms"]
+        if not cal["horizon_start_at_ms"] <= start_ms < stop_ms <= cal["horizon_end_at_ms"]:
+            return Rejection("SLOT_OUTSIDE_CALENDAR", f"[{start_ms}, {stop_ms}) is outside the "
+                             f"calendar [{cal['horizon_start_at_ms']}, {cal['horizon_end_at_ms']})")
+        if (start_ms - cal["horizon_start_at_ms"]) % slot or (stop_ms - start_ms) % slot:
+            return Rejection("SLOT_MISALIGNED", f"window is not on the {slot} ms slot grid")
+        if (stop_ms - start_ms) // slot > SLOTS_PER_ORDER_MAX:
+            return Rejection("WINDOW_TOO_LONG", f"more than {SLOTS_PER_ORDER_MAX} slots")
+        return None
+
+    def power_w(self, connector_id: str, start_ms: int, stop_ms: int) -> int:
+        """The connector's power over the window, after outages and curtailments."""
+        info = self.connector(connector_id)
+        if info is None:
+            return 0
+        power = int(info["power_w"])
+        for outage in self.outages:
+            if outage.connector_id == connector_id and outage.from_ms < stop_ms and (
+                start_ms < outage.until_ms
+            ):
+                power = min(power, outage.power_w)
+        return power
+
+    def holder(self, connector_id: str, start_ms: int, stop_ms: int,
+               ignore: str = "") -> Reservation | None:
+        for res in self.reservations.values():
+            if (res.status in LIVE and res.connector_id == connector_id
+                    and res.start_ms < stop_ms and start_ms < res.stop_ms
+                    and res.reservation_id != ignore):
+                return res
+        return None
+
+    def capable(self, connector_id: str, start_ms: int, stop_ms: int, energy_wh: int) -> bool:
+        power = self.power_w(connector_id, start_ms, stop_ms)
+        return power > 0 and energy_wh * MS_PER_HOUR <= power * (stop_ms - start_ms)
+
+    def connector_ids(self) -> list[str]:
+        return sorted(self.calendar["connectors"]) if self.calendar else []
+
+
+# ---- evolve: decisions folded into the state ------------------------------------------------
+
+
+def evolve(state: LedgerState, decision: Decision) -> None:
+    kind, p = decision
+    if kind == "SlotReserved":
+        state.seq += 1
+        state.reservations[p["reservation_id"]] = Reservation(
+            reservation_id=p["reservation_id"], order_id=p["order_id"],
+            vehicle_credential_id=p["vehicle_credential_id"], vehicle_id=p["_vehicle_id"],
+            connector_id=p["connector_id"], start_ms=p["slot_start_at_ms"],
+            stop_ms=p["slot_stop_at_ms"], rate_per_kwh=p["rate_per_kwh"],
+            energy_wh=p["energy_wh"], dr_priority=p["_dr_priority"],
+            curtailable=p["_curtailable"], walk_up=p["walk_up"], seq=state.seq,
+        )
+        state.bids = [b for b in state.bids if b.order_id != p["order_id"]]
+    elif kind == "SlotReleased":
+        res = state.reservations.get(p["reservation_id"])
+        if res is not None:
+            res.status = "RELEASED"
+    elif kind == "SlotReallocated":
+        res = state.reservations[p["reservation_id"]]
+        res.connector_id = p["to_connector_id"]
+        duration = res.stop_ms - res.start_ms
+        res.start_ms = p["to_slot_start_at_ms"]
+        res.stop_ms = res.start_ms + duration
+    elif kind == "OrderRejected":
+        state.bids = [b for b in state.bids if b.order_id != p["order_id"]]
+
+
+def _emit(state: LedgerState, out: list[Decision], decision: Decision) -> None:
+    evolve(state, decision)
+    out.append(decision)
+
+
+# ---- decide ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    event_type: str
+    payload: dict[str, Any]
+    occurred_at_ms: int
+    author_id: str
+    event_id: str
+
+
+@dataclasses.dataclass
+class Outcome:
+    decisions: list[Decision]
+    rejection: Rejection | None = None
+    # Order the rejection concerns (for an OrderRejected decision on the feed), if any.
+    rejected_order: dict[str, Any] | None = None
+
+
+def handle(state: LedgerState, cmd: Command, view: GovernanceView) -> Outcome:
+    """Decide what an admitted input does to the ledger, and apply it."""
+    out: list[Decision] = []
+    _advance_clock(state, cmd.occurred_at_ms, out)
+    handler = _COMMANDS.get(cmd.event_type.rsplit(".", 1)[1])
+    if handler is None:
+        return Outcome(out, Rejection("UNSUPPORTED_EVENT", f"{cmd.event_type} is not for the "
+                                      "slot ledger"))
+    rejection = handler(state, cmd, view, out)
+    outcome = Outcome(out, rejection)
+    if rejection is not None and "order_id" in cmd.payload:
+        outcome.rejected_order = cmd.payload
+    _prune(state)
+    return outcome
+
+
+def _advance_clock(state: LedgerState, at_ms: int, out: list[Decision]) -> None:
+    if at_ms <= state.clock_ms:
+        return
+    state.clock_ms = at_ms
+    if state.calendar is None:
+        return
+    gate = state.rules["bid_gate_closure_ms"]
+    due = sorted({(b.start_ms, b.stop_ms) for b in state.bids if b.start_ms - gate <= at_ms})
+    for start_ms, stop_ms in due:
+        _resolve_auction(state, start_ms, stop_ms, out)
+    grace = state.rules["no_show_grace_ms"]
+    for res in sorted(state.reservations.values(), key=lambda r: r.seq):
+        if res.status == "ACTIVE" and res.start_ms + grace <= at_ms:
+            _emit(state, out, ("SlotReleased", _released(state, res, "NO_SHOW",
+                                                         f"no handshake by {res.start_ms + grace}")))
+
+
+def _prune(state: LedgerState) -> None:
+    horizon = state.clock_ms - FINISHED_KEPT_MS
+    for rid in [r.reservation_id for r in state.reservations.values()
+                if r.stop_ms < horizon and r.status not in LIVE]:
+        del state.reservations[rid]
+    state.outages = [o for o in state.outages if o.until_ms >= horizon]
+
+
+def _released(state: LedgerState, res: Reservation, reason: str, detail: str = "") -> dict[str, Any]:
+    return {"reservation_id": res.reservation_id, "station_id": state.station_id,
+            "connector_id": res.connector_id, "slot_start_at_ms": res.start_ms,
+            "slot_stop_at_ms": res.stop_ms, "reason_code": reason, "detail": detail}
+
+
+def _reserved(state: LedgerState, order: Bid, connector_id: str, rate: Decimal,
+              walk_up: bool) -> Decision:
+    return ("SlotReserved", {
+        "reservation_id": f"res:{order.order_id}", "order_id": order.order_id,
+        "vehicle_credential_id": order.vehicle_credential_id, "station_id": state.station_id,
+        "connector_id": connector_id, "slot_start_at_ms": order.start_ms,
+        "slot_stop_at_ms": order.stop_ms, "rate_per_kwh": rate, "energy_wh": order.energy_wh,
+        "rules_version": state.rules["rules_version"], "walk_up": walk_up,
+        # private fields (leading underscore) feed evolve(); they are not on the wire
+        "_vehicle_id": order.vehicle_id, "_dr_priority": order.dr_priority,
+        "_curtailable": order.curtailable,
+    })
+
+
+def _pick_connector(state: LedgerState, order: Bid) -> str | Rejection:
+    wanted = [order.connector_id] if order.connector_id else state.connector_ids()
+    if order.connector_id and state.connector(order.connector_id) is None:
+        return Rejection("UNKNOWN_CONNECTOR", f"{order.connector_id} is not in the calendar")
+    unavailable = True
+    for cid in wanted:
+        if not state.capable(cid, order.start_ms, order.stop_ms, order.energy_wh):
+            continue
+        unavailable = False
+        if state.holder(cid, order.start_ms, order.stop_ms) is None:
+            return cid
+    if unavailable:
+        return Rejection("CONNECTOR_UNAVAILABLE", "no connector can deliver "
+                         f"{order.energy_wh} Wh in [{order.start_ms}, {order.stop_ms}) "
+                         "(faulted, curtailed or too little power)")
+    return Rejection("SLOT_TAKEN", f"every capable connector is booked in "
+                     f"[{order.start_ms}, {order.stop_ms})")
+
+
+def _order_from(cmd: Command, state: LedgerState, rate_field: str,
+                view: GovernanceView) -> Bid | Rejection:
+    """Common checks of an order's identity and claim; returns it as a Bid."""
+    p = cmd.payload
+    ident, claim = p["identity"], p["claim"]
+    cal = state.calendar
+    if cal is None:
+        return Rejection("NO_CALENDAR", f"station {state.station_id} has published no calendar")
+    if ident["vehicle_credential_id"] != cmd.author_id:
+        return Rejection("SUBJECT_MISMATCH", "identity.vehicle_credential_id is not the author")
+    if ident["rate_authority_id"] != cal["rate_authority_id"]:
+        return Rejection("RATE_AUTHORITY_MISMATCH", f"station files under "
+                         f"{cal['rate_authority_id']}, order names {ident['rate_authority_id']}")
+    if claim["currency"] != cal["currency"]:
+        return Rejection("CURRENCY_MISMATCH", f"station settles in {cal['currency']}")
+    if claim["energy_wh"] <= 0:
+        return Rejection("INVALID_ENERGY", "energy_wh must be positive")
+    if any(r.order_id == p["order_id"] for r in state.reservations.values()) or any(
+            b.order_id == p["order_id"] for b in state.bids):
+        return Rejection("DUPLICATE_ORDER", f"order {p['order_id']} is already on the ledger")
+    rate = p.get(rate_field, Decimal(0))
+    flags = claim["grid_flags"]
+    return Bid(order_id=p["order_id"], vehicle_credential_id=cmd.author_id,
+               vehicle_id=ident["vehicle_id"], connector_id=ident["connector_id"],
+               start_ms=claim["slot_start_at_ms"], stop_ms=claim["slot_stop_at_ms"],
+               bid_rate_per_kwh=rate, energy_wh=claim["energy_wh"],
+               dr_priority=flags["demand_response_priority"], curtailable=flags["curtailable"],
+               seq=state.seq)
+
+
+def _accept_posted(state: LedgerState, cmd: Command, view: GovernanceView,
+                   out: list[Decision]) -> Rejection | None:
+    order = _order_from(cmd, state, "accepted_rate_per_kwh", view)
+    if isinstance(order, Rejection):
+        return order
+    problem = state.window_problem(order.start_ms, order.stop_ms)
+    if problem is not None:
+        return problem
+    posted = Decimal(state.calendar["posted_rate_per_kwh"])  # type: ignore[index]
+    if order.bid_rate_per_kwh != posted:
+        return Rejection("PRICE_MISMATCH", f"posted price is {posted}, accepted "
+                         f"{order.bid_rate_per_kwh}")
+    if posted > cmd.payload["claim"]["ceiling_rate_per_kwh"]:
+        return Rejection("ABOVE_CEILING", f"posted {posted} exceeds the vehicle's ceiling "
+                         f"{cmd.payload['claim']['ceiling_rate_per_kwh']}")
+    connector = _pick_connector(state, order)
+    if isinstance(connector, Rejection):
+        return connector
+    _emit(state, out, _reserved(state, order, connector, posted, walk_up=False))
+    return None
+
+
+def _place_bid(state: LedgerState, cmd: Command, view: GovernanceView,
+               out: list[Decision]) -> Rejection | None:
+    order = _order_from(cmd, state, "bid_rate_per_kwh", view)
+    if isinstance(order, Rejection):
+        return order
+    problem = state.window_problem(order.start_ms, order.stop_ms)
+    if problem is not None:
+        return problem
+    ceiling = cmd.payload["claim"]["ceiling_rate_per_kwh"]
+    filed = Decimal(state.calendar["filed_ceiling_per_kwh"])  # type: ignore[index]
+    if order.bid_rate_per_kwh > ceiling:
+        return Rejection("BID_ABOVE_OWN_CEILING", f"bid {order.bid_rate_per_kwh} > ceiling {ceiling}")
+    if order.bid_rate_per_kwh > filed:
+        return Rejection("ABOVE_FILED_CEILING", f"bid {order.bid_rate_per_kwh} exceeds the rate "
+                         f"authority's filed ceiling {filed}")
+    if order.bid_rate_per_kwh <= 0:
+        return Rejection("INVALID_RATE", "bid must be positive")
+    if order.start_ms - state.rules["bid_gate_closure_ms"] <= state.clock_ms:
+        return Rejection("BIDDING_CLOSED", f"bids for {order.start_ms} closed")
+    if len(state.bids) >= BIDS_PENDING_MAX:
+        return Rejection("LEDGER_FULL", f"{BIDS_PENDING_MAX} bids pending")
+    candidates = [order.connector_id] if order.connector_id else state.connector_ids()
+    if not any(state.capable(c, order.start_ms, order.stop_ms, order.energy_wh)
+               for c in candidates):
+        return Rejection("CONNECTOR_UNAVAILABLE", "no connector can serve this window")
+    state.seq += 1
+    state.bids.append(dataclasses.replace(order, seq=state.seq))
+    return None
+
+
+def _bid_rank(state: LedgerState) -> Callable[[Bid], tuple[Any, ...]]:
+    rules = state.rules
+    dr = rules["demand_response_priority_wins"]
+    if rules["bid_resolution"] == "EARLIEST":
+        return lambda b: ((-b.dr_priority if dr else 0), b.seq)
+    return lambda b: ((-b.dr_priority if dr else 0), -b.bid_rate_per_kwh, b.seq)
+
+
+def _resolve_auction(state: LedgerState, start_ms: int, stop_ms: int,
+                     out: list[Decision]) -> None:
+    bids = sorted((b for b in state.bids if (b.start_ms, b.stop_ms) == (start_ms, stop_ms)),
+                  key=_bid_rank(state))
+    won_any = False
+    for bid in bids:
+        connector = _pick_connector(state, bid)
+        if isinstance(connector, Rejection):
+            reason = "OUTBID" if won_any and connector.reason == "SLOT_TAKEN" else connector.reason
+            _emit(state, out, ("OrderRejected", {
+                "order_id": bid.order_id, "station_id": state.station_id,
+                "vehicle_credential_id": bid.vehicle_credential_id, "reason_code": reason,
+                "detail": connector.detail}))
+            continue
+        won_any = True
+        _emit(state, out, _reserved(state, bid, connector, bid.bid_rate_per_kwh, walk_up=False))
+
+
+def _walk_up(state: LedgerState, cmd: Command, view: GovernanceView,
+             out: list[Decision]) -> Rejection | None:
+    order = _order_from(cmd, state, "_none", view)
+    if isinstance(order, Rejection):
+        return order
+    cal = state.calendar
+    assert cal is not None
+    slot, base = cal["slot_duration_ms"], cal["horizon_start_at_ms"]
+    arrived = cmd.payload["arrived_at_ms"]
+    start = base + ((arrived - base) // slot) * slot
+    wanted_stop = max(cmd.payload["claim"]["slot_stop_at_ms"], start + slot)
+    stop = base + -(-(wanted_stop - base) // slot) * slot
+    if stop - arrived > state.rules["walk_up_horizon_ms"]:
+        return Rejection("WINDOW_TOO_LONG", f"walk-ups are authorised for at most "
+                         f"{state.rules['walk_up_horizon_ms']} ms")
+    order = dataclasses.replace(order, start_ms=start, stop_ms=stop)
+    problem = state.window_problem(start, stop)
+    if problem is not None:
+        return problem
+    posted = Decimal(cal["posted_rate_per_kwh"])
+    if posted > cmd.payload["claim"]["ceiling_rate_per_kwh"]:
+        return Rejection("ABOVE_CEILING", f"posted {posted} exceeds the vehicle's ceiling")
+    connector = _pick_connector(state, order)
+    if isinstance(connector, Rejection):
+        return connector
+    _emit(state, out, _reserved(state, order, connector, posted, walk_up=True))
+    return None
+
+
+def _cancel(state: LedgerState, cmd: Command, view: GovernanceView,
+            out: list[Decision]) -> Rejection | None:
+    res = state.reservations.get(cmd.payload["reservation_id"])
+    if res is None or res.status not in LIVE:
+        return Rejection("UNKNOWN_RESERVATION", f"{cmd.payload['reservation_id']} is not live")
+    if res.vehicle_credential_id != cmd.author_id:
+        return Rejection("NOT_YOUR_RESERVATION", "only the reserving vehicle may cancel")
+    if res.status == "ARRIVED":
+        return Rejection("SESSION_IN_PROGRESS", "stop the session instead")
+    _emit(state, out, ("SlotReleased", _released(state, res, "CANCELLED_BY_VEHICLE",
+                                                 cmd.payload.get("reason", ""))))
+    return None
+
+
+def _heartbeat(state: LedgerState, cmd: Command, view: GovernanceView,
+               out: list[Decision]) -> Rejection | None:
+    return None  # its only effect is the clock advance every command gets
+
+
+def _publish_calendar(state: LedgerState, cmd: Command, view: GovernanceView,
+                      out: list[Decision]) -> Rejection | None:
+    p = cmd.payload
+    problem = _calendar_problem(state, p, cmd.occurred_at_ms, view)
+    if problem is not None:
+        return problem
+    tariff = view.tariffs[p["tariff_id"]]
+    state.calendar = {
+        "calendar_version": p["calendar_version"], "rate_authority_id": p["rate_authority_id"],
+        "jurisdiction": p["jurisdiction"], "tariff_id": p["tariff_id"],
+        "grid_zone_id": p["grid_zone_id"], "slot_duration_ms": p["slot_duration_ms"],
+        "horizon_start_at_ms": p["horizon_start_at_ms"],
+        "horizon_end_at_ms": p["horizon_end_at_ms"],
+        "posted_rate_per_kwh": p["posted_rate_per_kwh"], "currency": p["currency"],
+        "filed_ceiling_per_kwh": tariff["energy_rate_ceiling_per_kwh"],
+        "rules": dict(view.rules[p["rules_version"]]),
+        "connectors": {c["connector_id"]: dict(c) for c in p["connectors"]},
+    }
+    for res in sorted(state.reservations.values(), key=lambda r: r.seq):
+        if res.status == "ACTIVE" and state.connector(res.connector_id) is None:
+            _displace(state, [res], "CONNECTOR_WITHDRAWN", out)
+    return None
+
+
+def _calendar_problem(state: LedgerState, p: dict[str, Any], at_ms: int,
+                      view: GovernanceView) -> Rejection | None:
+    if state.calendar and p["calendar_version"] <= state.calendar["calendar_version"]:
+        return Rejection("STALE_CALENDAR", f"version {p['calendar_version']} is not newer")
+    if not view.is_rate_authority(p["rate_authority_id"], at_ms):
+        return Rejection("UNRECOGNISED_RATE_AUTHORITY",
+                         f"{p['rate_authority_id']} is not a recognised rate authority")
+    tariff = view.tariffs.get(p["tariff_id"])
+    if tariff is None or tariff["rate_authority_id"] != p["rate_authority_id"]:
+        return Rejection("UNKNOWN_TARIFF", f"{p['tariff_id']} is not filed by "
+                         f"{p['rate_authority_id']}")
+    if tariff["station_ids"] and state.station_id not in tariff["station_ids"]:
+        return Rejection("UNKNOWN_TARIFF", f"{p['tariff_id']} does not cover this station")
+    if tariff["currency"] != p["currency"]:
+        return Rejection("CURRENCY_MISMATCH", f"tariff is in {tariff['currency']}")
+    if p["posted_rate_per_kwh"] > tariff["energy_rate_ceiling_per_kwh"]:
+        return Rejection("ABOVE_FILED_CEILING", "posted price exceeds the filed ceiling")
+    if p["rules_version"] not in view.rules:
+        return Rejection("UNKNOWN_RULES", f"allocation rules {p['rules_version']} not published")
+    if p["slot_duration_ms"] <= 0 or p["horizon_end_at_ms"] <= p["horizon_start_at_ms"]:
+        return Rejection("INVALID_CALENDAR", "slot duration and horizon must be positive")
+    if not 0 < len(p["connectors"]) <= CONNECTORS_PER_STATION_MAX:
+        return Rejection("INVALID_CALENDAR", f"1..{CONNECTORS_PER_STATION_MAX} connectors")
+    if any(c["power_w"] <= 0 for c in p["connectors"]):
+        return Rejection("INVALID_CALENDAR", "connector power must be positive")
+    return None
+
+
+def _change_capacity(state: LedgerState, cmd: Command, view: GovernanceView,
+                     out: list[Decision]) -> Rejection | None:
+    p = cmd.payload
+    if state.connector(p["connector_id"]) is None:
+        return Rejection("UNKNOWN_CONNECTOR", f"{p['connector_id']} is not in the calendar")
+    if p["until_at_ms"] <= p["from_at_ms"]:
+        return Rejection("INVALID_WINDOW", "until_at_ms must be after from_at_ms")
+    if p["available"] and p["cause"] == "RESTORED":
+        for outage in state.outages:
+            if outage.connector_id == p["connector_id"] and outage.until_ms > p["from_at_ms"]:
+                outage.until_ms = max(outage.from_ms, p["from_at_ms"])
+        return None
+    if len(state.outages) >= OUTAGES_LIVE_MAX:
+        return Rejection("LEDGER_FULL", f"{OUTAGES_LIVE_MAX} outages live")
+    power = 0 if not p["available"] else p["power_w"]
+    state.outages.append(Outage(p["connector_id"], p["from_at_ms"], p["until_at_ms"], power,
+                                p["cause"]))
+    hit = [r for r in state.reservations.values()
+           if r.status == "ACTIVE" and r.connector_id == p["connector_id"]
+           and r.start_ms < p["until_at_ms"] and p["from_at_ms"] < r.stop_ms
+           and not state.capable(r.connector_id, r.start_ms, r.stop_ms, r.energy_wh)]
+    _displace(state, hit, f"DISPLACED_{p['cause']}", out)
+    return None
+
+
+def _displacement_order(state: LedgerState) -> Callable[[Reservation], tuple[Any, ...]]:
+    if state.rules["curtailment_order"] == "LATEST_BOOKED_FIRST":
+        return lambda r: (r.seq,)  # earliest booked keeps first pick
+    return lambda r: (r.curtailable, -r.dr_priority, r.seq)
+
+
+def _displace(state: LedgerState, hit: list[Reservation], reason: str,
+              out: list[Decision]) -> None:
+    """Move each displaced reservation per the rules, or cancel it with ``reason``."""
+    for res in hit:  # free their places first, so they can trade among themselves
+        res.status = "DISPLACED"
+    policy = state.rules["reallocation"]
+    for res in sorted(hit, key=_displacement_order(state)):
+        target = _alternative(state, res, policy)
+        res.status = "ACTIVE"
+        if target is None:
+            _emit(state, out, ("SlotReleased", _released(state, res, reason)))
+            continue
+        connector_id, start_ms = target
+        _emit(state, out, ("SlotReallocated", {
+            "reservation_id": res.reservation_id, "station_id": state.station_id,
+            "from_connector_id": res.connector_id, "from_slot_start_at_ms": res.start_ms,
+            "to_connector_id": connector_id, "to_slot_start_at_ms": start_ms,
+            "to_slot_stop_at_ms": start_ms + (res.stop_ms - res.start_ms),
+            "reason_code": reason, "rules_version": state.rules["rules_version"]}))
+
+
+def _alternative(state: LedgerState, res: Reservation, policy: str) -> tuple[str, int] | None:
+    if policy == "CANCEL":
+        return None
+    slot = state.calendar["slot_duration_ms"]  # type: ignore[index]
+    shifts = REALLOCATION_SHIFT_SLOTS_MAX if policy.endswith("THEN_NEXT_SLOT") else 0
+    duration = res.stop_ms - res.start_ms
+    for shift in range(shifts + 1):
+        start = res.start_ms + shift * slot
+        if state.window_problem(start, start + duration) is not None:
+            return None
+        for cid in state.connector_ids():
+            if shift == 0 and cid == res.connector_id:
+                continue
+            if state.capable(cid, start, start + duration, res.energy_wh) and state.holder(
+                    cid, start, start + duration, ignore=res.reservation_id) is None:
+                return cid, start
+    return None
+
+
+_Handler = Callable[[LedgerState, Command, GovernanceView, list[Decision]], "Rejection | None"]
+_COMMANDS: dict[str, _Handler] = {
+    "SlotCalendarPublished": _publish_calendar,
+    "CapacityChanged": _change_capacity,
+    "StationHeartbeat": _heartbeat,
+    "PostedPriceAccepted": _accept_posted,
+    "BidPlaced": _place_bid,
+    "WalkUpRequested": _walk_up,
+    "ReservationCancelled": _cancel,
+}
+
+
+def register_commands(handlers: dict[str, _Handler]) -> None:
+    """Let the session module (M6) add its commands to the same single-writer ledger."""
+    _COMMANDS.update(handlers)
+
+
+# ---- state serialisation (Faust table values) -----------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return {"$decimal": str(value)}
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _json_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "$decimal" in obj:
+        return Decimal(obj["$decimal"])
+    return obj
+
+
+def dump_state(state: LedgerState) -> bytes:
+    data = {
+        "station_id": state.station_id, "calendar": state.calendar,
+        "reservations": [dataclasses.asdict(r) for r in state.reservations.values()],
+        "bids": [dataclasses.asdict(b) for b in state.bids],
+        "outages": [dataclasses.asdict(o) for o in state.outages],
+        "clock_ms": state.clock_ms, "seq": state.seq,
+        "applied_through_offset": state.applied_through_offset, "extra": state.extra,
+    }
+    return json.dumps(data, default=_json_default, separators=(",", ":")).encode()
+
+
+def load_state(raw: bytes) -> LedgerState:
+    data = json.loads(raw, object_hook=_json_hook)
+    reservations = [Reservation(**r) for r in data["reservations"]]
+    return LedgerState(
+        station_id=data["station_id"], calendar=data["calendar"],
+        reservations={r.reservation_id: r for r in reservations},
+        bids=[Bid(**b) for b in data["bids"]],
+        outages=[Outage(**o) for o in data["outages"]],
+        clock_ms=data["clock_ms"], seq=data["seq"],
+        applied_through_offset=data["applied_through_offset"], extra=data["extra"],
+    )
