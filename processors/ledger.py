@@ -34,6 +34,8 @@ RESERVATIONS_LIVE_MAX = 50_000
 BIDS_PENDING_MAX = 10_000
 OUTAGES_LIVE_MAX = 1_000
 REALLOCATION_SHIFT_SLOTS_MAX = 8
+# Bumps chain (a displaced booking bumps a curtailable one, which is displaced in turn).
+DISPLACEMENT_STEPS_MAX = 1_000
 # Finished reservations stay in the live ledger this long after their slot ends (then only in
 # the lineage and ClickHouse): bounds the state of a station that runs for years.
 FINISHED_KEPT_MS = 2 * 24 * 3_600_000
@@ -529,6 +531,7 @@ def _change_capacity(state: LedgerState, cmd: Command, view: GovernanceView,
 
 
 def _displacement_order(state: LedgerState) -> Callable[[Reservation], tuple[Any, ...]]:
+    """Who picks first among displaced reservations (and who is bumped last)."""
     if state.rules["curtailment_order"] == "LATEST_BOOKED_FIRST":
         return lambda r: (r.seq,)  # earliest booked keeps first pick
     return lambda r: (r.curtailable, -r.dr_priority, r.seq)
@@ -536,26 +539,43 @@ def _displacement_order(state: LedgerState) -> Callable[[Reservation], tuple[Any
 
 def _displace(state: LedgerState, hit: list[Reservation], reason: str,
               out: list[Decision]) -> None:
-    """Move each displaced reservation per the rules, or cancel it with ``reason``."""
+    """Move each displaced reservation per the rules, or cancel it with ``reason``.
+
+    A displaced reservation that finds no free place may bump a *curtailable* reservation of the
+    same window that ranks below it (``curtailment_order``); the bumped one is displaced in turn.
+    """
+    rank = _displacement_order(state)
     for res in hit:  # free their places first, so they can trade among themselves
         res.status = "DISPLACED"
-    policy = state.rules["reallocation"]
-    for res in sorted(hit, key=_displacement_order(state)):
-        target = _alternative(state, res, policy)
-        res.status = "ACTIVE"
+    queue = sorted(hit, key=rank)
+    for _ in range(DISPLACEMENT_STEPS_MAX):
+        if not queue:
+            return
+        res = queue.pop(0)
+        target = _alternative(state, res, state.rules["reallocation"])
         if target is None:
+            res.status = "ACTIVE"
             _emit(state, out, ("SlotReleased", _released(state, res, reason)))
             continue
-        connector_id, start_ms = target
+        connector_id, start_ms, victim = target
+        if victim is not None:
+            victim.status = "DISPLACED"
+            queue = sorted(queue + [victim], key=rank)
+        res.status = "ACTIVE"
         _emit(state, out, ("SlotReallocated", {
             "reservation_id": res.reservation_id, "station_id": state.station_id,
             "from_connector_id": res.connector_id, "from_slot_start_at_ms": res.start_ms,
             "to_connector_id": connector_id, "to_slot_start_at_ms": start_ms,
             "to_slot_stop_at_ms": start_ms + (res.stop_ms - res.start_ms),
             "reason_code": reason, "rules_version": state.rules["rules_version"]}))
+    for res in queue:  # step limit reached: cancel the rest rather than loop on
+        res.status = "ACTIVE"
+        _emit(state, out, ("SlotReleased", _released(state, res, reason, "displacement limit")))
 
 
-def _alternative(state: LedgerState, res: Reservation, policy: str) -> tuple[str, int] | None:
+def _alternative(state: LedgerState, res: Reservation,
+                 policy: str) -> tuple[str, int, Reservation | None] | None:
+    """A free (connector, start) for ``res``, or one it may take by bumping a lower rank."""
     if policy == "CANCEL":
         return None
     slot = state.calendar["slot_duration_ms"]  # type: ignore[index]
@@ -564,14 +584,37 @@ def _alternative(state: LedgerState, res: Reservation, policy: str) -> tuple[str
     for shift in range(shifts + 1):
         start = res.start_ms + shift * slot
         if state.window_problem(start, start + duration) is not None:
-            return None
+            break
         for cid in state.connector_ids():
             if shift == 0 and cid == res.connector_id:
                 continue
             if state.capable(cid, start, start + duration, res.energy_wh) and state.holder(
                     cid, start, start + duration, ignore=res.reservation_id) is None:
-                return cid, start
+                return cid, start, None
+        if shift == 0:
+            bump = _bump_target(state, res)
+            if bump is not None:
+                return bump[0], res.start_ms, bump[1]
     return None
+
+
+def _bump_target(state: LedgerState, res: Reservation) -> tuple[str, Reservation] | None:
+    """The lowest-ranked curtailable reservation whose place in the same window ``res`` fits."""
+    rank = _displacement_order(state)
+    candidates = []
+    for cid in state.connector_ids():
+        if cid == res.connector_id or not state.capable(cid, res.start_ms, res.stop_ms,
+                                                        res.energy_wh):
+            continue
+        holder = state.holder(cid, res.start_ms, res.stop_ms, ignore=res.reservation_id)
+        if (holder is not None and holder.status == "ACTIVE" and holder.curtailable
+                and holder.start_ms == res.start_ms and holder.stop_ms == res.stop_ms
+                and rank(holder) > rank(res)):
+            candidates.append((rank(holder), cid, holder))
+    if not candidates:
+        return None
+    _, cid, victim = max(candidates, key=lambda c: c[0])
+    return cid, victim
 
 
 _Handler = Callable[[LedgerState, Command, GovernanceView, list[Decision]], "Rejection | None"]

@@ -193,3 +193,136 @@ class Publisher:
         remaining = self._producer.flush(timeout_s)
         if remaining or self._errors:
             raise RuntimeError(f"{remaining} undelivered, errors: {self._errors[:5]}")
+
+
+# ---- market helpers: the records vehicles, stations and authorities sign --------------------
+
+
+def identity(*, station_id: str, vehicle: Participant, rate_authority_id: str,
+             jurisdiction: str, connector_id: str = "", connector_hardware_id: str = "",
+             vehicle_id_kind: str = "PSEUDONYM") -> dict[str, Any]:
+    """C1 Identity of a vehicle at a station's connector under a rate authority."""
+    return {
+        "station_id": station_id, "connector_id": connector_id,
+        "connector_hardware_id": connector_hardware_id or connector_id,
+        "vehicle_id": vehicle.subject_id, "vehicle_id_kind": vehicle_id_kind,
+        "vehicle_credential_id": vehicle.credential_id,
+        "rate_authority_id": rate_authority_id, "jurisdiction": jurisdiction,
+    }
+
+
+def claim(*, energy_wh: int, start_ms: int, stop_ms: int, ceiling_rate_per_kwh: str | Decimal,
+          currency: str, curtailable: bool = False, v2g_eligible: bool = False,
+          demand_response_priority: int = 0, adders: list[dict[str, Any]] | None = None,
+          extension: Any = None) -> dict[str, Any]:
+    """C2 Claim: the terms a vehicle offers."""
+    return {
+        "energy_wh": energy_wh, "slot_start_at_ms": start_ms, "slot_stop_at_ms": stop_ms,
+        "ceiling_rate_per_kwh": money(ceiling_rate_per_kwh), "currency": currency,
+        "grid_flags": {"curtailable": curtailable, "v2g_eligible": v2g_eligible,
+                       "demand_response_priority": demand_response_priority},
+        "adders": adders or [], "extension": extension,
+    }
+
+
+def tariff_filed(authority: Participant, *, tariff_id: str, jurisdiction: str, currency: str,
+                 ceiling_per_kwh: str, minor_units: int = 2, rounding: str = "HALF_UP",
+                 time_of_use: list[tuple[int, int, str]] | None = None, tax_percent: str = "0",
+                 congestion_fee_per_kwh: str = "0", renewable_adder_per_kwh: str = "0",
+                 swap_fee: str = "0", station_ids: list[str] | None = None,
+                 at_ms: int = 0) -> SignedEvent:
+    payload = {
+        "tariff_id": tariff_id, "rate_authority_id": authority.credential_id,
+        "jurisdiction": jurisdiction, "station_ids": station_ids or [], "currency": currency,
+        "currency_minor_units": minor_units, "rounding": rounding,
+        "energy_rate_ceiling_per_kwh": money(ceiling_per_kwh),
+        "time_of_use": [{"start_minute_of_day": a, "end_minute_of_day": b,
+                         "rate_per_kwh": money(r)} for a, b, r in (time_of_use or [])],
+        "tax_percent": money(tax_percent), "congestion_fee_per_kwh": money(congestion_fee_per_kwh),
+        "renewable_adder_per_kwh": money(renewable_adder_per_kwh), "swap_fee": money(swap_fee),
+        "effective_from_ms": 0, "effective_until_ms": FOREVER_MS,
+    }
+    return authority.sign("chargemesh.governance.v1.TariffFiled", payload,
+                          subject_key=authority.credential_id, occurred_at_ms=at_ms)
+
+
+def rules_published(authority: Participant, *, rules_version: str, jurisdiction: str,
+                    no_show_grace_ms: int = 10 * 60_000, bid_gate_closure_ms: int = 15 * 60_000,
+                    walk_up_horizon_ms: int = 4 * 3_600_000,
+                    bid_resolution: str = "HIGHEST_RATE_THEN_EARLIEST",
+                    demand_response_priority_wins: bool = True,
+                    reallocation: str = "SAME_SLOT_OTHER_CONNECTOR_THEN_NEXT_SLOT",
+                    curtailment_order: str = "CURTAILABLE_FIRST_LOWEST_PRIORITY_FIRST",
+                    at_ms: int = 0) -> SignedEvent:
+    payload = {
+        "rules_version": rules_version, "authority_id": authority.credential_id,
+        "jurisdiction": jurisdiction, "bid_resolution": bid_resolution,
+        "demand_response_priority_wins": demand_response_priority_wins,
+        "no_show_grace_ms": no_show_grace_ms, "reallocation": reallocation,
+        "curtailment_order": curtailment_order, "bid_gate_closure_ms": bid_gate_closure_ms,
+        "walk_up_horizon_ms": walk_up_horizon_ms, "effective_from_ms": 0,
+    }
+    return authority.sign("chargemesh.governance.v1.AllocationRulesPublished", payload,
+                          subject_key=authority.credential_id, occurred_at_ms=at_ms)
+
+
+def connector(connector_id: str, power_w: int, kind: str = "DC_FAST",
+              meter_credential_id: str = "", bidirectional: bool = False) -> dict[str, Any]:
+    return {"connector_id": connector_id, "hardware_id": f"hw-{connector_id}", "power_w": power_w,
+            "kind": kind, "meter_credential_id": meter_credential_id,
+            "bidirectional": bidirectional}
+
+
+def calendar_published(station: Participant, *, rate_authority_id: str, jurisdiction: str,
+                       tariff_id: str, rules_version: str, connectors: list[dict[str, Any]],
+                       slot_duration_ms: int, horizon_start_ms: int, horizon_end_ms: int,
+                       posted_rate_per_kwh: str, currency: str, grid_zone_id: str = "zone-1",
+                       calendar_version: int = 1, latitude_microdeg: int = 0,
+                       longitude_microdeg: int = 0, at_ms: int | None = None) -> SignedEvent:
+    payload = {
+        "station_id": station.subject_id, "calendar_version": calendar_version,
+        "rate_authority_id": rate_authority_id, "jurisdiction": jurisdiction,
+        "tariff_id": tariff_id, "grid_zone_id": grid_zone_id,
+        "latitude_microdeg": latitude_microdeg, "longitude_microdeg": longitude_microdeg,
+        "connectors": connectors, "slot_duration_ms": slot_duration_ms,
+        "horizon_start_at_ms": horizon_start_ms, "horizon_end_at_ms": horizon_end_ms,
+        "posted_rate_per_kwh": money(posted_rate_per_kwh), "currency": currency,
+        "rules_version": rules_version, "extension": None,
+    }
+    return station.sign("chargemesh.capacity.v1.SlotCalendarPublished", payload,
+                        subject_key=station.subject_id,
+                        occurred_at_ms=horizon_start_ms if at_ms is None else at_ms)
+
+
+def capacity_changed(station: Participant, *, connector_id: str, available: bool,
+                     from_ms: int, until_ms: int, cause: str, power_w: int = 0,
+                     grid_event_id: str = "", at_ms: int | None = None) -> SignedEvent:
+    payload = {"station_id": station.subject_id, "connector_id": connector_id,
+               "available": available, "power_w": power_w, "from_at_ms": from_ms,
+               "until_at_ms": until_ms, "cause": cause, "grid_event_id": grid_event_id}
+    return station.sign("chargemesh.capacity.v1.CapacityChanged", payload,
+                        subject_key=station.subject_id,
+                        occurred_at_ms=from_ms if at_ms is None else at_ms)
+
+
+def heartbeat(station: Participant, at_ms: int) -> SignedEvent:
+    return station.sign("chargemesh.capacity.v1.StationHeartbeat",
+                        {"station_id": station.subject_id, "at_ms": at_ms},
+                        subject_key=station.subject_id, occurred_at_ms=at_ms)
+
+
+def order(vehicle: Participant, kind: str, *, order_id: str, ident: dict[str, Any],
+          terms: dict[str, Any], rate_per_kwh: str | Decimal = "0",
+          arrived_at_ms: int = 0, at_ms: int) -> SignedEvent:
+    """kind: "bid" (BidPlaced), "posted" (PostedPriceAccepted) or "walk_up" (WalkUpRequested)."""
+    payload: dict[str, Any] = {"order_id": order_id, "identity": ident, "claim": terms}
+    if kind == "bid":
+        event_type, payload["bid_rate_per_kwh"] = "BidPlaced", money(rate_per_kwh)
+    elif kind == "posted":
+        event_type, payload["accepted_rate_per_kwh"] = "PostedPriceAccepted", money(rate_per_kwh)
+    elif kind == "walk_up":
+        event_type, payload["arrived_at_ms"] = "WalkUpRequested", arrived_at_ms
+    else:
+        raise ValueError(f"unknown order kind {kind!r}")
+    return vehicle.sign(f"chargemesh.orders.v1.{event_type}", payload,
+                        subject_key=ident["station_id"], occurred_at_ms=at_ms)
