@@ -30,6 +30,7 @@ from chargemesh.processors import ledger
 from chargemesh.processors.follower import GovernanceFollower
 from chargemesh.processors.governance import TrustAnchor
 from chargemesh.processors.ingress import Admitted, Refused, admit, rejection_record
+from chargemesh.processors.market import market_step
 from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.schemas.codec import catalog
 from chargemesh.streams import topics
@@ -109,9 +110,9 @@ class Processors:
         )
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.topics = {spec.name: self.app.topic(spec.name, **raw) for spec in topics.ALL_TOPICS}
-        table_args: dict[str, Any] = dict(
-            schema=faust.Schema(key_type=bytes, value_type=bytes, **raw),
-            partitions=settings.partitions, use_partitioner=True)
+        # key_type/value_type bytes make Faust use the raw codec for the changelog too.
+        table_args: dict[str, Any] = dict(key_type=bytes, value_type=bytes,
+                                          partitions=settings.partitions, use_partitioner=True)
         self.station_to_ledger = self.app.Table("station_to_ledger", **table_args)
         self.event_id_to_position = self.app.Table("event_id_to_position", **table_args)
         self._register()
@@ -211,59 +212,52 @@ class Processors:
                 continue
             station = verdict.event.body.subject_key
             state = touched.get(station) or self._load_state(station)
-            if msg.offset <= state.applied_through_offset:
+            touched[station] = state
+            event_id = verdict.event.event_id
+            seen = first_seen.get(event_id) or self._position_of(event_id)
+            step = market_step(state, verdict, msg.partition, msg.offset, seen,
+                               self.follower.store)
+            if not step.applied:
                 continue  # applied before a restart; its outputs were acknowledged then
-            position = f"{msg.partition}:{msg.offset}"
-            seen = first_seen.get(verdict.event.event_id) or self.event_id_to_position.get(
-                verdict.event.event_id.encode())
-            if seen is not None and (seen.decode() if isinstance(seen, bytes) else seen) != position:
-                replay = Rejection.of(Reason.REPLAYED_EVENT_ID, f"first seen at {seen!r}")
-                outputs.append(self._rejected(msg.value, msg.topic, msg.partition, msg.offset,
-                                              Refused(replay, verdict.event)))
-            else:
-                first_seen[verdict.event.event_id] = position
+            if not step.replay:
+                first_seen[event_id] = f"{msg.partition}:{msg.offset}"
                 outputs.append(self._admitted(msg.value, msg.key or b"", msg.topic,
                                               msg.partition, msg.offset))
-                outputs.extend(self._decide(state, verdict, msg))
-            state.applied_through_offset = msg.offset
-            touched[station] = state
+            outputs.extend(self._decision_output(state, verdict.event, i, d)
+                           for i, d in enumerate(step.decisions))
+            if step.rejection is not None:
+                outputs.append(self._rejected(msg.value, msg.topic, msg.partition, msg.offset,
+                                              Refused(step.rejection, verdict.event)))
+        # Outputs first, acknowledged; only then the state that says they were produced.
         await self._publish(outputs)
         for station, state in touched.items():
             self.station_to_ledger[station.encode()] = ledger.dump_state(state)
         for event_id, position in first_seen.items():
             self.event_id_to_position[event_id.encode()] = position.encode()
 
+    def _position_of(self, event_id: str) -> str | None:
+        raw = self.event_id_to_position.get(event_id.encode())
+        return raw.decode() if raw else None
+
     def _load_state(self, station: str) -> ledger.LedgerState:
         raw = self.station_to_ledger.get(station.encode())
         return ledger.load_state(raw) if raw else ledger.LedgerState(station)
 
-    def _decide(self, state: ledger.LedgerState, verdict: Admitted, msg: Any) -> list[Output]:
-        event = verdict.event
-        cmd = ledger.Command(event.event_type, verdict.payload, event.body.occurred_at_ms,
-                             event.body.author_credential_id, event.event_id)
-        outcome = ledger.handle(state, cmd, self.follower.store)
-        decisions = list(outcome.decisions)
-        if outcome.rejection is not None and outcome.rejected_order is not None:
-            order = outcome.rejected_order
-            decisions.append(("OrderRejected", {
-                "order_id": order["order_id"], "station_id": state.station_id,
-                "vehicle_credential_id": event.body.author_credential_id,
-                "reason_code": outcome.rejection.reason, "detail": outcome.rejection.detail}))
-        outputs = [self._decision_output(state, event, i, d) for i, d in enumerate(decisions)]
-        if outcome.rejection is not None:
-            outputs.append(self._rejected(msg.value, msg.topic, msg.partition, msg.offset,
-                                          Refused(outcome.rejection, event)))
-        return outputs
-
     def _decision_output(self, state: ledger.LedgerState, cause: SignedEvent, index: int,
                          decision: ledger.Decision) -> Output:
-        kind, payload = decision
-        wire = {k: v for k, v in payload.items() if not k.startswith("_")}
-        sealed = seal(LEDGER_DECISION_NS + kind, wire, author=self.signer,
-                      subject_key=state.station_id, occurred_at_ms=state.clock_ms,
-                      chain_id=wire.get("reservation_id") or wire.get("order_id", ""),
-                      prev_hash=cause.event_hash, event_id=decision_id(cause.event_id, index))
+        sealed = seal_decision(self.signer, state, cause, index, decision)
         return Output(topics.DECISIONS.name, state.station_id.encode(), sealed.encode())
+
+
+def seal_decision(signer: Signer, state: ledger.LedgerState, cause: SignedEvent, index: int,
+                  decision: ledger.Decision) -> SignedEvent:
+    """A ledger decision as a signed event: deterministic id, time and bytes (Ed25519 is)."""
+    kind, payload = decision
+    wire = {k: v for k, v in payload.items() if not k.startswith("_")}
+    return seal(LEDGER_DECISION_NS + kind, wire, author=signer, subject_key=state.station_id,
+                occurred_at_ms=state.clock_ms,
+                chain_id=wire.get("reservation_id") or wire.get("order_id", ""),
+                prev_hash=cause.event_hash, event_id=decision_id(cause.event_id, index))
 
 
 def create_app(settings: Settings, worker_index: int = 0) -> faust.App:
