@@ -13,7 +13,7 @@ and are copied into the ledger when the calendar is published:
   ``bid_resolution``, the highest bid (ties: earliest) wins, demand-response priority first when
   ``demand_response_priority_wins``; the others are rejected ``OUTBID``;
 * a reservation with no connector handshake by ``slot_start + no_show_grace_ms`` is released
-  ``NO_SHOW``;
+  ``NO_SHOW`` (the grace runs from the booking instead when that came after the slot began);
 * a capacity loss displaces reservations it makes infeasible; they get first pick in the order
   ``curtailment_order`` gives, are moved per ``reallocation`` (another connector in the same
   window, then the next windows) and otherwise cancelled with a reason.
@@ -71,6 +71,7 @@ class Reservation:
     seq: int
     status: str = "ACTIVE"  # ACTIVE | ARRIVED | RELEASED | COMPLETED
     session_id: str = ""
+    booked_at_ms: int = 0  # ledger time of the booking; 0 in states saved before it existed
 
 
 @dataclasses.dataclass
@@ -176,6 +177,7 @@ def evolve(state: LedgerState, decision: Decision) -> None:
             stop_ms=p["slot_stop_at_ms"], rate_per_kwh=p["rate_per_kwh"],
             energy_wh=p["energy_wh"], dr_priority=p["_dr_priority"],
             curtailable=p["_curtailable"], walk_up=p["walk_up"], seq=state.seq,
+            booked_at_ms=p["_booked_at_ms"],
         )
         state.bids = [b for b in state.bids if b.order_id != p["order_id"]]
     elif kind == "SlotReleased":
@@ -245,9 +247,16 @@ def _advance_clock(state: LedgerState, at_ms: int, out: list[Decision]) -> None:
         _resolve_auction(state, start_ms, stop_ms, out)
     grace = state.rules["no_show_grace_ms"]
     for res in sorted(state.reservations.values(), key=lambda r: r.seq):
-        if res.status == "ACTIVE" and res.start_ms + grace <= at_ms:
+        deadline_ms = _no_show_at_ms(res, grace)
+        if res.status == "ACTIVE" and deadline_ms <= at_ms:
             _emit(state, out, ("SlotReleased", _released(state, res, "NO_SHOW",
-                                                         f"no handshake by {res.start_ms + grace}")))
+                                                         f"no handshake by {deadline_ms}")))
+
+
+def _no_show_at_ms(res: Reservation, grace_ms: int) -> int:
+    """The grace runs from the slot's start, or from the booking when that came later: a walk-up
+    arriving late in its slot must still get the time to plug in."""
+    return max(res.start_ms, res.booked_at_ms) + grace_ms
 
 
 def _prune(state: LedgerState) -> None:
@@ -258,7 +267,8 @@ def _prune(state: LedgerState) -> None:
     state.outages = [o for o in state.outages if o.until_ms >= horizon]
 
 
-def _released(state: LedgerState, res: Reservation, reason: str, detail: str = "") -> dict[str, Any]:
+def _released(state: LedgerState, res: Reservation, reason: str,
+              detail: str = "") -> dict[str, Any]:
     return {"reservation_id": res.reservation_id, "station_id": state.station_id,
             "connector_id": res.connector_id, "slot_start_at_ms": res.start_ms,
             "slot_stop_at_ms": res.stop_ms, "reason_code": reason, "detail": detail}
@@ -274,7 +284,7 @@ def _reserved(state: LedgerState, order: Bid, connector_id: str, rate: Decimal,
         "rules_version": state.rules["rules_version"], "walk_up": walk_up,
         # private fields (leading underscore) feed evolve(); they are not on the wire
         "_vehicle_id": order.vehicle_id, "_dr_priority": order.dr_priority,
-        "_curtailable": order.curtailable,
+        "_curtailable": order.curtailable, "_booked_at_ms": state.clock_ms,
     })
 
 
@@ -360,7 +370,8 @@ def _place_bid(state: LedgerState, cmd: Command, view: GovernanceView,
     ceiling = cmd.payload["claim"]["ceiling_rate_per_kwh"]
     filed = Decimal(state.calendar["filed_ceiling_per_kwh"])  # type: ignore[index]
     if order.bid_rate_per_kwh > ceiling:
-        return Rejection("BID_ABOVE_OWN_CEILING", f"bid {order.bid_rate_per_kwh} > ceiling {ceiling}")
+        return Rejection("BID_ABOVE_OWN_CEILING",
+                         f"bid {order.bid_rate_per_kwh} > ceiling {ceiling}")
     if order.bid_rate_per_kwh > filed:
         return Rejection("ABOVE_FILED_CEILING", f"bid {order.bid_rate_per_kwh} exceeds the rate "
                          f"authority's filed ceiling {filed}")
@@ -411,7 +422,8 @@ def _walk_up(state: LedgerState, cmd: Command, view: GovernanceView,
     if isinstance(order, Rejection):
         return order
     cal = state.calendar
-    assert cal is not None
+    if cal is None:  # _order_from has refused it already; this narrows the type
+        return Rejection("NO_CALENDAR", f"station {state.station_id} has published no calendar")
     slot, base = cal["slot_duration_ms"], cal["horizon_start_at_ms"]
     arrived = cmd.payload["arrived_at_ms"]
     start = base + ((arrived - base) // slot) * slot
@@ -472,8 +484,12 @@ def _publish_calendar(state: LedgerState, cmd: Command, view: GovernanceView,
         "connectors": {c["connector_id"]: dict(c) for c in p["connectors"]},
     }
     for res in sorted(state.reservations.values(), key=lambda r: r.seq):
-        if res.status == "ACTIVE" and state.connector(res.connector_id) is None:
+        if res.status != "ACTIVE":
+            continue
+        if state.connector(res.connector_id) is None:
             _displace(state, [res], "CONNECTOR_WITHDRAWN", out)
+        elif not state.capable(res.connector_id, res.start_ms, res.stop_ms, res.energy_wh):
+            _displace(state, [res], "CONNECTOR_DERATED", out)  # less power than it was booked on
     return None
 
 
@@ -513,8 +529,10 @@ def _change_capacity(state: LedgerState, cmd: Command, view: GovernanceView,
     if p["until_at_ms"] <= p["from_at_ms"]:
         return Rejection("INVALID_WINDOW", "until_at_ms must be after from_at_ms")
     if p["available"] and p["cause"] == "RESTORED":
+        # ends the outages in force in [from, until); one announced to begin later stands
         for outage in state.outages:
-            if outage.connector_id == p["connector_id"] and outage.until_ms > p["from_at_ms"]:
+            if outage.connector_id == p["connector_id"] and outage.until_ms > p["from_at_ms"] and (
+                    outage.from_ms < p["until_at_ms"]):
                 outage.until_ms = max(outage.from_ms, p["from_at_ms"])
         return None
     if len(state.outages) >= OUTAGES_LIVE_MAX:
