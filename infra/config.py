@@ -42,6 +42,8 @@ class Settings:
     clickhouse_password: str = ""
     # Optional Confluent Schema Registry framing (empty = Avro single-object encoding).
     schema_registry_url: str = ""
+    # Longest a consumer fetch waits for data (Faust's own default is 1500 ms).
+    consumer_fetch_wait_ms: int = 20
     # Faust worker web port base (each worker needs its own port).
     worker_web_port: int = 16066
     # Trust anchors (root authorities) of this deployment: JSON list of

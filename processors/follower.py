@@ -56,6 +56,7 @@ class GovernanceFollower:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             group_id=None,
+            fetch_max_wait_ms=FETCH_TIMEOUT_MS,
         )
         await self._consumer.start()
         self._consumer.assign([self._partition])

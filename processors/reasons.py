@@ -29,6 +29,8 @@ class Reason(str, enum.Enum):
     DUPLICATE_IDENTIFIER = "DUPLICATE_IDENTIFIER"
     # Replay
     REPLAYED_EVENT_ID = "REPLAYED_EVENT_ID"
+    # A processor bug met this event: it is rejected (and logged) instead of stopping the stream
+    INTERNAL_ERROR = "INTERNAL_ERROR"
     # Market (ledger, sessions, settlement) reasons are added by their processors.
 
 

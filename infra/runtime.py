@@ -1,4 +1,5 @@
-"""Test harness for the processors: worker processes and readers of the output topics."""
+"""Running the processors: worker processes, topic readers and a publisher, for the CLI, the
+simulator, benchmarks and tests."""
 
 from __future__ import annotations
 
@@ -23,17 +24,18 @@ WAIT_S_MAX = 60.0
 POLL_S = 0.2
 
 
-def write_anchors(settings: Settings, root: Participant) -> None:
+def write_anchors(settings: Settings, *roots: Participant) -> None:
+    """Declare ``roots`` the deployment's trust anchors (what workers load at start)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     settings.trust_anchors_path.write_text(json.dumps(
-        [{"authority_id": root.credential_id, "public_key_hex": root.public_key.hex()}]))
+        [{"authority_id": r.credential_id, "public_key_hex": r.public_key.hex()} for r in roots]))
 
 
 class WorkerProcess:
     """A processor worker in its own process, so tests can SIGKILL it for real."""
 
-    def __init__(self, settings: Settings, index: int = 0) -> None:
-        self.settings, self.index = settings, index
+    def __init__(self, settings: Settings, index: int = 0, loglevel: str = "warning") -> None:
+        self.settings, self.index, self.loglevel = settings, index, loglevel
         self.log_path = settings.state_dir / f"worker-{index}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -41,7 +43,8 @@ class WorkerProcess:
         env = dict(os.environ, **self.settings.as_environ())
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chargemesh.processors.worker", "--index", str(self.index)],
+            [sys.executable, "-m", "chargemesh.processors.worker", "--index", str(self.index),
+             "--loglevel", self.loglevel],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
@@ -86,7 +89,8 @@ class TopicReader:
 
     def __init__(self, settings: Settings, topic: str) -> None:
         conf = dict(settings.kafka_client_config(), **{
-            "group.id": "unused-reader", "enable.auto.commit": False})
+            "group.id": "unused-reader", "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10})
         self.consumer = Consumer(conf)
         meta = self.consumer.list_topics(topic, timeout=10)
         parts = meta.topics[topic].partitions
