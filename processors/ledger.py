@@ -41,6 +41,12 @@ DISPLACEMENT_STEPS_MAX = 1_000
 FINISHED_KEPT_MS = 2 * 24 * 3_600_000
 MS_PER_HOUR = 3_600_000
 LIVE = ("ACTIVE", "ARRIVED")
+# A vehicle's timestamp may move a station's ledger clock this far past the station's own.
+VEHICLE_CLOCK_LEAD_MS_MAX = 2 * 60_000
+STATION_CLOCK_EVENTS = frozenset({
+    "SlotCalendarPublished", "CapacityChanged", "StationHeartbeat",
+    "ConnectorHandshakeCompleted", "MeterReadingRecorded", "MeterClosedOut",
+})
 
 Decision = tuple[str, dict[str, Any]]
 
@@ -106,6 +112,7 @@ class LedgerState:
     bids: list[Bid] = dataclasses.field(default_factory=list)
     outages: list[Outage] = dataclasses.field(default_factory=list)
     clock_ms: int = 0
+    station_clock_ms: int = 0  # the latest time the station itself signed
     seq: int = 0
     applied_through_offset: int = -1
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # sessions (M6) live here
@@ -222,7 +229,7 @@ class Outcome:
 def handle(state: LedgerState, cmd: Command, view: GovernanceView) -> Outcome:
     """Decide what an admitted input does to the ledger, and apply it."""
     out: list[Decision] = []
-    _advance_clock(state, cmd.occurred_at_ms, out)
+    _advance_clock(state, _clock_target(state, cmd), out)
     handler = _COMMANDS.get(cmd.event_type.rsplit(".", 1)[1])
     if handler is None:
         return Outcome(out, Rejection("UNSUPPORTED_EVENT", f"{cmd.event_type} is not for the "
@@ -233,6 +240,20 @@ def handle(state: LedgerState, cmd: Command, view: GovernanceView) -> Outcome:
         outcome.rejected_order = cmd.payload
     _prune(state)
     return outcome
+
+
+def _clock_target(state: LedgerState, cmd: Command) -> int:
+    """How far this input may move the station's clock.
+
+    The station's own signed events (heartbeats, calendar, capacity, session evidence) carry its
+    clock. Anyone else's timestamp may lead it by at most VEHICLE_CLOCK_LEAD_MS_MAX, so a
+    future-dated order cannot close auctions or release bookings as no-shows.
+    """
+    kind = cmd.event_type.rsplit(".", 1)[1]
+    if kind in STATION_CLOCK_EVENTS:
+        state.station_clock_ms = max(state.station_clock_ms, cmd.occurred_at_ms)
+        return cmd.occurred_at_ms
+    return min(cmd.occurred_at_ms, state.station_clock_ms + VEHICLE_CLOCK_LEAD_MS_MAX)
 
 
 def _advance_clock(state: LedgerState, at_ms: int, out: list[Decision]) -> None:
@@ -337,12 +358,19 @@ def _order_from(cmd: Command, state: LedgerState, rate_field: str,
                seq=state.seq)
 
 
+def _past_problem(state: LedgerState, order: Bid) -> Rejection | None:
+    if order.start_ms < state.clock_ms:
+        return Rejection("SLOT_IN_PAST", f"window starts {order.start_ms}, station time is "
+                         f"{state.clock_ms}")
+    return None
+
+
 def _accept_posted(state: LedgerState, cmd: Command, view: GovernanceView,
                    out: list[Decision]) -> Rejection | None:
     order = _order_from(cmd, state, "accepted_rate_per_kwh", view)
     if isinstance(order, Rejection):
         return order
-    problem = state.window_problem(order.start_ms, order.stop_ms)
+    problem = state.window_problem(order.start_ms, order.stop_ms) or _past_problem(state, order)
     if problem is not None:
         return problem
     posted = Decimal(state.calendar["posted_rate_per_kwh"])  # type: ignore[index]
@@ -364,7 +392,7 @@ def _place_bid(state: LedgerState, cmd: Command, view: GovernanceView,
     order = _order_from(cmd, state, "bid_rate_per_kwh", view)
     if isinstance(order, Rejection):
         return order
-    problem = state.window_problem(order.start_ms, order.stop_ms)
+    problem = state.window_problem(order.start_ms, order.stop_ms)  # past => BIDDING_CLOSED below
     if problem is not None:
         return problem
     ceiling = cmd.payload["claim"]["ceiling_rate_per_kwh"]
@@ -377,7 +405,9 @@ def _place_bid(state: LedgerState, cmd: Command, view: GovernanceView,
                          f"authority's filed ceiling {filed}")
     if order.bid_rate_per_kwh <= 0:
         return Rejection("INVALID_RATE", "bid must be positive")
-    if order.start_ms - state.rules["bid_gate_closure_ms"] <= state.clock_ms:
+    # Late by its own signed time, or by the station's: either way the auction is closed.
+    if order.start_ms - state.rules["bid_gate_closure_ms"] <= max(state.clock_ms,
+                                                                   cmd.occurred_at_ms):
         return Rejection("BIDDING_CLOSED", f"bids for {order.start_ms} closed")
     if len(state.bids) >= BIDS_PENDING_MAX:
         return Rejection("LEDGER_FULL", f"{BIDS_PENDING_MAX} bids pending")
@@ -426,6 +456,8 @@ def _walk_up(state: LedgerState, cmd: Command, view: GovernanceView,
         return Rejection("NO_CALENDAR", f"station {state.station_id} has published no calendar")
     slot, base = cal["slot_duration_ms"], cal["horizon_start_at_ms"]
     arrived = cmd.payload["arrived_at_ms"]
+    if abs(arrived - cmd.occurred_at_ms) > VEHICLE_CLOCK_LEAD_MS_MAX:
+        return Rejection("INVALID_ARRIVAL", "arrived_at_ms is not the request's own time")
     start = base + ((arrived - base) // slot) * slot
     wanted_stop = max(cmd.payload["claim"]["slot_stop_at_ms"], start + slot)
     stop = base + -(-(wanted_stop - base) // slot) * slot
@@ -673,7 +705,7 @@ def dump_state(state: LedgerState) -> bytes:
         "reservations": [dataclasses.asdict(r) for r in state.reservations.values()],
         "bids": [dataclasses.asdict(b) for b in state.bids],
         "outages": [dataclasses.asdict(o) for o in state.outages],
-        "clock_ms": state.clock_ms, "seq": state.seq,
+        "clock_ms": state.clock_ms, "station_clock_ms": state.station_clock_ms, "seq": state.seq,
         "applied_through_offset": state.applied_through_offset, "extra": state.extra,
     }
     return json.dumps(data, default=_json_default, separators=(",", ":")).encode()
@@ -687,6 +719,7 @@ def load_state(raw: bytes) -> LedgerState:
         reservations={r.reservation_id: r for r in reservations},
         bids=[Bid(**b) for b in data["bids"]],
         outages=[Outage(**o) for o in data["outages"]],
-        clock_ms=data["clock_ms"], seq=data["seq"],
+        clock_ms=data["clock_ms"], station_clock_ms=data.get("station_clock_ms", 0),
+        seq=data["seq"],
         applied_through_offset=data["applied_through_offset"], extra=data["extra"],
     )

@@ -471,6 +471,7 @@ def test_bidding_closes_at_the_gate_before_the_slot_starts() -> None:
     m = market()
     assert m.bid("v1", "o1", slot(2), "0.50", at_ms=gate(2) - 1).rejection is None
     assert reason(m.bid("v2", "o2", slot(2), "0.55", at_ms=gate(2))) == "BIDDING_CLOSED"
+    m.heartbeat(gate(2) - 1)  # the station's clock passes the first gate
     assert reason(m.bid("v3", "o3", slot(1), "0.55")) == "BIDDING_CLOSED"  # the clock is past it
 
 
@@ -619,19 +620,38 @@ def test_a_no_show_is_released_after_the_grace_and_the_slot_goes_to_a_walk_up() 
     assert p["walk_up"] is True and (p["slot_start_at_ms"], p["slot_stop_at_ms"]) == slot(1)
 
 
-def test_the_walk_up_itself_moves_time_on_and_so_frees_the_no_show_first() -> None:
+def test_the_stations_clock_frees_the_no_show_and_the_walk_up_then_gets_the_slot() -> None:
     m = market(connectors=[connector("c1", POWER_W)])
     reserved(m.posted("v1", "booked", slot(1)))
-    outcome = m.walk_up("v2", "w1", slot(1)[0] + GRACE_MS + MINUTE_MS, slot(1)[1])
+    arrived = slot(1)[0] + GRACE_MS + MINUTE_MS
+    freed = m.heartbeat(arrived)
+    assert [(k, p["reason_code"]) for k, p in freed.decisions] == [("SlotReleased", "NO_SHOW")]
+    outcome = m.walk_up("v2", "w1", arrived, slot(1)[1])
     assert outcome.rejection is None
-    assert kinds(outcome) == ["SlotReleased", "SlotReserved"]
-    assert outcome.decisions[0][1]["reason_code"] == "NO_SHOW"
-    assert outcome.decisions[1][1]["walk_up"] is True
+    assert kinds(outcome) == ["SlotReserved"]
+    assert outcome.decisions[0][1]["walk_up"] is True
+
+
+def test_a_future_dated_order_cannot_move_the_stations_clock() -> None:
+    """Only the station's own signed time may run its clock; a vehicle's may lead by 2 min."""
+    m = market(connectors=[connector("c1", POWER_W)])
+    reserved(m.posted("v1", "booked", slot(1)))
+    far_future = slot(1)[0] + 10 * GRACE_MS
+    m.bid("v2", "sneaky", slot(3), "0.50", at_ms=far_future)
+    assert m.state.reservations["res:booked"].status == "ACTIVE"  # not released as a no-show
+    assert m.state.clock_ms <= m.state.station_clock_ms + ledger.VEHICLE_CLOCK_LEAD_MS_MAX
+
+
+def test_orders_for_windows_already_past_are_refused() -> None:
+    m = market(connectors=[connector("c1", POWER_W)])
+    m.heartbeat(slot(2)[0])
+    assert reason(m.posted("v1", "late", slot(1))) == "SLOT_IN_PAST"
 
 
 def test_a_walk_up_arriving_late_in_its_slot_keeps_its_authorisation_through_the_grace() -> None:
     m = market(connectors=[connector("c1", POWER_W)])
     arrived = slot(1)[0] + 20 * MINUTE_MS  # already past slot start + grace
+    m.heartbeat(arrived)
     reserved(m.walk_up("v1", "w1", arrived, slot(1)[1]))
     # the vehicle is at the connector: the next event a minute later must not release it
     assert m.heartbeat(arrived + MINUTE_MS).decisions == []
@@ -866,6 +886,7 @@ def story(m: Market) -> list[SignedEvent]:
                          from_ms=slot(4)[0], until_ms=slot(6)[0], cause="CURTAILMENT",
                          at_ms=gate(4) + 1_000),
         heartbeat(m.station, slot(3)[0] + GRACE_MS),
+        heartbeat(m.station, slot(5)[0] + 20 * MINUTE_MS),
         m.order("v2", "walk_up", "w1", (0, slot(5)[1]), arrived_ms=slot(5)[0] + 20 * MINUTE_MS,
                 at_ms=slot(5)[0] + 20 * MINUTE_MS),
         heartbeat(m.station, HORIZON_END_MS + ledger.FINISHED_KEPT_MS + 1),

@@ -147,6 +147,7 @@ def test_no_show_frees_the_slot_for_a_walk_up(mesh: Mesh) -> None:
     slot = market.start_ms + HOUR_MS
     mesh.publish(market.posted_order(sleeper, "booked", slot, slots=2, energy_wh=5_000))
     arrived = slot + 12 * 60_000  # past the 10-minute grace, nobody plugged in
+    mesh.publish(sdk.heartbeat(market.station, arrived))  # the station's clock says so
     mesh.publish(market.walk_up(walker, "walk", arrived, connector_id="c1", energy_wh=5_000))
     decisions = wait_decisions(mesh, market, lambda ds: len(ds) >= 3)
     kinds = [(k, p.get("reason_code"), p.get("walk_up")) for k, p in decisions]
