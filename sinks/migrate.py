@@ -54,8 +54,15 @@ class Migration:
     statements: tuple[str, ...]
 
 
-def clickhouse_client(settings: Settings, database: bool = True) -> Client:
-    """A native-protocol client; ``database=False`` connects to ``default`` (before it exists)."""
+def clickhouse_client(
+    settings: Settings, database: bool = True, query_timeout_s: float = QUERY_TIMEOUT_S
+) -> Client:
+    """A native-protocol client; ``database=False`` connects to ``default`` (before it exists).
+
+    ``query_timeout_s`` bounds every socket read and write: a sink passes a short one so a hung
+    server (e.g. stopped with SIGSTOP) fails its insert in seconds instead of minutes.
+    """
+    ensure(query_timeout_s > 0, f"query_timeout_s must be positive: {query_timeout_s}")
     host, port = settings.clickhouse_address
     return Client(
         host=host,
@@ -64,7 +71,7 @@ def clickhouse_client(settings: Settings, database: bool = True) -> Client:
         user=settings.clickhouse_user,
         password=settings.clickhouse_password,
         connect_timeout=CONNECT_TIMEOUT_S,
-        send_receive_timeout=QUERY_TIMEOUT_S,
+        send_receive_timeout=query_timeout_s,
     )
 
 
