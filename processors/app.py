@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -51,7 +52,27 @@ DECISION_NAMESPACE = uuid.UUID("0b9d6a8e-54f3-4f0b-8c1e-7a2f3d4e5c6b")
 STALE_VIEW_REASONS = frozenset({
     Reason.UNKNOWN_CREDENTIAL.value, Reason.UNRECOGNISED_AUTHORITY.value,
 })
-LEDGER_DECISION_NS = "chargemesh.ledger.v1."
+# Every decision kind the ledger emits: its event type, and the topic (and key field) it is
+# published on. Settlements go to the billing feed keyed by session; the rest stay per station.
+DECISION_ROUTES: dict[str, tuple[str, str, str]] = {
+    "SlotReserved": ("chargemesh.ledger.v1.SlotReserved", topics.DECISIONS.name, "station_id"),
+    "SlotReleased": ("chargemesh.ledger.v1.SlotReleased", topics.DECISIONS.name, "station_id"),
+    "SlotReallocated": ("chargemesh.ledger.v1.SlotReallocated", topics.DECISIONS.name,
+                        "station_id"),
+    "OrderRejected": ("chargemesh.ledger.v1.OrderRejected", topics.DECISIONS.name, "station_id"),
+    "CredentialReevaluated": ("chargemesh.ledger.v1.CredentialReevaluated",
+                              topics.DECISIONS.name, "station_id"),
+    "RepriceProposed": ("chargemesh.session.v1.RepriceProposed", topics.DECISIONS.name,
+                        "station_id"),
+    "SessionStopped": ("chargemesh.session.v1.SessionStopped", topics.DECISIONS.name,
+                       "station_id"),
+    "SettlementAdmitted": ("chargemesh.settlement.v1.SettlementAdmitted",
+                           topics.SETTLEMENTS.name, "session_id"),
+    "SettlementFinalised": ("chargemesh.settlement.v1.SettlementFinalised",
+                            topics.SETTLEMENTS.name, "session_id"),
+}
+CALENDAR_PUBLISHED = "chargemesh.capacity.v1.SlotCalendarPublished"
+ZONE_STATIONS_MAX = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +180,9 @@ class Processors:
     def __init__(self, settings: Settings, worker_index: int = 0) -> None:
         self.settings = settings
         self.signer = load_processor_signer(settings)
-        self.follower = GovernanceFollower(settings.kafka_client_config(), load_anchors(settings))
+        self.follower = GovernanceFollower(
+            settings.kafka_client_config(), load_anchors(settings),
+            processors=[TrustAnchor(self.signer.credential_id, self.signer.public_key)])
         self.ready = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self.stats = BatchStats()
@@ -186,6 +209,7 @@ class Processors:
                                           partitions=settings.partitions, use_partitioner=True)
         self.station_to_ledger = self.app.Table("station_to_ledger", **table_args)
         self.event_id_to_position = self.app.Table("event_id_to_position", **table_args)
+        self.zone_to_stations = self.app.Table("zone_to_stations", **table_args)
         self._register()
 
     # ---- wiring ------------------------------------------------------------------------------
@@ -223,6 +247,15 @@ class Processors:
                 except BaseException as exc:  # noqa: BLE001 - see fail_stop
                     fail_stop("market batch", exc)
                 self.stats.record(len(batch), time.perf_counter() - started)
+
+        @app.agent(self.topics[topics.GRID.name])
+        async def route_grid(stream: Any) -> None:
+            async for batch in stream.take_events(BATCH_EVENTS_MAX, within=BATCH_WITHIN_S):
+                await self.ready.wait()
+                try:
+                    await self._grid_batch(batch)
+                except BaseException as exc:  # noqa: BLE001 - see fail_stop
+                    fail_stop("grid batch", exc)
 
         @app.timer(interval=STATS_INTERVAL_S)
         async def report_stats() -> None:
@@ -326,6 +359,8 @@ class Processors:
                                               msg.partition, msg.offset))
             outputs.extend(self._decision_output(state, verdict.event, i, d)
                            for i, d in enumerate(step.decisions))
+            if verdict.event.event_type == CALENDAR_PUBLISHED and step.rejection is None:
+                outputs.append(self._zone_joined(state, verdict.event))
             if step.rejection is not None:
                 outputs.append(self._rejected(msg.value, msg.topic, msg.partition, msg.offset,
                                               Refused(step.rejection, verdict.event)))
@@ -340,6 +375,61 @@ class Processors:
         self.stats.phase("publish", published - decided)
         self.stats.phase("tables", time.perf_counter() - published)
 
+    # ---- the grid: one router per zone ---------------------------------------------------------
+
+    async def _grid_batch(self, batch: list[Any]) -> None:
+        """Zone membership and grid events; each grid event is routed to the zone's stations."""
+        outputs: list[Output] = []
+        zones: dict[str, dict[str, Any]] = {}
+        for event in batch:
+            msg = event.message
+            verdict = await self._verify(msg.value, msg.key, msg.topic)
+            if isinstance(verdict, Admitted):
+                zone = verdict.event.body.subject_key
+                zstate = zones.get(zone) or self._load_zone(zone)
+                zones[zone] = zstate
+                if msg.offset <= zstate["applied_through_offset"]:
+                    continue  # applied before a restart
+                zstate["applied_through_offset"] = msg.offset
+                verdict = self._grid_step(zstate, verdict, outputs)
+            if isinstance(verdict, Refused):
+                outputs.append(self._rejected(msg.value, msg.topic, msg.partition, msg.offset,
+                                              verdict))
+            else:
+                outputs.append(self._admitted(msg.value, msg.key or b"", msg.topic,
+                                              msg.partition, msg.offset))
+        await self._publish(outputs)
+        for zone, zstate in zones.items():
+            self.zone_to_stations[zone.encode()] = json.dumps(zstate, sort_keys=True).encode()
+
+    def _load_zone(self, zone: str) -> dict[str, Any]:
+        raw = self.zone_to_stations.get(zone.encode())
+        if raw:
+            loaded: dict[str, Any] = json.loads(raw)
+            return loaded
+        return {"stations": [], "applied_through_offset": -1}
+
+    def _grid_step(self, zstate: dict[str, Any], verdict: Admitted,
+                   outputs: list[Output]) -> Admitted | Refused:
+        event, payload = verdict.event, verdict.payload
+        if event.event_type == "chargemesh.grid.v1.StationZoneJoined":
+            stations = set(zstate["stations"]) | {payload["station_id"]}
+            zstate["stations"] = sorted(stations)[:ZONE_STATIONS_MAX]
+            return verdict
+        if not self.follower.store.operates_zone(event.body.author_credential_id,
+                                                 payload["grid_zone_id"]):
+            return Refused(Rejection.of(Reason.ROLE_NOT_PERMITTED, "the author does not operate "
+                                        f"grid zone {payload['grid_zone_id']}"), event)
+        for index, station in enumerate(zstate["stations"]):
+            routed = seal(
+                "chargemesh.grid.v1.GridEventRouted",
+                {"station_id": station, "grid_zone_id": payload["grid_zone_id"],
+                 "grid_event_id": payload["grid_event_id"], "grid_event": event.encode()},
+                author=self.signer, subject_key=station, occurred_at_ms=event.body.occurred_at_ms,
+                prev_hash=event.event_hash, event_id=decision_id(event.event_id, index))
+            outputs.append(Output(topics.MARKET.name, station.encode(), routed.encode()))
+        return verdict
+
     def _position_of(self, event_id: str) -> str | None:
         raw = self.event_id_to_position.get(event_id.encode())
         return raw.decode() if raw else None
@@ -352,7 +442,19 @@ class Processors:
     def _decision_output(self, state: ledger.LedgerState, cause: SignedEvent, index: int,
                          decision: ledger.Decision) -> Output:
         sealed = seal_decision(self.signer, state, cause, index, decision)
-        return Output(topics.DECISIONS.name, state.station_id.encode(), sealed.encode())
+        _, topic, key_field = DECISION_ROUTES[decision[0]]
+        return Output(topic, str(decision[1][key_field]).encode(), sealed.encode())
+
+    def _zone_joined(self, state: ledger.LedgerState, cause: SignedEvent) -> Output:
+        """Tell the grid agent this station is in its calendar's grid zone."""
+        cal = state.calendar or {}
+        zone = cal.get("grid_zone_id", "")
+        sealed = seal("chargemesh.grid.v1.StationZoneJoined",
+                      {"station_id": state.station_id, "grid_zone_id": zone,
+                       "calendar_version": cal.get("calendar_version", 0)},
+                      author=self.signer, subject_key=zone, occurred_at_ms=state.clock_ms,
+                      prev_hash=cause.event_hash, event_id=decision_id(cause.event_id, 1_000))
+        return Output(topics.GRID.name, zone.encode(), sealed.encode())
 
 
 @dataclasses.dataclass
@@ -392,9 +494,11 @@ def seal_decision(signer: Signer, state: ledger.LedgerState, cause: SignedEvent,
     """A ledger decision as a signed event: deterministic id, time and bytes (Ed25519 is)."""
     kind, payload = decision
     wire = {k: v for k, v in payload.items() if not k.startswith("_")}
-    return seal(LEDGER_DECISION_NS + kind, wire, author=signer, subject_key=state.station_id,
+    event_type, _, key_field = DECISION_ROUTES[kind]
+    return seal(event_type, wire, author=signer, subject_key=str(wire[key_field]),
                 occurred_at_ms=state.clock_ms,
-                chain_id=wire.get("reservation_id") or wire.get("order_id", ""),
+                chain_id=(wire.get("session_id") or wire.get("reservation_id")
+                          or wire.get("order_id", "")),
                 prev_hash=cause.event_hash, event_id=decision_id(cause.event_id, index))
 
 

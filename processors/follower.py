@@ -28,8 +28,9 @@ VERDICTS_KEPT_MAX = 1_000_000
 
 
 class GovernanceFollower:
-    def __init__(self, kafka_config: dict[str, Any], anchors: list[TrustAnchor]) -> None:
-        self.store = TrustStore(anchors)
+    def __init__(self, kafka_config: dict[str, Any], anchors: list[TrustAnchor],
+                 processors: list[TrustAnchor] | None = None) -> None:
+        self.store = TrustStore(anchors, processors)
         self._partition = TopicPartition(GOVERNANCE.name, 0)
         self._bootstrap = kafka_config["bootstrap.servers"]
         self._consumer_or_none: AIOKafkaConsumer | None = None

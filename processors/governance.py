@@ -49,6 +49,13 @@ class Principal:
     parent_id: str  # who vouches for it ("" for an anchor or an unrecognised authority)
     subject_id: str
     recognised: bool = True
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    def attribute(self, name: str) -> str:
+        for key, value in self.attributes:
+            if key == name:
+                return value
+        return ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +76,17 @@ class ChainOk:
 class TrustStore:
     """The governance state at some offset of the governance topic."""
 
-    def __init__(self, anchors: list[TrustAnchor]) -> None:
+    def __init__(self, anchors: list[TrustAnchor],
+                 processors: list[TrustAnchor] | None = None) -> None:
         self.anchors = {a.authority_id: a.public_key for a in anchors}
         self.principals: dict[str, Principal] = {}
+        # The mesh's own processors sign derived records (routing, decisions): a deployment key,
+        # trusted for the PROCESSOR role only.
+        for proc in processors or []:
+            self.principals[proc.authority_id] = Principal(
+                proc.authority_id, "processor", proc.public_key, frozenset({"PROCESSOR"}),
+                frozenset(), 0, FOREVER_MS, "", proc.authority_id)
+        self.grid_programs: dict[str, dict[str, Any]] = {}
         self.revocations: dict[str, Revocation] = {}
         self.reciprocity: dict[frozenset[str], list[tuple[int, int, str]]] = {}
         self.tariffs: dict[str, dict[str, Any]] = {}
@@ -96,6 +111,8 @@ class TrustStore:
                 return problem
             if current.kind == "authority" and current.principal_id in self.anchors:
                 return ChainOk(first, tuple(chain), current.principal_id)
+            if current.kind == "processor":
+                return ChainOk(first, tuple(chain), "")
             if current.kind == "authority" and not current.recognised:
                 return Rejection.of(
                     Reason.UNRECOGNISED_AUTHORITY,
@@ -182,6 +199,20 @@ class TrustStore:
         """``authority_id`` is recognised (chains to an anchor) and holds the RATE_AUTHORITY role."""
         verdict = self.resolve(authority_id, at_ms)
         return isinstance(verdict, ChainOk) and "RATE_AUTHORITY" in verdict.principal.roles
+
+    def operates_zone(self, credential_id: str, grid_zone_id: str) -> bool:
+        """A GRID_OPERATOR credential whose ``grid_zones`` attribute lists the zone."""
+        principal = self.principals.get(credential_id)
+        if principal is None or "GRID_OPERATOR" not in principal.roles:
+            return False
+        return grid_zone_id in principal.attribute("grid_zones").split(",")
+
+    def grid_program(self, grid_zone_id: str, at_ms: int) -> dict[str, Any] | None:
+        """The zone's V2G / demand-response program in force at ``at_ms`` (None: bilateral)."""
+        program = self.grid_programs.get(grid_zone_id)
+        if program is None or program["program"] == "NONE" or program["effective_from_ms"] > at_ms:
+            return None
+        return program
 
     def tariff(self, tariff_id: str) -> dict[str, Any] | None:
         return self.tariffs.get(tariff_id)
@@ -320,6 +351,7 @@ def _issue_credential(store: TrustStore, event: SignedEvent, p: dict[str, Any]) 
         valid_until_ms=min(p["valid_until_ms"], issuer.valid_until_ms),
         parent_id=p["issuer_id"],
         subject_id=p["subject_id"],
+        attributes=tuple((a["name"], a["value"]) for a in p["attributes"]),
     )
     return None
 
@@ -384,6 +416,18 @@ def _publish_rules(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> 
     return None
 
 
+def _declare_grid_program(store: TrustStore, event: SignedEvent,
+                          p: dict[str, Any]) -> Rejection | None:
+    verdict = store.check_event(event, p)
+    if isinstance(verdict, Rejection):
+        return verdict
+    if not store.operates_zone(event.body.author_credential_id, p["grid_zone_id"]):
+        return Rejection.of(Reason.ROLE_NOT_PERMITTED, f"{event.body.author_credential_id} does "
+                            f"not operate grid zone {p['grid_zone_id']}")
+    store.grid_programs[p["grid_zone_id"]] = p
+    return None
+
+
 _Handler = Callable[[TrustStore, SignedEvent, dict[str, Any]], "Rejection | None"]
 _HANDLERS: dict[str, _Handler] = {
     "chargemesh.governance.v1.AuthorityDeclared": _declare_authority,
@@ -394,5 +438,6 @@ _HANDLERS: dict[str, _Handler] = {
     "chargemesh.governance.v1.ReciprocityAgreed": _agree_reciprocity,
     "chargemesh.governance.v1.TariffFiled": _file_tariff,
     "chargemesh.governance.v1.AllocationRulesPublished": _publish_rules,
+    "chargemesh.grid.v1.GridProgramDeclared": _declare_grid_program,
 }
 GOVERNANCE_EVENT_TYPES = frozenset(_HANDLERS)

@@ -59,6 +59,8 @@ class GovernanceView(Protocol):
 
     def is_rate_authority(self, authority_id: str, at_ms: int) -> bool: ...
 
+    def grid_program(self, grid_zone_id: str, at_ms: int) -> dict[str, Any] | None: ...
+
 
 @dataclasses.dataclass
 class Reservation:
@@ -77,6 +79,7 @@ class Reservation:
     seq: int
     status: str = "ACTIVE"  # ACTIVE | ARRIVED | RELEASED | COMPLETED
     session_id: str = ""
+    ceiling_rate_per_kwh: Decimal | None = None  # the vehicle's signed ceiling (re-price bound)
     booked_at_ms: int = 0  # ledger time of the booking; 0 in states saved before it existed
 
 
@@ -93,6 +96,7 @@ class Bid:
     dr_priority: int
     curtailable: bool
     seq: int
+    ceiling_rate_per_kwh: Decimal | None = None
 
 
 @dataclasses.dataclass
@@ -184,6 +188,7 @@ def evolve(state: LedgerState, decision: Decision) -> None:
             stop_ms=p["slot_stop_at_ms"], rate_per_kwh=p["rate_per_kwh"],
             energy_wh=p["energy_wh"], dr_priority=p["_dr_priority"],
             curtailable=p["_curtailable"], walk_up=p["walk_up"], seq=state.seq,
+            ceiling_rate_per_kwh=p.get("_ceiling"),
             booked_at_ms=p["_booked_at_ms"],
         )
         state.bids = [b for b in state.bids if b.order_id != p["order_id"]]
@@ -216,6 +221,7 @@ class Command:
     occurred_at_ms: int
     author_id: str
     event_id: str
+    event_hash: bytes = b""
 
 
 @dataclasses.dataclass
@@ -285,6 +291,10 @@ def _prune(state: LedgerState) -> None:
     for rid in [r.reservation_id for r in state.reservations.values()
                 if r.stop_ms < horizon and r.status not in LIVE]:
         del state.reservations[rid]
+    live_sessions = state.extra.get("sessions", {})
+    for sid in [sid for sid, s in live_sessions.items()
+                if s["status"] in ("FINAL", "VOID") and s["booked_stop_ms"] < horizon]:
+        del live_sessions[sid]
     state.outages = [o for o in state.outages if o.until_ms >= horizon]
 
 
@@ -306,6 +316,7 @@ def _reserved(state: LedgerState, order: Bid, connector_id: str, rate: Decimal,
         # private fields (leading underscore) feed evolve(); they are not on the wire
         "_vehicle_id": order.vehicle_id, "_dr_priority": order.dr_priority,
         "_curtailable": order.curtailable, "_booked_at_ms": state.clock_ms,
+        "_ceiling": order.ceiling_rate_per_kwh,
     })
 
 
@@ -355,7 +366,7 @@ def _order_from(cmd: Command, state: LedgerState, rate_field: str,
                start_ms=claim["slot_start_at_ms"], stop_ms=claim["slot_stop_at_ms"],
                bid_rate_per_kwh=rate, energy_wh=claim["energy_wh"],
                dr_priority=flags["demand_response_priority"], curtailable=flags["curtailable"],
-               seq=state.seq)
+               seq=state.seq, ceiling_rate_per_kwh=claim["ceiling_rate_per_kwh"])
 
 
 def _past_problem(state: LedgerState, order: Bid) -> Rejection | None:

@@ -8,9 +8,33 @@ from __future__ import annotations
 
 import dataclasses
 
-from chargemesh.processors import ledger
-from chargemesh.processors.ingress import Admitted
+from typing import Any
+
+from chargemesh.processors import ledger, sessions  # noqa: F401 - sessions registers commands
+from chargemesh.processors.governance import TrustStore
+from chargemesh.processors.ingress import Admitted, decode
 from chargemesh.processors.reasons import Reason, Rejection
+
+
+GRID_EVENT_ROUTED = "chargemesh.grid.v1.GridEventRouted"
+GRID_EVENT_DECLARED = "chargemesh.grid.v1.GridEventDeclared"
+
+
+def routed_grid_event(routed: dict[str, Any], view: ledger.GovernanceView) -> dict[str, Any] | None:
+    """The operator's own signed grid event inside a routing record, verified on its own:
+    the processor that routed it cannot change what the operator said."""
+    decoded = decode(routed["grid_event"])
+    if not isinstance(decoded, tuple):
+        return None
+    inner, payload = decoded
+    if inner.event_type != GRID_EVENT_DECLARED or not isinstance(view, TrustStore):
+        return None
+    verdict = view.check_event(inner, payload)
+    if not hasattr(verdict, "principal") or payload["grid_zone_id"] != routed["grid_zone_id"]:
+        return None
+    if not view.operates_zone(inner.body.author_credential_id, payload["grid_zone_id"]):
+        return None
+    return payload
 
 
 @dataclasses.dataclass
@@ -35,8 +59,11 @@ def market_step(state: ledger.LedgerState, verdict: Admitted, partition: int, of
         return Step(applied=True, replay=True, rejection=Rejection.of(
             Reason.REPLAYED_EVENT_ID, f"event id first seen at {first_seen_at}"))
     event = verdict.event
-    cmd = ledger.Command(event.event_type, verdict.payload, event.body.occurred_at_ms,
-                         event.body.author_credential_id, event.event_id)
+    payload = verdict.payload
+    if event.event_type == GRID_EVENT_ROUTED:
+        payload = dict(payload, _grid_event=routed_grid_event(payload, view))
+    cmd = ledger.Command(event.event_type, payload, event.body.occurred_at_ms,
+                         event.body.author_credential_id, event.event_id, event.event_hash)
     outcome = ledger.handle(state, cmd, view)
     decisions = list(outcome.decisions)
     if outcome.rejection is not None and outcome.rejected_order is not None:

@@ -54,8 +54,7 @@ POLICIES: dict[str, EventPolicy] = {
     "chargemesh.governance.v1.AllocationRulesPublished": _p(
         GOV, frozenset({"RATE_AUTHORITY", "AUTHORITY"})
     ),
-    "chargemesh.grid.v1.GridProgramDeclared": _p(GRD, frozenset({"GRID_OPERATOR"}),
-                                                 key_path="grid_zone_id"),
+    "chargemesh.grid.v1.GridProgramDeclared": _p(GOV, frozenset({"GRID_OPERATOR"})),
     # Capacity (station-authored, keyed by station)
     "chargemesh.capacity.v1.SlotCalendarPublished": _p(
         MKT, STATION_ROLES, key_path="station_id", author_subject_path="station_id"
@@ -98,8 +97,13 @@ POLICIES: dict[str, EventPolicy] = {
     # Grid
     "chargemesh.grid.v1.GridEventDeclared": _p(GRD, frozenset({"GRID_OPERATOR"}),
                                                key_path="grid_zone_id"),
-    "chargemesh.grid.v1.SettlementCoSigned": _p(GRD, frozenset({"GRID_OPERATOR"}),
-                                                key_path="grid_zone_id"),
+    # The operator co-signs into the station's own ledger partition.
+    "chargemesh.grid.v1.SettlementCoSigned": _p(MKT, frozenset({"GRID_OPERATOR"}),
+                                                key_path="station_id"),
+    # Processor records: routing a zone's grid events to its stations.
+    "chargemesh.grid.v1.StationZoneJoined": _p(GRD, frozenset({"PROCESSOR"}),
+                                               key_path="grid_zone_id"),
+    "chargemesh.grid.v1.GridEventRouted": _p(MKT, frozenset({"PROCESSOR"}), key_path="station_id"),
     # Disputes
     "chargemesh.dispute.v1.DisputeOpened": _p(DSP, PARTY_ROLES, key_path="session_id"),
     "chargemesh.dispute.v1.DisputeEvidenceSubmitted": _p(DSP, PARTY_ROLES | frozenset({"ARBITER"}),

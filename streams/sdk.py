@@ -47,7 +47,17 @@ def money(value: str | int | Decimal) -> Decimal:
     return Decimal(value).quantize(MONEY_SCALE)
 
 
+# Event types that do not live on their domain's topic.
+TOPIC_OF_TYPE = {
+    "chargemesh.grid.v1.GridProgramDeclared": topics.GOVERNANCE.name,
+    "chargemesh.grid.v1.SettlementCoSigned": topics.MARKET.name,
+    "chargemesh.grid.v1.GridEventRouted": topics.MARKET.name,
+}
+
+
 def topic_for(event_type: str) -> str:
+    if event_type in TOPIC_OF_TYPE:
+        return TOPIC_OF_TYPE[event_type]
     domain = event_type.split(".")[1]
     return TOPIC_OF_DOMAIN[domain]
 

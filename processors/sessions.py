@@ -1,0 +1,295 @@
+"""Charging sessions on the station's ledger (M6, C3, C4): handshake, metered delivery,
+mid-session re-pricing, close-out, counter-signatures and settlement finality. Pure.
+
+The commands here extend the slot ledger (same single writer per station, same event time), so
+a session's evidence is ordered with the reservations it rests on.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from chargemesh.processors import ledger
+from chargemesh.processors.ledger import Command, Decision, GovernanceView, LedgerState, _emit
+from chargemesh.processors.reasons import Rejection
+from chargemesh.processors.settlement import Reading, Reprice, Tariff, segments, settle
+
+READINGS_PER_SESSION_MAX = 20_000
+# A meter may read this much above what the connector's power allows (clock skew, rounding).
+PLAUSIBILITY_TOLERANCE = Decimal("0.05")
+PLAUSIBILITY_SLACK_WH = 10
+# A session may run this long past its reserved window before its readings are refused.
+OVERRUN_MS_MAX = 30 * 60_000
+EARLY_START_MS_MAX = 15 * 60_000
+MS_PER_HOUR = 3_600_000
+OPEN = ("ACTIVE", "STOPPED")
+
+
+def sessions(state: LedgerState) -> dict[str, dict[str, Any]]:
+    return state.extra.setdefault("sessions", {})  # type: ignore[no-any-return]
+
+
+def _session(state: LedgerState, session_id: str) -> dict[str, Any] | Rejection:
+    found = sessions(state).get(session_id)
+    if found is None:
+        return Rejection("UNKNOWN_SESSION", f"{session_id} is not a session of this station")
+    return found
+
+
+def _handshake(state: LedgerState, cmd: Command, view: GovernanceView,
+               out: list[Decision]) -> Rejection | None:
+    p = cmd.payload
+    ident = p["identity"]
+    res = state.reservations.get(p["reservation_id"])
+    if res is None or res.status != "ACTIVE":
+        return Rejection("UNKNOWN_RESERVATION", f"{p['reservation_id']} is not an active booking")
+    if res.vehicle_credential_id != ident["vehicle_credential_id"]:
+        return Rejection("NOT_YOUR_RESERVATION", "the booking belongs to another vehicle")
+    if res.connector_id != ident["connector_id"]:
+        return Rejection("WRONG_CONNECTOR", f"booked on {res.connector_id}")
+    if not res.start_ms - EARLY_START_MS_MAX <= p["started_at_ms"] < res.stop_ms:
+        return Rejection("OUTSIDE_RESERVATION", "the handshake is outside the booked window")
+    if p["session_id"] in sessions(state):
+        return Rejection("DUPLICATE_SESSION", f"{p['session_id']} already exists")
+    cal = state.calendar
+    assert cal is not None  # a live reservation implies a calendar  # noqa: S101
+    tariff = view.tariffs.get(cal["tariff_id"])
+    if tariff is None:
+        return Rejection("UNKNOWN_TARIFF", f"{cal['tariff_id']} is not filed")
+    program = view.grid_program(cal["grid_zone_id"], p["started_at_ms"])
+    connector = state.connector(res.connector_id) or {}
+    res.status = "ARRIVED"
+    res.session_id = p["session_id"]
+    sessions(state)[p["session_id"]] = {
+        "session_id": p["session_id"], "reservation_id": res.reservation_id,
+        "connector_id": res.connector_id, "identity": ident,
+        "vehicle_credential_id": res.vehicle_credential_id,
+        "station_credential_id": cmd.author_id,
+        "meter_credential_id": connector.get("meter_credential_id", ""),
+        "power_w": int(connector.get("power_w", 0)),
+        "started_at_ms": p["started_at_ms"], "meter_start_wh": p["meter_start_wh"],
+        "rate_per_kwh": res.rate_per_kwh, "ceiling_per_kwh": res.ceiling_rate_per_kwh,
+        "booked_stop_ms": res.stop_ms, "tariff": Tariff.from_filing(tariff).as_dict(),
+        "grid_zone_id": cal["grid_zone_id"],
+        "grid_operator_ids": sorted(program["grid_operator_credential_ids"]) if program else [],
+        "readings": [], "reprices": [], "status": "ACTIVE", "stopped_at_ms": 0,
+        "stop_reason": "", "close_out": None, "settlement_id": "", "signed_by": [],
+        "evidence_event_ids": [cmd.event_id],
+    }
+    return None
+
+
+def _reading(state: LedgerState, cmd: Command, view: GovernanceView,
+             out: list[Decision]) -> Rejection | None:
+    p = cmd.payload
+    s = _session(state, p["session_id"])
+    if isinstance(s, Rejection):
+        return s
+    if s["status"] not in OPEN:
+        return Rejection("SESSION_CLOSED", f"session is {s['status']}")
+    if cmd.author_id != s["meter_credential_id"]:
+        return Rejection("NOT_THE_CONNECTORS_METER", f"the connector's meter is "
+                         f"{s['meter_credential_id']!r}")
+    if p["connector_id"] != s["connector_id"]:
+        return Rejection("WRONG_CONNECTOR", f"session is on {s['connector_id']}")
+    if len(s["readings"]) >= READINGS_PER_SESSION_MAX:
+        return Rejection("SESSION_FULL", f"{READINGS_PER_SESSION_MAX} readings")
+    last_seq, last_at, last_wh = (s["readings"][-1] if s["readings"]
+                                  else (-1, s["started_at_ms"], s["meter_start_wh"]))
+    problem = _reading_problem(s, p, last_seq, last_at, last_wh)
+    if problem is not None:
+        return problem
+    s["readings"].append((p["reading_seq"], p["read_at_ms"], p["cumulative_import_wh"]))
+    s["evidence_event_ids"].append(cmd.event_id)
+    return None
+
+
+def _reading_problem(s: dict[str, Any], p: dict[str, Any], last_seq: int, last_at: int,
+                     last_wh: int) -> Rejection | None:
+    if p["reading_seq"] <= last_seq:
+        return Rejection("READING_OUT_OF_ORDER", f"seq {p['reading_seq']} after {last_seq}")
+    if p["cumulative_import_wh"] < last_wh:
+        return Rejection("METER_WENT_BACKWARDS", f"{p['cumulative_import_wh']} Wh < {last_wh} Wh")
+    if not last_at <= p["read_at_ms"] <= s["booked_stop_ms"] + OVERRUN_MS_MAX:
+        return Rejection("READING_OUTSIDE_SESSION", f"read at {p['read_at_ms']}")
+    elapsed_ms = p["read_at_ms"] - last_at
+    ceiling_wh = Decimal(s["power_w"]) * elapsed_ms / MS_PER_HOUR * (1 + PLAUSIBILITY_TOLERANCE)
+    if p["cumulative_import_wh"] - last_wh > ceiling_wh + PLAUSIBILITY_SLACK_WH:
+        return Rejection("IMPLAUSIBLE_READING", f"{p['cumulative_import_wh'] - last_wh} Wh in "
+                         f"{elapsed_ms} ms exceeds {s['power_w']} W")
+    return None
+
+
+def _grid_event(state: LedgerState, cmd: Command, view: GovernanceView,
+                out: list[Decision]) -> Rejection | None:
+    """A zone's grid event, routed to this station: re-price every active session."""
+    grid = cmd.payload.get("_grid_event")
+    if grid is None:
+        return Rejection("MALFORMED_PAYLOAD", "routed grid event did not verify")
+    if grid["kind"] != "PRICE_SIGNAL":
+        return None  # capacity limits reach the ledger as the station's CapacityChanged
+    for s in sorted(sessions(state).values(), key=lambda x: x["session_id"]):
+        if s["status"] != "ACTIVE":
+            continue
+        effective = max(grid["from_at_ms"], s["started_at_ms"])
+        s["reprices"].append({"grid_event_id": grid["grid_event_id"], "effective_from_ms":
+                              effective, "rate_per_kwh": grid["rate_per_kwh"],
+                              "status": "PROPOSED"})
+        _emit(state, out, ("RepriceProposed", {
+            "session_id": s["session_id"], "station_id": state.station_id,
+            "grid_event_id": grid["grid_event_id"], "effective_from_ms": effective,
+            "new_rate_per_kwh": grid["rate_per_kwh"], "power_limit_w": 0}))
+    return None
+
+
+def _reprice_accepted(state: LedgerState, cmd: Command, view: GovernanceView,
+                      out: list[Decision]) -> Rejection | None:
+    p = cmd.payload
+    s = _session(state, p["session_id"])
+    if isinstance(s, Rejection):
+        return s
+    if cmd.author_id != s["vehicle_credential_id"]:
+        return Rejection("NOT_YOUR_SESSION", "only the session's vehicle accepts its re-price")
+    for rp in s["reprices"]:
+        if rp["grid_event_id"] == p["grid_event_id"] and rp["status"] == "PROPOSED":
+            if p["accepted_rate_per_kwh"] != rp["rate_per_kwh"]:
+                return Rejection("PRICE_MISMATCH", f"proposed {rp['rate_per_kwh']}")
+            if s["ceiling_per_kwh"] is not None and rp["rate_per_kwh"] > s["ceiling_per_kwh"]:
+                return Rejection("ABOVE_CEILING", "the re-price exceeds the vehicle's ceiling")
+            rp["status"] = "ACCEPTED"
+            s["evidence_event_ids"].append(cmd.event_id)
+            return None
+    return Rejection("NO_SUCH_REPRICE", f"no open re-price for {p['grid_event_id']}")
+
+
+def _stopped(state: LedgerState, cmd: Command, view: GovernanceView,
+             out: list[Decision]) -> Rejection | None:
+    p = cmd.payload
+    s = _session(state, p["session_id"])
+    if isinstance(s, Rejection):
+        return s
+    if cmd.author_id not in (s["vehicle_credential_id"], s["station_credential_id"]):
+        return Rejection("NOT_YOUR_SESSION", "only the session's parties stop it")
+    if s["status"] != "ACTIVE":
+        return Rejection("SESSION_CLOSED", f"session is {s['status']}")
+    s.update(status="STOPPED", stopped_at_ms=p["stopped_at_ms"], stop_reason=p["reason"])
+    for rp in s["reprices"]:
+        if rp["status"] == "PROPOSED":
+            rp["status"] = "REFUSED"  # stopping instead of accepting
+    s["evidence_event_ids"].append(cmd.event_id)
+    return None
+
+
+def _closed_out(state: LedgerState, cmd: Command, view: GovernanceView,
+                out: list[Decision]) -> Rejection | None:
+    p = cmd.payload
+    s = _session(state, p["session_id"])
+    if isinstance(s, Rejection):
+        return s
+    if cmd.author_id != s["station_credential_id"]:
+        return Rejection("NOT_YOUR_SESSION", "the session's station closes it out")
+    if s["status"] not in OPEN:
+        return Rejection("SESSION_CLOSED", f"session is {s['status']}")
+    last_seq, last_at, last_wh = (s["readings"][-1] if s["readings"]
+                                  else (-1, s["started_at_ms"], s["meter_start_wh"]))
+    if p["last_reading_seq"] != last_seq:
+        return Rejection("MISSING_READINGS", f"close-out names seq {p['last_reading_seq']}, "
+                         f"ledger has {last_seq}")
+    problem = _reading_problem(s, {"reading_seq": last_seq + 1, "read_at_ms": p["closed_at_ms"],
+                                   "cumulative_import_wh": p["final_import_wh"]},
+                               last_seq, last_at, last_wh)
+    if problem is not None:
+        return problem
+    s["close_out"] = {"closed_at_ms": p["closed_at_ms"], "final_import_wh": p["final_import_wh"],
+                      "event_hash": cmd.event_hash.hex()}
+    s["status"] = "CLOSED_OUT"
+    s["evidence_event_ids"].append(cmd.event_id)
+    s["signed_by"] = [cmd.author_id]
+    _emit(state, out, ("SettlementAdmitted", admitted_settlement(state, s, cmd.occurred_at_ms)))
+    return None
+
+
+def admitted_settlement(state: LedgerState, s: dict[str, Any], at_ms: int) -> dict[str, Any]:
+    tariff = Tariff(**s["tariff"])
+    reprices = [Reprice(rp["effective_from_ms"], rp["rate_per_kwh"], rp["grid_event_id"])
+                for rp in s["reprices"] if rp["status"] == "ACCEPTED"]
+    energy = segments(Reading(s["started_at_ms"], s["meter_start_wh"]),
+                      [Reading(at, wh) for _, at, wh in s["readings"]],
+                      Reading(s["close_out"]["closed_at_ms"], s["close_out"]["final_import_wh"]),
+                      s["rate_per_kwh"], reprices)
+    lines, total = settle(tariff, energy)
+    s["settlement_id"] = f"stl:{s['session_id']}"
+    return {
+        "settlement_id": s["settlement_id"], "session_id": s["session_id"],
+        "identity": s["identity"], "tariff_id": tariff.tariff_id, "currency": tariff.currency,
+        "rounding": tariff.rounding, "lines": lines, "total_amount": total,
+        "energy_import_wh": s["close_out"]["final_import_wh"] - s["meter_start_wh"],
+        "energy_export_wh": 0, "evidence_event_ids": list(s["evidence_event_ids"]),
+        "required_signer_ids": required_signers(s), "kind": "CHARGE",
+        "adjusts_settlement_id": "", "admitted_at_ms": at_ms,
+    }
+
+
+def required_signers(s: dict[str, Any]) -> list[str]:
+    """Station and vehicle always; the zone's grid operator where a grid program runs (M7)."""
+    return [s["station_credential_id"], s["vehicle_credential_id"], *s["grid_operator_ids"][:1]]
+
+
+def _countersigned(state: LedgerState, cmd: Command, view: GovernanceView,
+                   out: list[Decision]) -> Rejection | None:
+    p = cmd.payload
+    s = _session(state, p["session_id"])
+    if isinstance(s, Rejection):
+        return s
+    if cmd.author_id != s["vehicle_credential_id"]:
+        return Rejection("NOT_YOUR_SESSION", "only the session's vehicle countersigns")
+    return _add_signature(state, s, cmd, p["close_out_event_hash"], out)
+
+
+def _co_signed(state: LedgerState, cmd: Command, view: GovernanceView,
+               out: list[Decision]) -> Rejection | None:
+    p = cmd.payload
+    s = _session(state, p["session_id"])
+    if isinstance(s, Rejection):
+        return s
+    if cmd.author_id not in s["grid_operator_ids"]:
+        return Rejection("NOT_THE_ZONES_OPERATOR", "no grid program names this operator here")
+    if p["settlement_id"] != s["settlement_id"]:
+        return Rejection("UNKNOWN_SETTLEMENT", f"{p['settlement_id']} is not this session's")
+    return _add_signature(state, s, cmd, p["close_out_event_hash"], out)
+
+
+def _add_signature(state: LedgerState, s: dict[str, Any], cmd: Command, close_out_hash: bytes,
+                   out: list[Decision]) -> Rejection | None:
+    if s["status"] != "CLOSED_OUT" or s["close_out"] is None:
+        return Rejection("NOT_CLOSED_OUT", f"session is {s['status']}")
+    if close_out_hash.hex() != s["close_out"]["event_hash"]:
+        return Rejection("CLOSE_OUT_MISMATCH", "signature is over another close-out")
+    if cmd.author_id in s["signed_by"]:
+        return Rejection("ALREADY_SIGNED", f"{cmd.author_id} has signed already")
+    s["signed_by"].append(cmd.author_id)
+    s["evidence_event_ids"].append(cmd.event_id)
+    required = required_signers(s)
+    if all(signer in s["signed_by"] for signer in required):
+        s["status"] = "FINAL"
+        res = state.reservations.get(s["reservation_id"])
+        if res is not None:
+            res.status = "COMPLETED"
+        _emit(state, out, ("SettlementFinalised", {
+            "settlement_id": s["settlement_id"], "session_id": s["session_id"],
+            "signer_ids": [x for x in s["signed_by"] if x in required],
+            "finalised_at_ms": cmd.occurred_at_ms}))
+    return None
+
+
+ledger.register_commands({
+    "ConnectorHandshakeCompleted": _handshake,
+    "MeterReadingRecorded": _reading,
+    "GridEventRouted": _grid_event,
+    "RepriceAccepted": _reprice_accepted,
+    "SessionStopped": _stopped,
+    "MeterClosedOut": _closed_out,
+    "CloseOutCountersigned": _countersigned,
+    "SettlementCoSigned": _co_signed,
+})
