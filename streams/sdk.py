@@ -336,3 +336,97 @@ def order(vehicle: Participant, kind: str, *, order_id: str, ident: dict[str, An
         raise ValueError(f"unknown order kind {kind!r}")
     return vehicle.sign(f"chargemesh.orders.v1.{event_type}", payload,
                         subject_key=ident["station_id"], occurred_at_ms=at_ms)
+
+
+# ---- sessions, grid and settlement evidence -------------------------------------------------
+
+
+def handshake(station: Participant, vehicle: Participant, *, session_id: str,
+              reservation_id: str, ident: dict[str, Any], started_at_ms: int,
+              meter_start_wh: int = 0) -> SignedEvent:
+    """C3: the connector handshake, signed by the station and co-signed by the vehicle."""
+    payload = {"session_id": session_id, "reservation_id": reservation_id, "identity": ident,
+               "started_at_ms": started_at_ms, "meter_start_wh": meter_start_wh}
+    return station.sign("chargemesh.session.v1.ConnectorHandshakeCompleted", payload,
+                        subject_key=ident["station_id"], occurred_at_ms=started_at_ms,
+                        chain_id=session_id, co_signers=[vehicle])
+
+
+def meter_reading(meter: Participant, *, session_id: str, station_id: str, connector_id: str,
+                  seq: int, import_wh: int, at_ms: int, export_wh: int = 0) -> SignedEvent:
+    payload = {"session_id": session_id, "station_id": station_id, "connector_id": connector_id,
+               "reading_seq": seq, "cumulative_import_wh": import_wh,
+               "cumulative_export_wh": export_wh, "read_at_ms": at_ms}
+    return meter.sign("chargemesh.session.v1.MeterReadingRecorded", payload,
+                      subject_key=station_id, occurred_at_ms=at_ms, chain_id=session_id)
+
+
+def reprice_accepted(vehicle: Participant, *, session_id: str, station_id: str,
+                     grid_event_id: str, rate_per_kwh: str | Decimal, at_ms: int) -> SignedEvent:
+    payload = {"session_id": session_id, "station_id": station_id,
+               "grid_event_id": grid_event_id, "accepted_rate_per_kwh": money(rate_per_kwh)}
+    return vehicle.sign("chargemesh.session.v1.RepriceAccepted", payload, subject_key=station_id,
+                        occurred_at_ms=at_ms, chain_id=session_id)
+
+
+def session_stopped(party: Participant, *, session_id: str, station_id: str, at_ms: int,
+                    reason: str = "COMPLETED") -> SignedEvent:
+    payload = {"session_id": session_id, "station_id": station_id, "stopped_at_ms": at_ms,
+               "reason": reason}
+    return party.sign("chargemesh.session.v1.SessionStopped", payload, subject_key=station_id,
+                      occurred_at_ms=at_ms, chain_id=session_id)
+
+
+def meter_closed_out(station: Participant, *, session_id: str, connector_id: str,
+                     closed_at_ms: int, final_import_wh: int, last_reading_seq: int,
+                     final_export_wh: int = 0) -> SignedEvent:
+    payload = {"session_id": session_id, "station_id": station.subject_id,
+               "connector_id": connector_id, "closed_at_ms": closed_at_ms,
+               "final_import_wh": final_import_wh, "final_export_wh": final_export_wh,
+               "last_reading_seq": last_reading_seq}
+    return station.sign("chargemesh.session.v1.MeterClosedOut", payload,
+                        subject_key=station.subject_id, occurred_at_ms=closed_at_ms,
+                        chain_id=session_id)
+
+
+def close_out_countersigned(vehicle: Participant, close_out: SignedEvent,
+                            at_ms: int) -> SignedEvent:
+    """The vehicle's countersignature binds the exact close-out event (by its hash)."""
+    station_id = close_out.body.subject_key
+    payload = {"session_id": close_out.body.chain_id, "station_id": station_id,
+               "close_out_event_hash": close_out.event_hash, "countersigned_at_ms": at_ms}
+    return vehicle.sign("chargemesh.session.v1.CloseOutCountersigned", payload,
+                        subject_key=station_id, occurred_at_ms=at_ms,
+                        chain_id=close_out.body.chain_id, prev_hash=close_out.event_hash)
+
+
+def grid_program(operator: Participant, *, grid_zone_id: str, program: str,
+                 operator_ids: list[str], at_ms: int = 0) -> SignedEvent:
+    payload = {"grid_zone_id": grid_zone_id, "program": program,
+               "grid_operator_credential_ids": operator_ids, "effective_from_ms": at_ms}
+    return operator.sign("chargemesh.grid.v1.GridProgramDeclared", payload,
+                         subject_key=operator.credential_id, occurred_at_ms=at_ms)
+
+
+def grid_event(operator: Participant, *, grid_event_id: str, grid_zone_id: str, kind: str,
+               from_ms: int, until_ms: int, rate_per_kwh: str | Decimal = "0",
+               capacity_limit_w: int = 0, at_ms: int | None = None) -> SignedEvent:
+    payload = {"grid_event_id": grid_event_id, "grid_zone_id": grid_zone_id, "kind": kind,
+               "from_at_ms": from_ms, "until_at_ms": until_ms,
+               "rate_per_kwh": money(rate_per_kwh), "capacity_limit_w": capacity_limit_w}
+    return operator.sign("chargemesh.grid.v1.GridEventDeclared", payload,
+                         subject_key=grid_zone_id,
+                         occurred_at_ms=from_ms if at_ms is None else at_ms)
+
+
+def settlement_co_signed(operator: Participant, close_out: SignedEvent, *, grid_zone_id: str,
+                         clearing_price_per_kwh: str | Decimal = "0",
+                         at_ms: int) -> SignedEvent:
+    session_id = close_out.body.chain_id
+    payload = {"settlement_id": f"stl:{session_id}", "session_id": session_id,
+               "station_id": close_out.body.subject_key, "grid_zone_id": grid_zone_id,
+               "close_out_event_hash": close_out.event_hash,
+               "clearing_price_per_kwh": money(clearing_price_per_kwh), "co_signed_at_ms": at_ms}
+    return operator.sign("chargemesh.grid.v1.SettlementCoSigned", payload,
+                         subject_key=close_out.body.subject_key, occurred_at_ms=at_ms,
+                         chain_id=session_id, prev_hash=close_out.event_hash)

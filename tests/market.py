@@ -32,6 +32,7 @@ class Market:
     jurisdiction: str = "US-CA"
     currency: str = "USD"
     posted: str = "0.400000"
+    meters: dict[str, Participant] = dataclasses.field(default_factory=dict)
 
     def vehicle(self, name: str) -> Participant:
         vid = f"{self.prefix}-{name}"
@@ -78,17 +79,23 @@ class Market:
 
 def open_market(mesh: Mesh, prefix: str, now_ms: int, connectors: list[dict[str, Any]],
                 hours: int = 24, posted: str = "0.400000", ceiling: str = "0.80",
+                tariff: dict[str, Any] | None = None, grid_zone_id: str = "zone-1",
                 **rules: Any) -> Market:
-    """Files a tariff and rules under the root authority, credentials a station, publishes its
-    calendar (starting a day ahead), and returns once the governance is published."""
+    """Files a tariff and rules under the root authority, credentials a station (and a meter per
+    connector), publishes its calendar (starting a day ahead), and returns once published."""
     world = mesh.world
     start = future_hour(now_ms)
     tariff_id, rules_version = f"{prefix}-tariff", f"{prefix}-rules"
     station_id = f"{prefix}-station"
     station = world.credential(f"{prefix}-st-cred", ["STATION"], subject_id=station_id)
+    meters = {}
+    for conn in connectors:
+        meter_id = f"{prefix}-meter-{conn['connector_id']}"
+        meters[conn["connector_id"]] = world.credential(meter_id, ["METER"], subject_id=meter_id)
+        conn["meter_credential_id"] = meter_id
     world.governance += [
         sdk.tariff_filed(world.root, tariff_id=tariff_id, jurisdiction="US-CA", currency="USD",
-                         ceiling_per_kwh=ceiling, at_ms=now_ms),
+                         ceiling_per_kwh=ceiling, at_ms=now_ms, **(tariff or {})),
         sdk.rules_published(world.root, rules_version=rules_version, jurisdiction="US-CA",
                             at_ms=now_ms, **rules),
     ]
@@ -98,7 +105,9 @@ def open_market(mesh: Mesh, prefix: str, now_ms: int, connectors: list[dict[str,
         station, rate_authority_id=world.root.credential_id, jurisdiction="US-CA",
         tariff_id=tariff_id, rules_version=rules_version, connectors=connectors,
         slot_duration_ms=SLOT_MS, horizon_start_ms=start, horizon_end_ms=start + hours * HOUR_MS,
-        posted_rate_per_kwh=posted, currency="USD", at_ms=now_ms)
+        posted_rate_per_kwh=posted, currency="USD", grid_zone_id=grid_zone_id, at_ms=now_ms)
     mesh.publish(calendar)
-    return Market(mesh, prefix, station, station_id, start, tariff_id, rules_version,
-                  world.root.credential_id, posted=posted)
+    market = Market(mesh, prefix, station, station_id, start, tariff_id, rules_version,
+                    world.root.credential_id, posted=posted)
+    market.meters = meters
+    return market

@@ -31,11 +31,12 @@ class World:
 
     def credential(self, credential_id: str, roles: list[str], jurisdiction: str = "US-CA",
                    subject_id: str | None = None, valid_from_ms: int = 0,
-                   valid_until_ms: int = 2**62) -> Participant:
+                   valid_until_ms: int = 2**62,
+                   attributes: dict[str, str] | None = None) -> Participant:
         holder = Participant.seeded(credential_id, subject_id, secret="tests")
         self.governance.append(self.issuer.issue_credential(
             holder, roles, jurisdiction, valid_from_ms=valid_from_ms,
-            valid_until_ms=valid_until_ms, at_ms=T0_MS))
+            valid_until_ms=valid_until_ms, attributes=attributes, at_ms=T0_MS))
         return holder
 
 
