@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 POLLS_MAX = 300
 POLL_TIMEOUT_S = 0.1
+CONSUME_BATCH_MAX = 10_000
 FLUSH_TIMEOUT_S = 10.0
 GONE_POLLS_MAX = 100
 
@@ -53,12 +54,11 @@ def _wait_until_gone(record: ProcessRecord) -> None:
 
 
 def _consume_until(consumer: Consumer, wanted: bytes) -> tuple[bytes | None, bytes | None]:
+    """Reads in bulk: the topic may already hold other tests' records before ours."""
     for _ in range(POLLS_MAX):
-        message = consumer.poll(POLL_TIMEOUT_S)
-        if message is None or message.error() is not None:
-            continue
-        if message.value() == wanted:
-            return message.key(), message.value()
+        for message in consumer.consume(CONSUME_BATCH_MAX, POLL_TIMEOUT_S):
+            if message.error() is None and message.value() == wanted:
+                return message.key(), message.value()
     return None, None
 
 
