@@ -82,6 +82,29 @@ class Mesh:
     world: World
     worker: WorkerProcess
 
+    def query(self, sql: str, params: dict[str, object] | None = None) -> list[tuple]:
+        from chargemesh.sinks.migrate import clickhouse_client
+
+        client = clickhouse_client(self.settings)
+        try:
+            return list(client.execute(sql, params or {}))
+        finally:
+            client.disconnect()
+
+    def wait_rows(self, sql: str, params: dict[str, object] | None = None,
+                  count: int = 1, timeout_s: float = 45.0) -> list[tuple]:
+        """Poll ClickHouse (fed by the session's sink) until ``sql`` returns ``count`` rows."""
+        import time as _time
+
+        deadline = _time.monotonic() + timeout_s
+        rows: list[tuple] = []
+        while _time.monotonic() < deadline:
+            rows = self.query(sql, params)
+            if len(rows) >= count:
+                return rows
+            _time.sleep(0.3)
+        raise TimeoutError(f"{len(rows)} of {count} rows after {timeout_s}s: {sql}")
+
     def publish(self, *events: object) -> None:
         pub = publisher(self.settings)
         for event in events:
@@ -103,7 +126,18 @@ def mesh(stack_settings: Settings) -> Iterator[Mesh]:
     pub.flush()
     world.governance.clear()
     worker = WorkerProcess(stack_settings, index=0).start()
+    import threading
+
+    from chargemesh.sinks.clickhouse_sink import ClickHouseSink
+
+    stop = threading.Event()
+    sink = ClickHouseSink(stack_settings, group_id="test-session-sink")
+    sink_thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+    sink_thread.start()
     try:
         yield Mesh(stack_settings, world, worker)
     finally:
+        stop.set()
+        sink_thread.join(30)
+        sink.close()
         worker.stop()

@@ -97,6 +97,15 @@ def test_bad_input_is_rejected_with_its_reason_and_valid_traffic_flows(mesh: Mes
     rejections.close()
     admitted.close()
 
+    # ... and the same answer, queryable, in ClickHouse (written by the sink)
+    rows = mesh.wait_rows("SELECT event_id, reason_code FROM rejections FINAL "
+                          "WHERE event_id IN %(ids)s", {"ids": tuple(hostile_ids)},
+                          count=len(hostile_ids))
+    assert dict(rows) == hostile_ids
+    valid_rows = mesh.wait_rows("SELECT event_id FROM events FINAL WHERE event_id IN %(ids)s",
+                                {"ids": tuple(wanted)}, count=len(wanted))
+    assert {r[0] for r in valid_rows} == wanted
+
 
 def _reasons(records: list, hostile_ids: dict[str, str], replay_id: str) -> dict | None:
     by_reason: dict[str, int] = {}

@@ -66,6 +66,11 @@ def test_two_vehicles_race_for_the_last_free_slot(mesh: Mesh) -> None:
     winner = next(p for p in reserved if p["order_id"] == market.order_id("a"))
     assert (winner["connector_id"], winner["slot_start_at_ms"]) == ("c1", slot)
     assert str(winner["rate_per_kwh"]) == "0.400000"
+    # analysts see the same ledger in ClickHouse
+    rows = mesh.wait_rows("SELECT reservation_id, connector_id, status FROM slot_ledger FINAL "
+                          "WHERE station_id = %(s)s ORDER BY reservation_id",
+                          {"s": market.station_id}, count=2)
+    assert [(r[1], r[2]) for r in rows] == [("c1", "RESERVED"), ("c1", "RESERVED")]
     rejections = TopicReader(mesh.settings, REJECTIONS.name)
     rejections.wait_for(lambda rs: any(r.rejection()["reason_code"] == "SLOT_TAKEN"
                                        and r.rejection()["author_credential_id"] == b.credential_id
