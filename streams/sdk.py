@@ -126,6 +126,18 @@ class Participant:
         return self.sign("chargemesh.governance.v1.AuthorityDeclared", payload,
                          subject_key=self.credential_id, occurred_at_ms=at_ms)
 
+    def recognise_authority(self, other: "Participant", jurisdiction: str, roles: list[str],
+                            valid_from_ms: int = 0, valid_until_ms: int = FOREVER_MS,
+                            at_ms: int = 0) -> SignedEvent:
+        """A recognised authority vouches for another (e.g. a foreign rate authority)."""
+        payload = {
+            "authority_id": other.credential_id, "recognised_by_authority_id": self.credential_id,
+            "public_key": other.public_key, "jurisdiction": jurisdiction, "roles": roles,
+            "valid_from_ms": valid_from_ms, "valid_until_ms": valid_until_ms,
+        }
+        return self.sign("chargemesh.governance.v1.AuthorityRecognised", payload,
+                         subject_key=self.credential_id, occurred_at_ms=at_ms)
+
     def delegate_issuer(self, issuer: "Participant", roles: list[str], jurisdictions: list[str],
                         valid_from_ms: int = 0, valid_until_ms: int = FOREVER_MS,
                         at_ms: int = 0) -> SignedEvent:
