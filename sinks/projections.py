@@ -26,6 +26,7 @@ and declare the table's insert columns in :data:`TABLE_COLUMNS` (and its DDL in 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -316,3 +317,175 @@ def _slot_reallocated(ctx: ProjectionContext) -> Rows:
 @projects(LEDGER_NAMESPACE + "OrderRejected")
 def _order_rejected(ctx: ProjectionContext) -> Rows:
     return {LEDGER_DECISIONS: [_decision_row(ctx, ctx.payload)]}
+
+
+# ---- sessions, meter evidence and re-prices (admitted and decisions topics) ------------------
+# DDL in 0003_sessions.sql. Participants' events here may still be refused by the ledger after
+# admission; the tables keep them all and the *_valid / *_current views leave refused ones out.
+
+SESSION_NAMESPACE = "chargemesh.session.v1."
+SETTLEMENT_NAMESPACE = "chargemesh.settlement.v1."
+SESSION_LIFECYCLE = "session_lifecycle"
+METER_READINGS = "meter_readings"
+REPRICES = "reprices"
+SETTLEMENTS = "settlements"
+SETTLEMENT_LINES = "settlement_lines"
+SETTLEMENT_FINALITY = "settlement_finality"
+STARTED = "STARTED"
+STOPPED = "STOPPED"
+CLOSED_OUT = "CLOSED_OUT"
+# session_lifecycle.version = occurred_at_ms * VERSION_SLOTS_PER_MS + stage rank.
+STAGE_RANK = {STARTED: 0, STOPPED: 1, CLOSED_OUT: 2}
+PROPOSED = "PROPOSED"
+ACCEPTED = "ACCEPTED"
+# A settlement's line items; the ledger writes a handful (energy segments, fees, tax).
+SETTLEMENT_LINES_MAX = 10_000
+
+TABLE_COLUMNS.update({
+    SESSION_LIFECYCLE: (
+        "event_id", "station_id", "session_id", "stage", "reservation_id", "connector_id",
+        "connector_hardware_id", "vehicle_id", "vehicle_id_kind", "vehicle_credential_id",
+        "rate_authority_id", "jurisdiction", "started_at_ms", "started_at", "meter_start_wh",
+        "stopped_at_ms", "stop_reason", "closed_at_ms", "final_import_wh", "final_export_wh",
+        "last_reading_seq", "author_credential_id", "occurred_at_ms", "version",
+    ),
+    METER_READINGS: (
+        "event_id", "session_id", "station_id", "connector_id", "reading_seq",
+        "cumulative_import_wh", "cumulative_export_wh", "read_at_ms", "read_at",
+    ),
+    REPRICES: (
+        "event_id", "stage", "station_id", "session_id", "grid_event_id", "effective_from_ms",
+        "rate_per_kwh", "power_limit_w", "author_credential_id", "occurred_at_ms",
+        "occurred_at",
+    ),
+    SETTLEMENTS: (
+        "settlement_id", "session_id", "station_id", "connector_id", "vehicle_id",
+        "vehicle_credential_id", "rate_authority_id", "jurisdiction", "tariff_id", "currency",
+        "rounding", "kind", "adjusts_settlement_id", "total_amount", "energy_import_wh",
+        "energy_export_wh", "line_count", "admitted_at_ms", "admitted_at", "day",
+        "required_signers", "evidence_event_ids", "event_id",
+    ),
+    SETTLEMENT_LINES: (
+        "settlement_id", "line_no", "kind", "description", "quantity_wh", "unit_rate_per_kwh",
+        "amount", "from_at_ms", "until_at_ms", "currency", "jurisdiction", "station_id", "day",
+    ),
+    SETTLEMENT_FINALITY: (
+        "settlement_id", "session_id", "signer_ids", "finalised_at_ms", "finalised_at",
+        "event_id",
+    ),
+})
+
+
+def utc_day(at_ms: int) -> datetime.date:
+    """The UTC day of ``at_ms`` for a ``Date`` column (clamped like :func:`seconds`)."""
+    return datetime.datetime.fromtimestamp(seconds(at_ms), tz=datetime.UTC).date()
+
+
+def _lifecycle_row(ctx: ProjectionContext, stage: str, fields: dict[str, Any]) -> Row:
+    """A ``session_lifecycle`` row: ``fields`` holds what the event carries; the rest empty/0."""
+    f, ident = fields, fields.get("identity", {})
+    started_at_ms = int(f.get("started_at_ms", 0))
+    return (
+        ctx.event.event_id, f["station_id"], f["session_id"], stage,
+        f.get("reservation_id", ""), f.get("connector_id", ""),
+        ident.get("connector_hardware_id", ""), ident.get("vehicle_id", ""),
+        ident.get("vehicle_id_kind", ""), ident.get("vehicle_credential_id", ""),
+        ident.get("rate_authority_id", ""), ident.get("jurisdiction", ""),
+        started_at_ms, seconds(started_at_ms), int(f.get("meter_start_wh", 0)),
+        int(f.get("stopped_at_ms", 0)), f.get("reason", ""), int(f.get("closed_at_ms", 0)),
+        int(f.get("final_import_wh", 0)), int(f.get("final_export_wh", 0)),
+        int(f.get("last_reading_seq", 0)), ctx.event.body.author_credential_id,
+        ctx.occurred_at_ms, ctx.occurred_at_ms * VERSION_SLOTS_PER_MS + STAGE_RANK[stage],
+    )
+
+
+@projects(SESSION_NAMESPACE + "ConnectorHandshakeCompleted")
+def _handshake_completed(ctx: ProjectionContext) -> Rows:
+    ident = ctx.payload["identity"]
+    fields = {**ctx.payload, "station_id": ident["station_id"],
+              "connector_id": ident["connector_id"]}
+    return {SESSION_LIFECYCLE: [_lifecycle_row(ctx, STARTED, fields)]}
+
+
+@projects(SESSION_NAMESPACE + "SessionStopped")
+def _session_stopped(ctx: ProjectionContext) -> Rows:
+    return {SESSION_LIFECYCLE: [_lifecycle_row(ctx, STOPPED, ctx.payload)]}
+
+
+@projects(SESSION_NAMESPACE + "MeterClosedOut")
+def _meter_closed_out(ctx: ProjectionContext) -> Rows:
+    return {SESSION_LIFECYCLE: [_lifecycle_row(ctx, CLOSED_OUT, ctx.payload)]}
+
+
+@projects(SESSION_NAMESPACE + "MeterReadingRecorded")
+def _meter_reading_recorded(ctx: ProjectionContext) -> Rows:
+    p = ctx.payload
+    row = (
+        ctx.event.event_id, p["session_id"], p["station_id"], p["connector_id"],
+        p["reading_seq"], p["cumulative_import_wh"], p["cumulative_export_wh"],
+        p["read_at_ms"], seconds(p["read_at_ms"]),
+    )
+    return {METER_READINGS: [row]}
+
+
+def _reprice_row(
+    ctx: ProjectionContext, stage: str, rate: Decimal, fields: dict[str, Any]
+) -> Row:
+    f = fields
+    return (
+        ctx.event.event_id, stage, f["station_id"], f["session_id"], f["grid_event_id"],
+        int(f.get("effective_from_ms", 0)), money(rate), int(f.get("power_limit_w", 0)),
+        ctx.event.body.author_credential_id, ctx.occurred_at_ms, seconds(ctx.occurred_at_ms),
+    )
+
+
+@projects(SESSION_NAMESPACE + "RepriceProposed")
+def _reprice_proposed(ctx: ProjectionContext) -> Rows:
+    p = ctx.payload
+    return {REPRICES: [_reprice_row(ctx, PROPOSED, p["new_rate_per_kwh"], p)]}
+
+
+@projects(SESSION_NAMESPACE + "RepriceAccepted")
+def _reprice_accepted(ctx: ProjectionContext) -> Rows:
+    p = ctx.payload
+    return {REPRICES: [_reprice_row(ctx, ACCEPTED, p["accepted_rate_per_kwh"], p)]}
+
+
+# ---- settlements (settlements topic) ---------------------------------------------------------
+
+
+@projects(SETTLEMENT_NAMESPACE + "SettlementAdmitted")
+def _settlement_admitted(ctx: ProjectionContext) -> Rows:
+    p, ident = ctx.payload, ctx.payload["identity"]
+    lines = p["lines"]
+    ensure(len(lines) <= SETTLEMENT_LINES_MAX, f"{len(lines)} settlement lines")
+    admitted_at_ms = int(p["admitted_at_ms"])
+    day = utc_day(admitted_at_ms)
+    settlement = (
+        p["settlement_id"], p["session_id"], ident["station_id"], ident["connector_id"],
+        ident["vehicle_id"], ident["vehicle_credential_id"], ident["rate_authority_id"],
+        ident["jurisdiction"], p["tariff_id"], p["currency"], p["rounding"], p["kind"],
+        p["adjusts_settlement_id"], money(p["total_amount"]), p["energy_import_wh"],
+        p["energy_export_wh"], len(lines), admitted_at_ms, seconds(admitted_at_ms), day,
+        list(p["required_signer_ids"]), list(p["evidence_event_ids"]), ctx.event.event_id,
+    )
+    line_rows = [
+        (
+            p["settlement_id"], line_no, ln["kind"], ln["description"][:DETAIL_CHARS_MAX],
+            ln["quantity_wh"], money(ln["unit_rate_per_kwh"]), money(ln["amount"]),
+            ln["from_at_ms"], ln["until_at_ms"], p["currency"], ident["jurisdiction"],
+            ident["station_id"], day,
+        )
+        for line_no, ln in enumerate(lines)
+    ]
+    return {SETTLEMENTS: [settlement], SETTLEMENT_LINES: line_rows}
+
+
+@projects(SETTLEMENT_NAMESPACE + "SettlementFinalised")
+def _settlement_finalised(ctx: ProjectionContext) -> Rows:
+    p = ctx.payload
+    row = (
+        p["settlement_id"], p["session_id"], list(p["signer_ids"]), p["finalised_at_ms"],
+        seconds(p["finalised_at_ms"]), ctx.event.event_id,
+    )
+    return {SETTLEMENT_FINALITY: [row]}
