@@ -19,6 +19,7 @@ import importlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -30,7 +31,9 @@ from chargemesh.infra.stack import ComponentStatus, EmbeddedStack, StackError
 from chargemesh.streams.topics import ALL_TOPICS, RETENTION_FOREVER_MS, partitions_for
 
 # Modules that register more commands on ``cli`` when imported (e.g. "chargemesh.processors.cli").
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("chargemesh.infra.cli_ops",)
+# More rows for `status`, appended by command modules (e.g. the processes `start` launched).
+STATUS_EXTENSIONS: list[Callable[[Settings], list[ComponentStatus]]] = []
 
 # Client libraries that log (with tracebacks) every refused connection while we poll for
 # readiness or probe health; the CLI reports those outcomes itself.
@@ -103,10 +106,13 @@ def down(ctx: click.Context) -> None:
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Health of every component; exits 1 if any is unhealthy."""
+    settings = settings_of(ctx)
     try:
-        components = EmbeddedStack(settings_of(ctx)).status()
+        components = EmbeddedStack(settings).status()
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
+    for extension in STATUS_EXTENSIONS:
+        components += extension(settings)
     _console.print(_status_table(components))
     if not all(component.healthy for component in components):
         ctx.exit(1)
