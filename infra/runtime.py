@@ -53,6 +53,17 @@ class WorkerProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
+    def restart_after_kill(self) -> "WorkerProcess":
+        """SIGKILL, then start again once the dead member's group session has expired.
+
+        A worker that joins while the killed one still counts as a group member was seen to
+        stop receiving records on the embedded broker; waiting out ``session_timeout_ms`` first
+        avoids that path.
+        """
+        self.kill()
+        time.sleep(self.settings.session_timeout_ms / 1000 + 2)
+        return self.start()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

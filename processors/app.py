@@ -25,7 +25,7 @@ import uuid
 from typing import Any, Awaitable
 
 import faust
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from chargemesh.infra.config import Settings
@@ -73,6 +73,18 @@ DECISION_ROUTES: dict[str, tuple[str, str, str]] = {
 }
 CALENDAR_PUBLISHED = "chargemesh.capacity.v1.SlotCalendarPublished"
 ZONE_STATIONS_MAX = 100_000
+
+
+class ChangelogTable:
+    """Worker state keyed like its input topic, persisted to its own state topic (same
+    partitioning), restored by reading that topic on assignment. ``data`` is the local view."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.data: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +157,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-STATS_INTERVAL_S = 10.0
+STATS_INTERVAL_S = 5.0
+STUCK_BATCH_S = 10.0
+COMMIT_INTERVAL_S = 0.5
 
 
 class BatchStats:
@@ -155,11 +169,16 @@ class BatchStats:
         self.batches = self.events = 0
         self.busy_s = 0.0
         self.phases: dict[str, float] = {}
+        self.offsets: dict[int, tuple[int, int]] = {}
 
     def record(self, events: int, busy_s: float) -> None:
         self.batches += 1
         self.events += events
         self.busy_s += busy_s
+
+    def offset(self, partition: int, offset: int) -> None:
+        low, high = self.offsets.get(partition, (offset, offset))
+        self.offsets[partition] = (min(low, offset), max(high, offset))
 
     def phase(self, name: str, seconds: float) -> None:
         self.phases[name] = self.phases.get(name, 0.0) + seconds
@@ -167,11 +186,13 @@ class BatchStats:
     def report(self) -> None:
         if self.batches:
             phases = " ".join(f"{k}={v:.2f}s" for k, v in sorted(self.phases.items()))
-            log.info("market: %d events in %d batches (%.1f per batch), busy %.2fs %s",
-                     self.events, self.batches, self.events / self.batches, self.busy_s, phases)
+            log.info("market: %d events in %d batches (%.1f per batch), busy %.2fs %s offsets %s",
+                     self.events, self.batches, self.events / self.batches, self.busy_s, phases,
+                     dict(sorted(self.offsets.items())))
         self.batches = self.events = 0
         self.busy_s = 0.0
         self.phases = {}
+        self.offsets = {}
 
 
 class Processors:
@@ -185,6 +206,8 @@ class Processors:
             processors=[TrustAnchor(self.signer.credential_id, self.signer.public_key)])
         self.ready = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
+        self._producer_lock = asyncio.Lock()
+        self._batch_started_s = 0.0
         self.stats = BatchStats()
         _shorten_faust_fetch_wait(settings.consumer_fetch_wait_ms)
         self.app = faust.App(
@@ -200,16 +223,15 @@ class Processors:
             web_host="127.0.0.1",
             producer_acks=-1,
             producer_linger=0.002,
+            # Commit acknowledged offsets often: a restart then redelivers little.
+            broker_commit_interval=COMMIT_INTERVAL_S,
             table_standby_replicas=0,
         )
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.topics = {spec.name: self.app.topic(spec.name, **raw) for spec in topics.ALL_TOPICS}
-        # key_type/value_type bytes make Faust use the raw codec for the changelog too.
-        table_args: dict[str, Any] = dict(key_type=bytes, value_type=bytes,
-                                          partitions=settings.partitions, use_partitioner=True)
-        self.station_to_ledger = self.app.Table("station_to_ledger", **table_args)
-        self.event_id_to_position = self.app.Table("event_id_to_position", **table_args)
-        self.zone_to_stations = self.app.Table("zone_to_stations", **table_args)
+        self.station_to_ledger = ChangelogTable(topics.STATION_LEDGER_STATE.name)
+        self.event_id_to_position = ChangelogTable(topics.EVENT_POSITION_STATE.name)
+        self.zone_to_stations = ChangelogTable(topics.ZONE_STATIONS_STATE.name)
         self._register()
 
     # ---- wiring ------------------------------------------------------------------------------
@@ -237,16 +259,25 @@ class Processors:
                 except BaseException as exc:  # noqa: BLE001 - see fail_stop
                     fail_stop("governance batch", exc)
 
+        @app.on_partitions_assigned.connect
+        async def restore_after_assignment(sender: Any, assigned: Any, **_: Any) -> None:
+            # Faust awaits this before its streams resume: state is current before any batch.
+            await self._restore_tables(assigned)
+
         @app.agent(self.topics[topics.MARKET.name])
         async def decide_market(stream: Any) -> None:
             async for batch in stream.take_events(BATCH_EVENTS_MAX, within=BATCH_WITHIN_S):
                 await self.ready.wait()
                 started = time.perf_counter()
+                self._batch_started_s = started
+                for event in batch:
+                    self.stats.offset(event.message.partition, event.message.offset)
                 try:
                     await self._market_batch(batch)
                 except BaseException as exc:  # noqa: BLE001 - see fail_stop
                     fail_stop("market batch", exc)
                 self.stats.record(len(batch), time.perf_counter() - started)
+                self._batch_started_s = 0.0
 
         @app.agent(self.topics[topics.GRID.name])
         async def route_grid(stream: Any) -> None:
@@ -260,6 +291,7 @@ class Processors:
         @app.timer(interval=STATS_INTERVAL_S)
         async def report_stats() -> None:
             self.stats.report()
+            self._watch_stuck_batch()
 
     async def _publish(self, outputs: list[Output]) -> None:
         """Send every output and wait until the broker acknowledged all of them.
@@ -276,7 +308,55 @@ class Processors:
                                                headers=list(out.headers) or None))
         await asyncio.gather(*pending)
 
+    async def _persist(self, writes: list[tuple[ChangelogTable, bytes, int, bytes]]) -> None:
+        """Write state entries (table, key, partition, value) to their state topics, wait for the
+        broker's ack, then update the worker's local view.
+
+        This runs after the batch's outputs were acknowledged and before Faust acknowledges the
+        batch's input events, so a committed input offset always has its state on the broker.
+        (Faust's own tables buffer their changelog writes and were seen to commit offsets ahead
+        of them: a worker killed then restarted with older state and lost sessions.) Each entry
+        goes to the partition of the input it belongs to, so a worker restores exactly the state
+        of the input partitions it is assigned.
+        """
+        if not writes:
+            return
+        producer = await self._output_producer()
+        pending = [await producer.send(table.topic, key=key, value=value, partition=partition)
+                   for table, key, partition, value in writes]
+        await asyncio.gather(*pending)
+        for table, key, _, value in writes:
+            table.data[key] = value
+
+    def _watch_stuck_batch(self) -> None:
+        """Log where every task waits when a market batch has run for too long."""
+        started = self._batch_started_s
+        if started and time.perf_counter() - started > STUCK_BATCH_S:
+            for task in asyncio.all_tasks():
+                frames = task.get_stack(limit=8)
+                where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in frames)
+                log.warning("batch running %.0fs; task %s at %s",
+                            time.perf_counter() - started, task.get_name(), where)
+
+    async def _restore_tables(self, assigned: Any) -> None:
+        """Read our state topics' partitions for the assigned input partitions, to their end.
+
+        Our own reader, not Faust's table recovery: Faust stops at the changelog's reported high
+        watermark, which the embedded broker reports per record batch (3 records in one batch:
+        high watermark 1), so it restored stale state. Reading until fetches come back empty
+        does not depend on that figure.
+        """
+        for table, source in ((self.station_to_ledger, topics.MARKET.name),
+                              (self.event_id_to_position, topics.MARKET.name),
+                              (self.zone_to_stations, topics.GRID.name)):
+            partitions = sorted(tp.partition for tp in assigned if tp.topic == source)
+            await read_changelog(self.settings, table, partitions)
+
     async def _output_producer(self) -> AIOKafkaProducer:
+        async with self._producer_lock:
+            return await self._start_output_producer()
+
+    async def _start_output_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.settings.bootstrap_servers.split(","),
@@ -344,7 +424,7 @@ class Processors:
                                               verdict))
                 continue
             station = verdict.event.body.subject_key
-            batch_of = touched.get(station) or self._load_station(station)
+            batch_of = touched.get(station) or self._load_station(station, msg.partition)
             touched[station] = batch_of
             state = batch_of.state
             event_id = verdict.event.event_id
@@ -368,10 +448,11 @@ class Processors:
         decided = time.perf_counter()
         await self._publish(outputs)
         published = time.perf_counter()
-        for station, batch_of in touched.items():
-            self.station_to_ledger[station.encode()] = ledger.dump_state(batch_of.state)
-        for event_id, position in first_seen.items():
-            self.event_id_to_position[event_id.encode()] = position.encode()
+        await self._persist(
+            [(self.station_to_ledger, station.encode(), b.partition, ledger.dump_state(b.state))
+             for station, b in touched.items()]
+            + [(self.event_id_to_position, event_id.encode(), int(position.split(":")[0]),
+                position.encode()) for event_id, position in first_seen.items()])
         self.stats.phase("publish", published - decided)
         self.stats.phase("tables", time.perf_counter() - published)
 
@@ -399,8 +480,10 @@ class Processors:
                 outputs.append(self._admitted(msg.value, msg.key or b"", msg.topic,
                                               msg.partition, msg.offset))
         await self._publish(outputs)
-        for zone, zstate in zones.items():
-            self.zone_to_stations[zone.encode()] = json.dumps(zstate, sort_keys=True).encode()
+        await self._persist([
+            (self.zone_to_stations, zone.encode(), expected_partition(zone.encode(),
+                                                                        self.settings.partitions),
+             json.dumps(z, sort_keys=True).encode()) for zone, z in zones.items()])
 
     def _load_zone(self, zone: str) -> dict[str, Any]:
         raw = self.zone_to_stations.get(zone.encode())
@@ -434,10 +517,10 @@ class Processors:
         raw = self.event_id_to_position.get(event_id.encode())
         return raw.decode() if raw else None
 
-    def _load_station(self, station: str) -> StationBatch:
+    def _load_station(self, station: str, partition: int) -> StationBatch:
         raw = self.station_to_ledger.get(station.encode())
         state = ledger.load_state(raw) if raw else ledger.LedgerState(station)
-        return StationBatch(state, raw)
+        return StationBatch(state, raw, partition)
 
     def _decision_output(self, state: ledger.LedgerState, cause: SignedEvent, index: int,
                          decision: ledger.Decision) -> Output:
@@ -463,7 +546,46 @@ class StationBatch:
 
     state: ledger.LedgerState
     loaded: bytes | None  # the table value at batch start
-    steps: list[tuple[Admitted, int, int, str | None]] = dataclasses.field(default_factory=list)
+    partition: int
+    steps: list[tuple[Admitted, int, int, str | None]] = dataclasses.field(
+        default_factory=list)
+
+
+CHANGELOG_FETCH_RECORDS_MAX = 10_000
+CHANGELOG_EMPTY_FETCHES_AT_END = 2
+CHANGELOG_FETCH_TIMEOUT_MS = 200
+
+
+async def read_changelog(settings: Settings, table: Any, partitions: list[int]) -> int:
+    """Apply a table's changelog partitions, from the start until fetches come back empty."""
+    if not partitions:
+        return 0
+    topic = table.topic
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers.split(","),
+                                group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=CHANGELOG_FETCH_TIMEOUT_MS)
+    await consumer.start()
+    applied = 0
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        empty = 0
+        while empty < CHANGELOG_EMPTY_FETCHES_AT_END:
+            fetched = await consumer.getmany(*tps, timeout_ms=CHANGELOG_FETCH_TIMEOUT_MS,
+                                             max_records=CHANGELOG_FETCH_RECORDS_MAX)
+            records = [r for batch in fetched.values() for r in batch]
+            empty = 0 if records else empty + 1
+            for record in records:
+                if record.value is None:
+                    table.data.pop(record.key, None)
+                else:
+                    table.data[record.key] = record.value
+            applied += len(records)
+    finally:
+        await consumer.stop()
+    log.info("resynced %s partitions %s: %d records", topic, partitions, applied)
+    return applied
 
 
 def guarded_step(batch: StationBatch, verdict: Admitted, partition: int, offset: int,

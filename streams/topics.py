@@ -83,6 +83,21 @@ REJECTIONS = TopicSpec(
     doc="Every input that was not admitted, with a reason code and the original bytes.",
 )
 
+# Processor state, partitioned like the input it belongs to (log of every state version; a
+# worker restores an input partition's state by reading the same partition here).
+STATION_LEDGER_STATE = TopicSpec(
+    name="chargemesh.state.station-ledger.v1", key="station_id", lineage=False,
+    doc="Processor state: each station's slot ledger (JSON), one record per batch that touched it.",
+)
+EVENT_POSITION_STATE = TopicSpec(
+    name="chargemesh.state.event-position.v1", key="event_id", lineage=False,
+    doc="Processor state: where each market event id was first seen (replay detection).",
+)
+ZONE_STATIONS_STATE = TopicSpec(
+    name="chargemesh.state.zone-stations.v1", key="grid_zone_id", lineage=False,
+    doc="Processor state: the stations of each grid zone (routing of grid events).",
+)
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     GOVERNANCE,
     MARKET,
@@ -92,6 +107,9 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     SETTLEMENTS,
     DISPUTES,
     REJECTIONS,
+    STATION_LEDGER_STATE,
+    EVENT_POSITION_STATE,
+    ZONE_STATIONS_STATE,
 )
 
 

@@ -125,7 +125,7 @@ def mesh(stack_settings: Settings) -> Iterator[Mesh]:
         pub.publish(event)
     pub.flush()
     world.governance.clear()
-    worker = WorkerProcess(stack_settings, index=0).start()
+    worker = WorkerProcess(stack_settings, index=0, loglevel="info").start()
     import threading
 
     from chargemesh.sinks.clickhouse_sink import ClickHouseSink

@@ -25,7 +25,7 @@ from chargemesh.infra.runtime import Record, TopicReader
 pytestmark = pytest.mark.integration
 
 ORDERS_PER_STATION = 300
-CHANGELOG = "chargemesh-processors-station_to_ledger-changelog"
+CHANGELOG = "chargemesh.state.station-ledger.v1"
 
 
 def burst(market: Market, rng: random.Random) -> list[Any]:
@@ -95,6 +95,7 @@ def test_sigkill_mid_burst_loses_and_duplicates_nothing(mesh: Mesh) -> None:
                     workers=(mesh.worker,))
     mesh.worker.kill()  # SIGKILL mid-burst
     killed_after = len(outcomes(reader.records, stations))
+    time.sleep(mesh.settings.session_timeout_ms / 1000 + 2)  # the dead member expires first
     mesh.worker.start()
 
     expected_states, expected = replay(mesh, stations)
