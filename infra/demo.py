@@ -30,6 +30,7 @@ HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
 SLOT_MS = 15 * MINUTE_MS
 WAIT_S_MAX = 90.0
+SINK_STOP_S_MAX = 30.0
 Say = Callable[[str], None]
 
 
@@ -322,6 +323,9 @@ def summary(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
                  "GROUP BY kind ORDER BY kind",
         "decisions": "SELECT decision_type, count() FROM ledger_decisions FINAL "
                      "GROUP BY decision_type ORDER BY decision_type",
+        "reprices": "SELECT stage, count() FROM reprices FINAL GROUP BY stage ORDER BY stage",
+        "finality": "SELECT status, count() FROM settlements_status GROUP BY status "
+                    "ORDER BY status",
         "rejections": "SELECT reason_code, count() FROM rejections FINAL GROUP BY reason_code "
                       "ORDER BY reason_code",
         "events": "SELECT count() FROM events FINAL",
@@ -339,6 +343,7 @@ def run_demo(settings: Settings, say: Say, keep_running: bool = False) -> dict[s
     worker = WorkerProcess(settings, loglevel="warning")
     stop = threading.Event()
     sink: ClickHouseSink | None = None
+    sink_thread: threading.Thread | None = None
     demo: Demo | None = None
     try:
         demo = Demo(settings, say)
@@ -357,8 +362,9 @@ def run_demo(settings: Settings, say: Say, keep_running: bool = False) -> dict[s
         stop.set()
         if demo is not None:
             demo.close()
+        if sink_thread is not None:
+            sink_thread.join(SINK_STOP_S_MAX)
         if sink is not None:
-            time.sleep(0.5)
             sink.close()
         worker.stop()
         if not keep_running:
@@ -371,7 +377,8 @@ def _wait_summary(settings: Settings, settlements: int) -> dict[str, Any]:
     result = summary(settings)
     while time.monotonic() < deadline:
         result = summary(settings)
-        if sum(row[2] for row in result["revenue"]) >= settlements:
+        final = sum(n for status, n in result["finality"] if status == "FINAL")
+        if sum(row[2] for row in result["revenue"]) >= settlements and final >= settlements:
             break
         time.sleep(0.5)
     return result
@@ -379,3 +386,57 @@ def _wait_summary(settings: Settings, settlements: int) -> dict[str, Any]:
 
 def money_text(value: Decimal) -> str:
     return f"{value:,.2f}"
+
+
+# ---- the `chargemesh demo` command ------------------------------------------------------------
+
+import click  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from chargemesh.infra.cli import cli, settings_of  # noqa: E402
+
+
+@cli.command()
+@click.option("--keep-running", is_flag=True, help="Leave the embedded stack up afterwards.")
+@click.pass_context
+def demo(ctx: click.Context, keep_running: bool) -> None:
+    """Run a scripted marketplace day end to end and summarise it from ClickHouse."""
+    console = Console()
+    started = time.monotonic()
+    settings = settings_of(ctx)
+
+    def say(message: str) -> None:
+        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim]  {message}")
+
+    result = run_demo(settings, say, keep_running=keep_running)
+    console.print(_revenue_table(result))
+    for title, key, headers in (("Settlement lines", "lines", ("kind", "lines", "amount")),
+                                ("Ledger decisions", "decisions", ("decision", "count")),
+                                ("Re-pricing", "reprices", ("stage", "count")),
+                                ("Settlement finality", "finality", ("status", "count")),
+                                ("Rejections", "rejections", ("reason", "count"))):
+        table = Table(title=title)
+        for header in headers:
+            table.add_column(header, justify="left" if header in ("kind", "decision", "reason",
+                                                                  "stage", "status")
+                             else "right")
+        for row in result[key]:
+            table.add_row(*[money_text(v) if isinstance(v, Decimal) else str(v) for v in row])
+        console.print(table)
+    console.print(f"{result['events'][0][0]} signed events in ClickHouse table `events`. "
+                  f"Query it yourself: clickhouse-client --port {settings.clickhouse_port} "
+                  f"-d {settings.clickhouse_database}" + ("" if keep_running else
+                                                          " (after `chargemesh up`)"))
+    console.print(f"done in {time.monotonic() - started:.1f}s")
+
+
+def _revenue_table(result: dict[str, Any]) -> Table:
+    table = Table(title="Settlements by jurisdiction (read back from ClickHouse)")
+    for header in ("jurisdiction", "currency", "settlements", "energy kWh", "total"):
+        table.add_column(header, justify="left" if header in ("jurisdiction", "currency")
+                         else "right")
+    for jurisdiction, currency, count, energy_wh, total in result["revenue"]:
+        table.add_row(jurisdiction, currency, str(count), f"{energy_wh / 1000:,.3f}",
+                      money_text(total))
+    return table
