@@ -26,7 +26,7 @@ from chargemesh.processors.ingress import admit, admit_governance
 from chargemesh.streams import sdk
 from chargemesh.streams.envelope import open_envelope
 from chargemesh.streams.keys import verify_signature
-from chargemesh.streams.topics import DECISIONS, MARKET
+from chargemesh.streams.topics import DECISIONS, MARKET, SETTLEMENTS
 
 ENVELOPE_SAMPLES = 5_000
 SLOT_MS = 15 * 60_000
@@ -142,6 +142,52 @@ class LedgerBench:
         return {"orders": float(count), "seconds": done - started,
                 "orders_per_s": count / (done - started)}
 
+    def finality_latency(self, count: int) -> dict[str, float]:
+        """Last required signature (the vehicle's countersignature) published -> its
+        SettlementFinalised consumed. Sessions are set up first, one per station connector."""
+        settlements = TopicReader(self.settings, SETTLEMENTS.name)
+        closes, vehicles = [], []
+        setup: list[Any] = []
+        slot = self.start + 40 * HOUR_MS
+        for i in range(count):
+            station = self.stations[i % len(self.stations)]
+            cid = f"c{(i // len(self.stations)) % 8}"
+            vehicle = self.vehicles[i % len(self.vehicles)]
+            start = slot + (i // (8 * len(self.stations))) * HOUR_MS
+            ident = sdk.identity(station_id=station.subject_id, vehicle=vehicle,
+                                 rate_authority_id=self.dep.root.credential_id,
+                                 jurisdiction="US-CA", connector_id=cid)
+            terms = sdk.claim(energy_wh=20_000, start_ms=start, stop_ms=start + SLOT_MS,
+                              ceiling_rate_per_kwh="0.80", currency="USD")
+            sid = f"fin-{i}"
+            close = sdk.meter_closed_out(station, session_id=sid, connector_id=cid,
+                                         closed_at_ms=start + 10 * 60_000, final_import_wh=19_000,
+                                         last_reading_seq=-1)
+            setup += [sdk.order(vehicle, "posted", order_id=sid, ident=ident, terms=terms,
+                                rate_per_kwh="0.40", at_ms=self.now),
+                      sdk.handshake(station, vehicle, session_id=sid, reservation_id=f"res:{sid}",
+                                    ident=ident, started_at_ms=start), close]
+            closes.append(close)
+            vehicles.append(vehicle)
+        self.dep.publish(setup)
+        pub, latencies = publisher(self.settings), []
+        for i, (close, vehicle) in enumerate(zip(closes, vehicles)):
+            sent = time.monotonic()
+            pub.publish(sdk.close_out_countersigned(vehicle, close, close.body.occurred_at_ms + 1))
+            pub.flush()
+            deadline = sent + DECISION_WAIT_S_MAX
+            key = f"fin-{i}".encode()
+            while time.monotonic() < deadline:
+                before = len(settlements.records)
+                settlements.poll(0.002)
+                if any(r.key == key and r.event().event_type.endswith("SettlementFinalised")
+                       for r in settlements.records[before:]):
+                    break
+            latencies.append((time.monotonic() - sent) * 1000)
+        settlements.close()
+        return {"settlements": float(count), "p50_ms": percentile(latencies, 0.5),
+                "p99_ms": percentile(latencies, 0.99)}
+
     def close(self) -> None:
         self.decisions.close()
         self.worker.stop()
@@ -149,7 +195,7 @@ class LedgerBench:
 
 
 def run(orders: int = 5_000, walk_ups: int = 200, stations: int = 16,
-        vehicles: int = 64) -> dict[str, Any]:
+        vehicles: int = 64, finalities: int = 200) -> dict[str, Any]:
     results: dict[str, Any] = {"envelope": bench_envelope()}
     with tempfile.TemporaryDirectory(prefix="chargemesh-bench-") as tmp:
         bench = LedgerBench(Path(tmp), stations, vehicles)
@@ -157,6 +203,7 @@ def run(orders: int = 5_000, walk_ups: int = 200, stations: int = 16,
             bench.walk_up_latency(20)  # warm-up: group join, table recovery, caches
             results["walk_up"] = bench.walk_up_latency(walk_ups)
             results["ledger_orders"] = bench.order_throughput(orders)
+            results["settlement_finality"] = bench.finality_latency(finalities)
         finally:
             bench.close()
     return results

@@ -38,7 +38,8 @@ class Deployment:
         return Participant.seeded(credential_id, subject_id, secret=self.secret)
 
     def credential(self, credential_id: str, roles: list[str], jurisdiction: str,
-                   subject_id: str | None = None, at_ms: int = 0) -> tuple[Participant, SignedEvent]:
+                   subject_id: str | None = None,
+                   at_ms: int = 0) -> tuple[Participant, SignedEvent]:
         holder = self.participant(credential_id, subject_id)
         return holder, self.issuer.issue_credential(holder, roles, jurisdiction, at_ms=at_ms)
 

@@ -126,11 +126,13 @@ class TrustStore:
         if revoked is not None and revoked.effective_at_ms <= at_ms:
             return Rejection.of(
                 Reason.CREDENTIAL_REVOKED,
-                f"{link.principal_id} revoked from {revoked.effective_at_ms} ({revoked.reason_code})",
+                f"{link.principal_id} revoked from {revoked.effective_at_ms} "
+                f"({revoked.reason_code})",
             )
         if at_ms < link.valid_from_ms:
             return Rejection.of(
-                Reason.CREDENTIAL_NOT_YET_VALID, f"{link.principal_id} valid from {link.valid_from_ms}"
+                Reason.CREDENTIAL_NOT_YET_VALID,
+                f"{link.principal_id} valid from {link.valid_from_ms}",
             )
         if at_ms >= link.valid_until_ms:
             return Rejection.of(
@@ -196,7 +198,7 @@ class TrustStore:
         return False
 
     def is_rate_authority(self, authority_id: str, at_ms: int) -> bool:
-        """``authority_id`` is recognised (chains to an anchor) and holds the RATE_AUTHORITY role."""
+        """``authority_id`` is recognised (chains to an anchor) and is a RATE_AUTHORITY."""
         verdict = self.resolve(authority_id, at_ms)
         return isinstance(verdict, ChainOk) and "RATE_AUTHORITY" in verdict.principal.roles
 
@@ -254,7 +256,8 @@ class TrustStore:
         return self.check_event(event, payload)
 
 
-def _declare_authority(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Rejection | None:
+def _declare_authority(store: TrustStore, event: SignedEvent,
+                       p: dict[str, Any]) -> Rejection | None:
     authority_id = p["authority_id"]
     if event.body.author_credential_id != authority_id:
         return Rejection.of(Reason.SUBJECT_MISMATCH, "an authority declares itself")
@@ -280,7 +283,8 @@ def _declare_authority(store: TrustStore, event: SignedEvent, p: dict[str, Any])
     return None
 
 
-def _recognise_authority(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Rejection | None:
+def _recognise_authority(store: TrustStore, event: SignedEvent,
+                         p: dict[str, Any]) -> Rejection | None:
     verdict = store._check_author(event, p, p["recognised_by_authority_id"])
     if isinstance(verdict, Rejection):
         return verdict
@@ -380,7 +384,8 @@ def _revoke(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Rejecti
     return None
 
 
-def _agree_reciprocity(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Rejection | None:
+def _agree_reciprocity(store: TrustStore, event: SignedEvent,
+                       p: dict[str, Any]) -> Rejection | None:
     verdict = store.check_event(event, p)
     if isinstance(verdict, Rejection):
         return verdict

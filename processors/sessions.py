@@ -37,6 +37,17 @@ def _session(state: LedgerState, session_id: str) -> dict[str, Any] | Rejection:
     return found
 
 
+def _party_session(state: LedgerState, cmd: Command, parties: tuple[str, ...],
+                   who: str) -> dict[str, Any] | Rejection:
+    """The command's session, if its author is one of ``parties`` (session fields)."""
+    s = _session(state, cmd.payload["session_id"])
+    if isinstance(s, Rejection):
+        return s
+    if cmd.author_id not in [s[party] for party in parties]:
+        return Rejection("NOT_YOUR_SESSION", f"only {who} may do this")
+    return s
+
+
 def _handshake(state: LedgerState, cmd: Command, view: GovernanceView,
                out: list[Decision]) -> Rejection | None:
     p = cmd.payload
@@ -146,11 +157,9 @@ def _grid_event(state: LedgerState, cmd: Command, view: GovernanceView,
 def _reprice_accepted(state: LedgerState, cmd: Command, view: GovernanceView,
                       out: list[Decision]) -> Rejection | None:
     p = cmd.payload
-    s = _session(state, p["session_id"])
+    s = _party_session(state, cmd, ("vehicle_credential_id",), "the session's vehicle")
     if isinstance(s, Rejection):
         return s
-    if cmd.author_id != s["vehicle_credential_id"]:
-        return Rejection("NOT_YOUR_SESSION", "only the session's vehicle accepts its re-price")
     for rp in s["reprices"]:
         if rp["grid_event_id"] == p["grid_event_id"] and rp["status"] == "PROPOSED":
             if p["accepted_rate_per_kwh"] != rp["rate_per_kwh"]:
@@ -166,11 +175,10 @@ def _reprice_accepted(state: LedgerState, cmd: Command, view: GovernanceView,
 def _stopped(state: LedgerState, cmd: Command, view: GovernanceView,
              out: list[Decision]) -> Rejection | None:
     p = cmd.payload
-    s = _session(state, p["session_id"])
+    s = _party_session(state, cmd, ("vehicle_credential_id", "station_credential_id"),
+                       "the session's parties")
     if isinstance(s, Rejection):
         return s
-    if cmd.author_id not in (s["vehicle_credential_id"], s["station_credential_id"]):
-        return Rejection("NOT_YOUR_SESSION", "only the session's parties stop it")
     if s["status"] != "ACTIVE":
         return Rejection("SESSION_CLOSED", f"session is {s['status']}")
     s.update(status="STOPPED", stopped_at_ms=p["stopped_at_ms"], stop_reason=p["reason"])
@@ -184,11 +192,9 @@ def _stopped(state: LedgerState, cmd: Command, view: GovernanceView,
 def _closed_out(state: LedgerState, cmd: Command, view: GovernanceView,
                 out: list[Decision]) -> Rejection | None:
     p = cmd.payload
-    s = _session(state, p["session_id"])
+    s = _party_session(state, cmd, ("station_credential_id",), "the session's station")
     if isinstance(s, Rejection):
         return s
-    if cmd.author_id != s["station_credential_id"]:
-        return Rejection("NOT_YOUR_SESSION", "the session's station closes it out")
     if s["status"] not in OPEN:
         return Rejection("SESSION_CLOSED", f"session is {s['status']}")
     last_seq, last_at, last_wh = (s["readings"][-1] if s["readings"]
@@ -238,13 +244,10 @@ def required_signers(s: dict[str, Any]) -> list[str]:
 
 def _countersigned(state: LedgerState, cmd: Command, view: GovernanceView,
                    out: list[Decision]) -> Rejection | None:
-    p = cmd.payload
-    s = _session(state, p["session_id"])
+    s = _party_session(state, cmd, ("vehicle_credential_id",), "the session's vehicle")
     if isinstance(s, Rejection):
         return s
-    if cmd.author_id != s["vehicle_credential_id"]:
-        return Rejection("NOT_YOUR_SESSION", "only the session's vehicle countersigns")
-    return _add_signature(state, s, cmd, p["close_out_event_hash"], out)
+    return _add_signature(state, s, cmd, cmd.payload["close_out_event_hash"], out)
 
 
 def _co_signed(state: LedgerState, cmd: Command, view: GovernanceView,

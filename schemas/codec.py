@@ -145,7 +145,8 @@ class SchemaCatalog:
         """Decode ``body`` written under ``fingerprint``, resolved to the current reader schema."""
         writer = self._by_fingerprint.get(fingerprint)
         if writer is None:
-            raise DecodeError("UNKNOWN_SCHEMA", f"no writer schema with fingerprint {fingerprint.hex()}")
+            raise DecodeError("UNKNOWN_SCHEMA",
+                              f"no writer schema with fingerprint {fingerprint.hex()}")
         name = reader_name or writer.full_name
         reader = self._current.get(name, writer)
         if len(body) > PAYLOAD_BYTES_MAX:
@@ -156,7 +157,8 @@ class SchemaCatalog:
         except Exception as exc:  # fastavro raises many types on hostile bytes
             raise DecodeError("MALFORMED_PAYLOAD", f"{name}: {type(exc).__name__}: {exc}") from exc
         if stream.tell() != len(body):
-            raise DecodeError("MALFORMED_PAYLOAD", f"{name}: {len(body) - stream.tell()} trailing bytes")
+            raise DecodeError("MALFORMED_PAYLOAD",
+                              f"{name}: {len(body) - stream.tell()} trailing bytes")
         if not isinstance(record, dict):
             raise DecodeError("MALFORMED_PAYLOAD", f"{name}: not a record")
         return name, record
@@ -167,7 +169,8 @@ class SchemaCatalog:
 
     def single_object_decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
         if len(data) < 10 or data[:2] != SINGLE_OBJECT_MAGIC:
-            raise DecodeError("MALFORMED_ENVELOPE", "not Avro single-object encoded (no C3 01 header)")
+            raise DecodeError("MALFORMED_ENVELOPE",
+                              "not Avro single-object encoded (no C3 01 header)")
         return self.decode(bytes(data[2:10]), bytes(data[10:]))
 
 

@@ -53,7 +53,8 @@ class Signer:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            json.dump({"credential_id": self.credential_id, "ed25519_private_hex": raw.hex()}, handle)
+            json.dump({"credential_id": self.credential_id, "ed25519_private_hex": raw.hex()},
+                      handle)
 
     @classmethod
     def load(cls, path: Path) -> "Signer":

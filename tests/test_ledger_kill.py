@@ -38,11 +38,13 @@ def burst(market: Market, rng: random.Random) -> list[Any]:
         start = market.start_ms + rng.randrange(40) * SLOT_MS
         connector = rng.choice(["", "c1", "c2", "c3"])
         orders.append(market.posted_order(vehicle, f"o{i}", start, slots=rng.choice([1, 2]),
-                                          connector_id=connector, at_ms=market.start_ms - 3_600_000 + i))
+                                          connector_id=connector,
+                                          at_ms=market.start_ms - 3_600_000 + i))
     return orders
 
 
-def replay(mesh: Mesh, stations: set[str]) -> tuple[dict[str, ledger.LedgerState], dict[str, bytes]]:
+def replay(mesh: Mesh,
+           stations: set[str]) -> tuple[dict[str, ledger.LedgerState], dict[str, bytes]]:
     """The fault-free run: the same inputs, in partition order, through the same pure steps."""
     store = TrustStore(mesh.world.anchors())
     gov = TopicReader(mesh.settings, GOVERNANCE.name)

@@ -107,7 +107,8 @@ def test_bilateral_session_from_credentials_to_final_settlement(mesh: Mesh) -> N
     mesh.publish(*mesh.world.governance)
     mesh.world.governance.clear()
     session = Session(market, vehicle, "s1", market.start_ms + SLOT_MS)
-    mesh.publish(session.booking, session.start(), session.read(10, 9_337), session.read(20, 17_901),
+    mesh.publish(session.booking, session.start(), session.read(10, 9_337),
+                 session.read(20, 17_901),
                  session.read(30, 26_555))
     close = session.close(35, 30_123)
     mesh.publish(sdk.session_stopped(vehicle, session_id=session.session_id,
