@@ -93,7 +93,7 @@ class LedgerBench:
         self.dep.publish([sdk.calendar_published(
             st, rate_authority_id=root.credential_id, jurisdiction="US-CA", tariff_id="t-bench",
             rules_version="r-bench", connectors=conns, slot_duration_ms=SLOT_MS,
-            horizon_start_ms=self.now - HOUR_MS, horizon_end_ms=self.start + 48 * HOUR_MS,
+            horizon_start_ms=self.start - 25 * HOUR_MS, horizon_end_ms=self.start + 48 * HOUR_MS,
             posted_rate_per_kwh="0.40", currency="USD", at_ms=self.now) for st in self.stations])
 
     def _order(self, i: int, kind: str, at_ms: int) -> Any:
@@ -147,7 +147,7 @@ class LedgerBench:
         SettlementFinalised consumed. Sessions are set up first, one per station connector."""
         settlements = TopicReader(self.settings, SETTLEMENTS.name)
         closes, vehicles = [], []
-        setup: list[Any] = []
+        setup: list[list[Any]] = [[], [], []]
         slot = self.start + 40 * HOUR_MS
         for i in range(count):
             station = self.stations[i % len(self.stations)]
@@ -163,13 +163,16 @@ class LedgerBench:
             close = sdk.meter_closed_out(station, session_id=sid, connector_id=cid,
                                          closed_at_ms=start + 10 * 60_000, final_import_wh=19_000,
                                          last_reading_seq=-1)
-            setup += [sdk.order(vehicle, "posted", order_id=sid, ident=ident, terms=terms,
-                                rate_per_kwh="0.40", at_ms=self.now),
-                      sdk.handshake(station, vehicle, session_id=sid, reservation_id=f"res:{sid}",
-                                    ident=ident, started_at_ms=start), close]
+            # In station time: every booking, then every handshake, then the close-outs.
+            setup[0].append(sdk.order(vehicle, "posted", order_id=sid, ident=ident, terms=terms,
+                                      rate_per_kwh="0.40", at_ms=self.now))
+            setup[1].append(sdk.handshake(station, vehicle, session_id=sid,
+                                          reservation_id=f"res:{sid}", ident=ident,
+                                          started_at_ms=start))
+            setup[2].append(close)
             closes.append(close)
             vehicles.append(vehicle)
-        self.dep.publish(setup)
+        self.dep.publish([e for phase in setup for e in phase])
         pub, latencies = publisher(self.settings), []
         for i, (close, vehicle) in enumerate(zip(closes, vehicles)):
             sent = time.monotonic()
