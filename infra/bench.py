@@ -93,7 +93,7 @@ class LedgerBench:
         self.dep.publish([sdk.calendar_published(
             st, rate_authority_id=root.credential_id, jurisdiction="US-CA", tariff_id="t-bench",
             rules_version="r-bench", connectors=conns, slot_duration_ms=SLOT_MS,
-            horizon_start_ms=self.start - 25 * HOUR_MS, horizon_end_ms=self.start + 48 * HOUR_MS,
+            horizon_start_ms=self.start - 25 * HOUR_MS, horizon_end_ms=self.start + 72 * HOUR_MS,
             posted_rate_per_kwh="0.40", currency="USD", at_ms=self.now) for st in self.stations])
 
     def _order(self, i: int, kind: str, at_ms: int) -> Any:
@@ -148,7 +148,7 @@ class LedgerBench:
         settlements = TopicReader(self.settings, SETTLEMENTS.name)
         closes, vehicles = [], []
         setup: list[list[Any]] = [[], [], []]
-        slot = self.start + 40 * HOUR_MS
+        slot = self.start + 50 * HOUR_MS  # after the throughput orders
         for i in range(count):
             station = self.stations[i % len(self.stations)]
             cid = f"c{(i // len(self.stations)) % 8}"
