@@ -388,14 +388,7 @@ def _accept_posted(state: LedgerState, cmd: Command, view: GovernanceView,
     if order.bid_rate_per_kwh != posted:
         return Rejection("PRICE_MISMATCH", f"posted price is {posted}, accepted "
                          f"{order.bid_rate_per_kwh}")
-    if posted > cmd.payload["claim"]["ceiling_rate_per_kwh"]:
-        return Rejection("ABOVE_CEILING", f"posted {posted} exceeds the vehicle's ceiling "
-                         f"{cmd.payload['claim']['ceiling_rate_per_kwh']}")
-    connector = _pick_connector(state, order)
-    if isinstance(connector, Rejection):
-        return connector
-    _emit(state, out, _reserved(state, order, connector, posted, walk_up=False))
-    return None
+    return _reserve_at_posted(state, cmd, order, posted, False, out)
 
 
 def _place_bid(state: LedgerState, cmd: Command, view: GovernanceView,
@@ -479,13 +472,20 @@ def _walk_up(state: LedgerState, cmd: Command, view: GovernanceView,
     problem = state.window_problem(start, stop)
     if problem is not None:
         return problem
-    posted = Decimal(cal["posted_rate_per_kwh"])
-    if posted > cmd.payload["claim"]["ceiling_rate_per_kwh"]:
-        return Rejection("ABOVE_CEILING", f"posted {posted} exceeds the vehicle's ceiling")
+    return _reserve_at_posted(state, cmd, order, Decimal(cal["posted_rate_per_kwh"]), True, out)
+
+
+def _reserve_at_posted(state: LedgerState, cmd: Command, order: Bid, posted: Decimal,
+                       walk_up: bool, out: list[Decision]) -> Rejection | None:
+    """Posted-price booking (acceptance or walk-up): within the ceiling, on a free connector."""
+    ceiling = cmd.payload["claim"]["ceiling_rate_per_kwh"]
+    if posted > ceiling:
+        return Rejection("ABOVE_CEILING", f"posted {posted} exceeds the vehicle's ceiling "
+                         f"{ceiling}")
     connector = _pick_connector(state, order)
     if isinstance(connector, Rejection):
         return connector
-    _emit(state, out, _reserved(state, order, connector, posted, walk_up=True))
+    _emit(state, out, _reserved(state, order, connector, posted, walk_up=walk_up))
     return None
 
 
