@@ -205,6 +205,10 @@ class Processors:
             settings.kafka_client_config(), load_anchors(settings),
             processors=[TrustAnchor(self.signer.credential_id, self.signer.public_key)])
         self.ready = asyncio.Event()
+        # Set while the worker's state matches its assignment. Faust's table recovery resumes the
+        # streams concurrently with our restore (it has no tables of its own to wait for), so
+        # every batch waits for this before it reads state.
+        self.restored = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
         self._batch_started_s = 0.0
@@ -253,7 +257,7 @@ class Processors:
         @app.agent(self.topics[topics.GOVERNANCE.name])
         async def admit_governance(stream: Any) -> None:
             async for batch in stream.take_events(BATCH_EVENTS_MAX, within=BATCH_WITHIN_S):
-                await self.ready.wait()
+                await self._wait_ready()
                 try:
                     await self._publish(await self._governance_outputs(batch))
                 except BaseException as exc:  # noqa: BLE001 - see fail_stop
@@ -261,13 +265,14 @@ class Processors:
 
         @app.on_partitions_assigned.connect
         async def restore_after_assignment(sender: Any, assigned: Any, **_: Any) -> None:
-            # Faust awaits this before its streams resume: state is current before any batch.
+            self.restored.clear()
             await self._restore_tables(assigned)
+            self.restored.set()
 
         @app.agent(self.topics[topics.MARKET.name])
         async def decide_market(stream: Any) -> None:
             async for batch in stream.take_events(BATCH_EVENTS_MAX, within=BATCH_WITHIN_S):
-                await self.ready.wait()
+                await self._wait_ready()
                 started = time.perf_counter()
                 self._batch_started_s = started
                 for event in batch:
@@ -282,7 +287,7 @@ class Processors:
         @app.agent(self.topics[topics.GRID.name])
         async def route_grid(stream: Any) -> None:
             async for batch in stream.take_events(BATCH_EVENTS_MAX, within=BATCH_WITHIN_S):
-                await self.ready.wait()
+                await self._wait_ready()
                 try:
                     await self._grid_batch(batch)
                 except BaseException as exc:  # noqa: BLE001 - see fail_stop
@@ -292,6 +297,11 @@ class Processors:
         async def report_stats() -> None:
             self.stats.report()
             self._watch_stuck_batch()
+
+    async def _wait_ready(self) -> None:
+        """Governance caught up and state restored for the current assignment."""
+        await self.ready.wait()
+        await self.restored.wait()
 
     async def _publish(self, outputs: list[Output]) -> None:
         """Send every output and wait until the broker acknowledged all of them.
@@ -343,14 +353,15 @@ class Processors:
 
         Our own reader, not Faust's table recovery: Faust stops at the changelog's reported high
         watermark, which the embedded broker reports per record batch (3 records in one batch:
-        high watermark 1), so it restored stale state. Reading until fetches come back empty
-        does not depend on that figure.
+        high watermark 1), so it restored stale state. ``read_changelog`` reads up to a marker
+        it appends itself, which does not depend on that figure.
         """
         for table, source in ((self.station_to_ledger, topics.MARKET.name),
                               (self.event_id_to_position, topics.MARKET.name),
                               (self.zone_to_stations, topics.GRID.name)):
             partitions = sorted(tp.partition for tp in assigned if tp.topic == source)
-            await read_changelog(self.settings, table, partitions)
+            await read_changelog(self.settings, table, partitions,
+                                 await self._output_producer())
 
     async def _output_producer(self) -> AIOKafkaProducer:
         async with self._producer_lock:
@@ -552,39 +563,64 @@ class StationBatch:
 
 
 CHANGELOG_FETCH_RECORDS_MAX = 10_000
-CHANGELOG_EMPTY_FETCHES_AT_END = 5
 CHANGELOG_FETCH_TIMEOUT_MS = 200
+CHANGELOG_RESTORE_TIMEOUT_S = 120.0
+# Written to every state partition when a worker restores it; never a table key (tables are
+# keyed by station, event id or zone, none of which starts with a NUL byte).
+RESTORE_MARKER_KEY = b"\x00restore-marker"
 
 
-async def read_changelog(settings: Settings, table: Any, partitions: list[int]) -> int:
-    """Apply a table's changelog partitions, from the start until fetches come back empty."""
+async def read_changelog(settings: Settings, table: Any, partitions: list[int],
+                         producer: AIOKafkaProducer) -> int:
+    """Apply a table's changelog partitions from the start up to a marker written just now.
+
+    The end of a partition is not taken from the broker's high watermark (the embedded broker
+    under-reports it) nor from a run of empty fetches (a slow fetch after a restart once ended
+    the restore early and a worker resumed with a station's older state). Instead a unique marker
+    record is appended to every partition, acknowledged by the broker, and the partition is read
+    until that marker comes back: everything acknowledged before it has then been applied.
+    """
     if not partitions:
         return 0
     topic = table.topic
+    nonce = uuid.uuid4().hex.encode()
+    await asyncio.gather(*[await producer.send(topic, key=RESTORE_MARKER_KEY, value=nonce,
+                                               partition=p) for p in partitions])
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers.split(","),
                                 group_id=None, enable_auto_commit=False,
                                 fetch_max_wait_ms=CHANGELOG_FETCH_TIMEOUT_MS)
     await consumer.start()
     applied = 0
+    upto: dict[int, int] = {}
+    deadline = time.monotonic() + CHANGELOG_RESTORE_TIMEOUT_S
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        empty = 0
-        while empty < CHANGELOG_EMPTY_FETCHES_AT_END:
+        open_partitions = set(partitions)
+        while open_partitions:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"restore of {topic} {sorted(open_partitions)} did not reach "
+                                   f"its marker in {CHANGELOG_RESTORE_TIMEOUT_S:.0f}s")
             fetched = await consumer.getmany(*tps, timeout_ms=CHANGELOG_FETCH_TIMEOUT_MS,
                                              max_records=CHANGELOG_FETCH_RECORDS_MAX)
-            records = [r for batch in fetched.values() for r in batch]
-            empty = 0 if records else empty + 1
-            for record in records:
-                if record.value is None:
-                    table.data.pop(record.key, None)
-                else:
-                    table.data[record.key] = record.value
-            applied += len(records)
+            for tp, records in fetched.items():
+                for record in records:
+                    if record.key == RESTORE_MARKER_KEY:
+                        if record.value == nonce:
+                            open_partitions.discard(tp.partition)
+                            upto[tp.partition] = record.offset
+                        continue
+                    if tp.partition not in open_partitions:
+                        continue  # written after our marker: by a batch of ours, already held
+                    if record.value is None:
+                        table.data.pop(record.key, None)
+                    else:
+                        table.data[record.key] = record.value
+                    applied += 1
     finally:
         await consumer.stop()
-    log.info("resynced %s partitions %s: %d records", topic, partitions, applied)
+    log.info("resynced %s: %d records, marker offsets %s", topic, applied, upto)
     return applied
 
 

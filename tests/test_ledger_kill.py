@@ -22,7 +22,7 @@ from .conftest import Mesh
 from .market import SLOT_MS, Market, open_market
 from chargemesh.infra.runtime import Record, TopicReader
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+pytestmark = pytest.mark.integration
 
 ORDERS_PER_STATION = 300
 CHANGELOG = "chargemesh.state.station-ledger.v1"

@@ -16,7 +16,7 @@ from chargemesh.streams.topics import SETTLEMENTS
 from .conftest import Mesh
 from .market import SLOT_MS, Market, open_market
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+pytestmark = pytest.mark.integration
 STATIONS = 4
 CONNECTORS = 50
 MINUTE_MS = 60_000
