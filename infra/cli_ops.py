@@ -62,6 +62,7 @@ from chargemesh.infra.stack import BROKER, CLICKHOUSE, ComponentStatus, Embedded
 from chargemesh.processors.governance import TrustAnchor
 from chargemesh.schemas.codec import DecodeError, catalog, to_jsonable
 from chargemesh.sinks.migrate import clickhouse_client
+from chargemesh.schemas import registry
 from chargemesh.streams.envelope import REJECTED_SCHEMA, event_view, open_envelope, open_payload
 from chargemesh.streams.topics import ALL_TOPICS
 
@@ -1443,6 +1444,7 @@ def _partition_of(message: Message) -> int:
 
 def tail_records(settings: Settings, plan: TailPlan, emit: Callable[[Message], None]) -> int:
     """Emit the records the plan asks for, in order; returns how many were emitted."""
+    registry.from_settings(settings)  # decode Confluent-framed values when configured
     tail = TopicTail(settings, plan)
     emitted = 0
     try:

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from chargemesh.infra.config import Settings
 from chargemesh.schemas.codec import catalog
+from chargemesh.schemas import registry
 from chargemesh.streams.envelope import SignedEvent, open_envelope, open_payload
 from chargemesh.streams.sdk import Participant, Publisher
 
@@ -102,6 +103,7 @@ class TopicReader:
         conf = dict(settings.kafka_client_config(), **{
             "group.id": "unused-reader", "enable.auto.commit": False,
             "fetch.wait.max.ms": 10})
+        registry.from_settings(settings)  # decode Confluent-framed values when configured
         self.consumer = Consumer(conf)
         meta = self.consumer.list_topics(topic, timeout=10)
         parts = meta.topics[topic].partitions
@@ -135,7 +137,7 @@ class TopicReader:
 
 
 def publisher(settings: Settings) -> Publisher:
-    return Publisher(settings.kafka_client_config())
+    return Publisher(settings.kafka_client_config(), framing=registry.from_settings(settings))
 
 
 def event_ids(records: list[Record]) -> set[str]:

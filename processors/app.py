@@ -35,6 +35,7 @@ from chargemesh.processors.governance import TrustAnchor
 from chargemesh.processors.ingress import Admitted, Refused, admit, rejection_record
 from chargemesh.processors.market import Step, market_step
 from chargemesh.processors.reasons import Reason, Rejection
+from chargemesh.schemas import registry
 from chargemesh.schemas.codec import catalog
 from chargemesh.streams import topics
 from chargemesh.streams.envelope import REJECTED_SCHEMA, SignedEvent, seal
@@ -201,6 +202,9 @@ class Processors:
     def __init__(self, settings: Settings, worker_index: int = 0) -> None:
         self.settings = settings
         self.signer = load_processor_signer(settings)
+        # Confluent framing of every output when a registry is configured (and decoding of
+        # framed inputs); None = Avro single-object encoding.
+        self.framing = registry.from_settings(settings)
         self.follower = GovernanceFollower(
             settings.kafka_client_config(), load_anchors(settings),
             processors=[TrustAnchor(self.signer.credential_id, self.signer.public_key)])
@@ -314,7 +318,8 @@ class Processors:
         producer = await self._output_producer()
         pending: list[Awaitable[Any]] = []
         for out in outputs:
-            pending.append(await producer.send(out.topic, value=out.value, key=out.key,
+            value = out.value if self.framing is None else self.framing.frame(out.topic, out.value)
+            pending.append(await producer.send(out.topic, value=value, key=out.key,
                                                headers=list(out.headers) or None))
         await asyncio.gather(*pending)
 

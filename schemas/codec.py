@@ -168,6 +168,9 @@ class SchemaCatalog:
         return SINGLE_OBJECT_MAGIC + fingerprint + body
 
     def single_object_decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        from chargemesh.schemas.registry import normalise
+
+        data = normalise(data)
         if len(data) < 10 or data[:2] != SINGLE_OBJECT_MAGIC:
             raise DecodeError("MALFORMED_ENVELOPE",
                               "not Avro single-object encoded (no C3 01 header)")

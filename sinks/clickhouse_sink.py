@@ -42,6 +42,7 @@ from confluent_kafka import (
 
 from chargemesh.infra.checks import InvariantError, ensure
 from chargemesh.infra.config import Settings, load_settings
+from chargemesh.schemas import registry
 from chargemesh.sinks.migrate import clickhouse_client
 from chargemesh.sinks.projections import TABLE_COLUMNS, Row, Rows, SourceMessage, project
 from chargemesh.streams.topics import ADMITTED, DECISIONS, REJECTIONS, SETTLEMENTS
@@ -151,6 +152,7 @@ class ClickHouseSink:
     ) -> None:
         ensure(len(topics) > 0, "the sink needs at least one topic")
         self.settings = settings
+        registry.from_settings(settings)  # decode Confluent-framed values when configured
         self.group_id = group_id
         self.topics = tuple(topics)
         self.rejections_topic = rejections_topic

@@ -33,6 +33,7 @@ from decimal import Decimal
 from typing import Any
 
 from chargemesh.infra.checks import InvariantError, ensure
+from chargemesh.schemas import registry
 from chargemesh.schemas.codec import DecodeError, catalog, render_json
 from chargemesh.streams.envelope import REJECTED_SCHEMA, SignedEvent, open_envelope, open_payload
 
@@ -144,6 +145,11 @@ def projects(*event_types: str) -> Callable[[Projector], Projector]:
 
 def project(message: SourceMessage, rejections_topic: str, ingested_at_ms: int) -> Rows:
     """The rows ``message`` stands for; never raises on bad input (it becomes a rejection)."""
+    try:
+        # The archive keeps single-object bytes: readable with the .avsc files alone.
+        message = dataclasses.replace(message, value=registry.normalise(message.value or b""))
+    except DecodeError as exc:
+        return _undecodable(message, exc, None)
     if message.topic == rejections_topic:
         return _project_rejection_record(message)
     try:

@@ -19,6 +19,7 @@ from typing import Any
 
 import fastavro
 
+from chargemesh.schemas import registry
 from chargemesh.schemas.codec import SINGLE_OBJECT_MAGIC, DecodeError, SchemaCatalog, catalog
 from chargemesh.streams.keys import Signer, verify_signature
 
@@ -199,6 +200,7 @@ def open_envelope(data: bytes) -> SignedEvent:
     """
     if len(data) > ENVELOPE_BYTES_MAX:
         raise DecodeError("OVERSIZED", f"envelope of {len(data)} bytes > {ENVELOPE_BYTES_MAX}")
+    data = registry.normalise(data)  # Confluent-framed -> single-object, when configured
     parts = _parts()
     if len(data) < 10 or data[:2] != SINGLE_OBJECT_MAGIC:
         raise DecodeError("MALFORMED_ENVELOPE", "not Avro single-object encoded (no C3 01 header)")

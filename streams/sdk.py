@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from confluent_kafka import Producer
 
+from chargemesh.schemas.registry import SchemaRegistryFraming
 from chargemesh.streams import topics
 from chargemesh.streams.envelope import SignedEvent, seal
 from chargemesh.streams.keys import Signer
@@ -176,8 +177,11 @@ class Participant:
 class Publisher:
     """Publishes signed events to their topics, keyed by their subject_key."""
 
-    def __init__(self, kafka_config: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-        """``kafka_config``: librdkafka settings, e.g. ``Settings.kafka_client_config()``."""
+    def __init__(self, kafka_config: dict[str, Any], extra: dict[str, Any] | None = None,
+                 framing: SchemaRegistryFraming | None = None) -> None:
+        """``kafka_config``: librdkafka settings, e.g. ``Settings.kafka_client_config()``;
+        ``framing``: Confluent Schema Registry framing instead of Avro single-object encoding."""
+        self._framing = framing
         conf = dict(kafka_config)
         conf.update({
             "enable.idempotence": True,
@@ -196,8 +200,11 @@ class Publisher:
             self._errors.append(str(err))
 
     def publish(self, event: SignedEvent, topic: str | None = None) -> None:
-        self.publish_raw(topic or topic_for(event.event_type), event.body.subject_key,
-                         event.encode())
+        topic = topic or topic_for(event.event_type)
+        value = event.encode()
+        if self._framing is not None:
+            value = self._framing.frame(topic, value)
+        self.publish_raw(topic, event.body.subject_key, value)
 
     def publish_raw(self, topic: str, key: str, value: bytes) -> None:
         """Send bytes as they are (hostile-input tests and replays use this too)."""
