@@ -73,6 +73,12 @@ DECISION_ROUTES: dict[str, tuple[str, str, str]] = {
                             topics.SETTLEMENTS.name, "session_id"),
 }
 CALENDAR_PUBLISHED = "chargemesh.capacity.v1.SlotCalendarPublished"
+CREDENTIAL_REVOKED = "chargemesh.governance.v1.CredentialRevoked"
+REVOCATION_ROUTED = "chargemesh.ledger.v1.RevocationRouted"
+# A revocation names at most this many cascaded credentials (the rest still fail their chain
+# at ingress; the record says it was truncated).
+REVOCATION_CASCADE_MAX = 10_000
+ROUTING_KEY_TRIES_MAX = 100_000
 ZONE_STATIONS_MAX = 100_000
 
 
@@ -148,6 +154,15 @@ def load_processor_signer(settings: Settings) -> Signer:
 def expected_partition(key: bytes, partitions: int) -> int:
     """The Java client's (and Faust's) default partitioner: murmur2, positive, modulo."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def routing_key(prefix: str, partition: int, partitions: int) -> str:
+    """A key that the murmur2 partitioner sends to ``partition`` (for per-partition fan-out)."""
+    for n in range(ROUTING_KEY_TRIES_MAX):
+        key = f"{prefix}:{n}"
+        if expected_partition(key.encode(), partitions) == partition:
+            return key
+    raise RuntimeError(f"no key for partition {partition} in {ROUTING_KEY_TRIES_MAX} tries")
 
 
 def decision_id(cause_event_id: str, index: int) -> str:
@@ -413,6 +428,29 @@ class Processors:
             else:
                 outputs.append(self._admitted(msg.value, msg.key or b"", msg.topic,
                                               msg.partition, msg.offset))
+                if verdict.event.event_type == CREDENTIAL_REVOKED:
+                    outputs.extend(self._revocation_fan_out(verdict))
+        return outputs
+
+    def _revocation_fan_out(self, verdict: Admitted) -> list[Output]:
+        """P4: one ``RevocationRouted`` per market partition, so every station ledger
+        re-evaluates in its own order what rested on the revoked credentials."""
+        event, p = verdict.event, verdict.payload
+        cascade = self.follower.store.descendants(p["credential_id"])
+        truncated = len(cascade) > REVOCATION_CASCADE_MAX
+        outputs = []
+        for partition in range(self.settings.partitions):
+            key = routing_key(f"revocation:{event.event_id}", partition, self.settings.partitions)
+            routed = seal(REVOCATION_ROUTED, {
+                "routing_key": key, "market_partition": partition,
+                "revocation_event_id": event.event_id,
+                "revoked_credential_id": p["credential_id"],
+                "effective_at_ms": p["effective_at_ms"],
+                "revoked_credential_ids": cascade[:REVOCATION_CASCADE_MAX],
+                "cascade_truncated": truncated, "revocation_event": event.encode(),
+            }, author=self.signer, subject_key=key, occurred_at_ms=event.body.occurred_at_ms,
+                prev_hash=event.event_hash, event_id=decision_id(event.event_id, partition))
+            outputs.append(Output(topics.MARKET.name, key.encode(), routed.encode()))
         return outputs
 
     async def _verify(self, raw: bytes, key: bytes | None, topic: str) -> Admitted | Refused:
@@ -439,27 +477,16 @@ class Processors:
                 outputs.append(self._rejected(msg.value, msg.topic, msg.partition, msg.offset,
                                               verdict))
                 continue
-            station = verdict.event.body.subject_key
-            batch_of = touched.get(station) or self._load_station(station, msg.partition)
-            touched[station] = batch_of
-            state = batch_of.state
-            event_id = verdict.event.event_id
-            seen = first_seen.get(event_id) or self._position_of(event_id)
-            step = guarded_step(batch_of, verdict, msg.partition, msg.offset, seen,
-                                self.follower.store)
-            if not step.applied:
-                continue  # applied before a restart; its outputs were acknowledged then
-            if not step.replay:
-                first_seen[event_id] = f"{msg.partition}:{msg.offset}"
-                outputs.append(self._admitted(msg.value, msg.key or b"", msg.topic,
-                                              msg.partition, msg.offset))
-            outputs.extend(self._decision_output(state, verdict.event, i, d)
-                           for i, d in enumerate(step.decisions))
-            if verdict.event.event_type == CALENDAR_PUBLISHED and step.rejection is None:
-                outputs.append(self._zone_joined(state, verdict.event))
-            if step.rejection is not None:
-                outputs.append(self._rejected(msg.value, msg.topic, msg.partition, msg.offset,
-                                              Refused(step.rejection, verdict.event)))
+            if verdict.event.event_type == REVOCATION_ROUTED:
+                # Fan-out record: every station of this partition re-evaluates, in turn.
+                stations = self._stations_on(msg.partition, touched)
+                scoped = True
+            else:
+                stations = [verdict.event.body.subject_key]
+                scoped = False
+            for station in stations:
+                outputs.extend(self._station_step(station, verdict, msg, touched, first_seen,
+                                                  scoped))
         # Outputs first, acknowledged; only then the state that says they were produced.
         decided = time.perf_counter()
         await self._publish(outputs)
@@ -471,6 +498,40 @@ class Processors:
                 position.encode()) for event_id, position in first_seen.items()])
         self.stats.phase("publish", published - decided)
         self.stats.phase("tables", time.perf_counter() - published)
+
+    def _station_step(self, station: str, verdict: Admitted, msg: Any,
+                      touched: dict[str, "StationBatch"], first_seen: dict[str, str],
+                      scoped: bool) -> list[Output]:
+        """One admitted market event applied to one station's ledger; its outputs."""
+        outputs: list[Output] = []
+        batch_of = touched.get(station) or self._load_station(station, msg.partition)
+        touched[station] = batch_of
+        state = batch_of.state
+        event_id = verdict.event.event_id
+        seen = first_seen.get(event_id) or self._position_of(event_id)
+        step = guarded_step(batch_of, verdict, msg.partition, msg.offset, seen,
+                            self.follower.store)
+        if not step.applied:
+            return outputs  # applied before a restart; its outputs were acknowledged then
+        if not step.replay and event_id not in first_seen:
+            first_seen[event_id] = f"{msg.partition}:{msg.offset}"
+            outputs.append(self._admitted(msg.value, msg.key or b"", msg.topic,
+                                          msg.partition, msg.offset))
+        scope = station if scoped else ""
+        outputs.extend(self._decision_output(state, verdict.event, i, d, scope)
+                       for i, d in enumerate(step.decisions))
+        if verdict.event.event_type == CALENDAR_PUBLISHED and step.rejection is None:
+            outputs.append(self._zone_joined(state, verdict.event))
+        if step.rejection is not None:
+            outputs.append(self._rejected(msg.value, msg.topic, msg.partition, msg.offset,
+                                          Refused(step.rejection, verdict.event)))
+        return outputs
+
+    def _stations_on(self, partition: int, touched: dict[str, "StationBatch"]) -> list[str]:
+        """Every station with a ledger on ``partition`` (restored or touched in this batch)."""
+        known = {key.decode() for key in self.station_to_ledger.data} | set(touched)
+        return sorted(s for s in known
+                      if expected_partition(s.encode(), self.settings.partitions) == partition)
 
     # ---- the grid: one router per zone ---------------------------------------------------------
 
@@ -539,8 +600,8 @@ class Processors:
         return StationBatch(state, raw, partition)
 
     def _decision_output(self, state: ledger.LedgerState, cause: SignedEvent, index: int,
-                         decision: ledger.Decision) -> Output:
-        sealed = seal_decision(self.signer, state, cause, index, decision)
+                         decision: ledger.Decision, scope: str = "") -> Output:
+        sealed = seal_decision(self.signer, state, cause, index, decision, scope)
         _, topic, key_field = DECISION_ROUTES[decision[0]]
         return Output(topic, str(decision[1][key_field]).encode(), sealed.encode())
 
@@ -653,8 +714,10 @@ def guarded_step(batch: StationBatch, verdict: Admitted, partition: int, offset:
 
 
 def seal_decision(signer: Signer, state: ledger.LedgerState, cause: SignedEvent, index: int,
-                  decision: ledger.Decision) -> SignedEvent:
-    """A ledger decision as a signed event: deterministic id, time and bytes (Ed25519 is)."""
+                  decision: ledger.Decision, scope: str = "") -> SignedEvent:
+    """A ledger decision as a signed event: deterministic id, time and bytes (Ed25519 is).
+
+    ``scope`` (the station) keeps ids distinct when one cause reaches many stations."""
     kind, payload = decision
     wire = {k: v for k, v in payload.items() if not k.startswith("_")}
     event_type, _, key_field = DECISION_ROUTES[kind]
@@ -662,7 +725,9 @@ def seal_decision(signer: Signer, state: ledger.LedgerState, cause: SignedEvent,
                 occurred_at_ms=state.clock_ms,
                 chain_id=(wire.get("session_id") or wire.get("reservation_id")
                           or wire.get("order_id", "")),
-                prev_hash=cause.event_hash, event_id=decision_id(cause.event_id, index))
+                prev_hash=cause.event_hash,
+                event_id=decision_id(f"{cause.event_id}@{scope}" if scope else cause.event_id,
+                                     index))
 
 
 def create_app(settings: Settings, worker_index: int = 0) -> faust.App:

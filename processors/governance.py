@@ -197,6 +197,18 @@ class TrustStore:
                 return True
         return False
 
+    def home_authority(self, credential_id: str, at_ms: int) -> str | None:
+        """The authority a credential was issued under: the first authority on its chain
+        (itself, for an authority). None if the chain does not hold at ``at_ms``."""
+        verdict = self.resolve(credential_id, at_ms)
+        if isinstance(verdict, Rejection):
+            return None
+        for link in verdict.chain:
+            principal = self.principals.get(link)
+            if principal is not None and principal.kind == "authority":
+                return link
+        return None
+
     def is_rate_authority(self, authority_id: str, at_ms: int) -> bool:
         """``authority_id`` is recognised (chains to an anchor) and is a RATE_AUTHORITY."""
         verdict = self.resolve(authority_id, at_ms)

@@ -61,6 +61,10 @@ class GovernanceView(Protocol):
 
     def grid_program(self, grid_zone_id: str, at_ms: int) -> dict[str, Any] | None: ...
 
+    def home_authority(self, credential_id: str, at_ms: int) -> str | None: ...
+
+    def has_reciprocity(self, authority_a: str, authority_b: str, at_ms: int) -> bool: ...
+
 
 @dataclasses.dataclass
 class Reservation:
@@ -352,6 +356,12 @@ def _order_from(cmd: Command, state: LedgerState, rate_field: str,
     if ident["rate_authority_id"] != cal["rate_authority_id"]:
         return Rejection("RATE_AUTHORITY_MISMATCH", f"station files under "
                          f"{cal['rate_authority_id']}, order names {ident['rate_authority_id']}")
+    revoked_at = state.extra.get("station_revoked_at_ms")
+    if revoked_at is not None and cmd.occurred_at_ms >= revoked_at:
+        return Rejection("STATION_REVOKED", f"the station's credential is revoked from {revoked_at}")
+    roaming = roaming_problem(view, cmd.author_id, cal["rate_authority_id"], cmd.occurred_at_ms)
+    if roaming is not None:
+        return roaming
     if claim["currency"] != cal["currency"]:
         return Rejection("CURRENCY_MISMATCH", f"station settles in {cal['currency']}")
     if claim["energy_wh"] <= 0:
@@ -367,6 +377,20 @@ def _order_from(cmd: Command, state: LedgerState, rate_field: str,
                bid_rate_per_kwh=rate, energy_wh=claim["energy_wh"],
                dr_priority=flags["demand_response_priority"], curtailable=flags["curtailable"],
                seq=state.seq, ceiling_rate_per_kwh=claim["ceiling_rate_per_kwh"])
+
+
+def roaming_problem(view: GovernanceView, vehicle_credential_id: str, rate_authority_id: str,
+                    at_ms: int) -> Rejection | None:
+    """P1: a vehicle credentialed under another authority than the one the station files under
+    may charge only while a reciprocity agreement between the two authorities is in force."""
+    home = view.home_authority(vehicle_credential_id, at_ms)
+    station_home = view.home_authority(rate_authority_id, at_ms)
+    if home is None or station_home is None or home == station_home:
+        return None
+    if view.has_reciprocity(home, station_home, at_ms):
+        return None
+    return Rejection("NO_RECIPROCITY", f"vehicle credentialed under {home}, station files under "
+                     f"{station_home}: no reciprocity agreement in force at {at_ms}")
 
 
 def _past_problem(state: LedgerState, order: Bid) -> Rejection | None:
@@ -517,6 +541,7 @@ def _publish_calendar(state: LedgerState, cmd: Command, view: GovernanceView,
     tariff = view.tariffs[p["tariff_id"]]
     state.calendar = {
         "calendar_version": p["calendar_version"], "rate_authority_id": p["rate_authority_id"],
+        "station_credential_id": cmd.author_id,
         "jurisdiction": p["jurisdiction"], "tariff_id": p["tariff_id"],
         "grid_zone_id": p["grid_zone_id"], "slot_duration_ms": p["slot_duration_ms"],
         "horizon_start_at_ms": p["horizon_start_at_ms"],

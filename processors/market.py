@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from chargemesh.processors import ledger, sessions  # noqa: F401 - sessions registers commands
+from chargemesh.processors import revocation  # noqa: F401 - registers RevocationRouted
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ingress import Admitted, decode
 from chargemesh.processors.reasons import Reason, Rejection

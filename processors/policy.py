@@ -27,6 +27,7 @@ class EventPolicy:
 STATION_ROLES = frozenset({"STATION", "MOBILE_STATION"})
 VEHICLE_ROLES = frozenset({"VEHICLE", "FLEET_AGENT"})
 PARTY_ROLES = STATION_ROLES | VEHICLE_ROLES
+ARBITER_ROLES = frozenset({"ARBITER", "RATE_AUTHORITY"})
 GOV = topics.GOVERNANCE.name
 MKT = topics.MARKET.name
 GRD = topics.GRID.name
@@ -104,13 +105,19 @@ POLICIES: dict[str, EventPolicy] = {
     "chargemesh.grid.v1.StationZoneJoined": _p(GRD, frozenset({"PROCESSOR"}),
                                                key_path="grid_zone_id"),
     "chargemesh.grid.v1.GridEventRouted": _p(MKT, frozenset({"PROCESSOR"}), key_path="station_id"),
-    # Disputes
-    "chargemesh.dispute.v1.DisputeOpened": _p(DSP, PARTY_ROLES, key_path="session_id"),
-    "chargemesh.dispute.v1.DisputeEvidenceSubmitted": _p(DSP, PARTY_ROLES | frozenset({"ARBITER"}),
-                                                         key_path="session_id"),
-    "chargemesh.dispute.v1.DisputeResolved": _p(
-        DSP, frozenset({"ARBITER", "RATE_AUTHORITY"}), key_path="session_id"
+    # P4: a revocation fanned out to every market partition.
+    "chargemesh.ledger.v1.RevocationRouted": _p(MKT, frozenset({"PROCESSOR"}),
+                                                key_path="routing_key"),
+    # P5: signed Merkle checkpoints of the lineage logs, keyed by log_id (topic/partition).
+    "chargemesh.audit.v1.LogCheckpoint": _p(topics.CHECKPOINTS.name, frozenset({"PROCESSOR"}),
+                                            key_path="log_id"),
+    # Disputes (P2): decided by the station's ledger, which knows the session's parties and
+    # settlement (processors/disputes.py checks who may act on which dispute).
+    "chargemesh.dispute.v1.DisputeOpened": _p(MKT, PARTY_ROLES, key_path="station_id"),
+    "chargemesh.dispute.v1.DisputeEvidenceSubmitted": _p(
+        MKT, PARTY_ROLES | ARBITER_ROLES, key_path="station_id"
     ),
+    "chargemesh.dispute.v1.DisputeResolved": _p(MKT, ARBITER_ROLES, key_path="station_id"),
 }
 
 PATH_DEPTH_MAX = 4

@@ -199,6 +199,11 @@ def _closed_out(state: LedgerState, cmd: Command, view: GovernanceView,
         return Rejection("SESSION_CLOSED", f"session is {s['status']}")
     last_seq, last_at, last_wh = (s["readings"][-1] if s["readings"]
                                   else (-1, s["started_at_ms"], s["meter_start_wh"]))
+    revoked_from = s.get("revoked_from_ms")
+    if revoked_from is not None and p["closed_at_ms"] >= revoked_from:
+        return Rejection("CREDENTIAL_REVOKED", f"a party of this session "
+                         f"({', '.join(s['revoked_party_ids'])}) is revoked from {revoked_from}: "
+                         "no settlement after that time is admissible")
     if p["last_reading_seq"] != last_seq:
         return Rejection("MISSING_READINGS", f"close-out names seq {p['last_reading_seq']}, "
                          f"ledger has {last_seq}")

@@ -495,3 +495,7 @@ def _settlement_finalised(ctx: ProjectionContext) -> Rows:
         seconds(p["finalised_at_ms"]), ctx.event.event_id,
     )
     return {SETTLEMENT_FINALITY: [row]}
+
+
+# Projections of later capabilities register themselves on import (keep these last).
+from chargemesh.sinks import projections_revocation  # noqa: E402, F401

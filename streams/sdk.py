@@ -34,6 +34,7 @@ TOPIC_OF_DOMAIN = {
     "session": topics.MARKET.name,
     "grid": topics.GRID.name,
     "dispute": topics.DISPUTES.name,
+    "audit": topics.CHECKPOINTS.name,
 }
 
 
@@ -53,6 +54,11 @@ TOPIC_OF_TYPE = {
     "chargemesh.grid.v1.GridProgramDeclared": topics.GOVERNANCE.name,
     "chargemesh.grid.v1.SettlementCoSigned": topics.MARKET.name,
     "chargemesh.grid.v1.GridEventRouted": topics.MARKET.name,
+    # P2: a dispute is decided by the station's ledger; its records go to the disputes topic.
+    "chargemesh.dispute.v1.DisputeOpened": topics.MARKET.name,
+    "chargemesh.dispute.v1.DisputeEvidenceSubmitted": topics.MARKET.name,
+    "chargemesh.dispute.v1.DisputeResolved": topics.MARKET.name,
+    "chargemesh.ledger.v1.RevocationRouted": topics.MARKET.name,
 }
 
 
@@ -254,6 +260,18 @@ def claim(*, energy_wh: int, start_ms: int, stop_ms: int, ceiling_rate_per_kwh: 
     }
 
 
+def reciprocity_agreed(authority_a: Participant, authority_b: Participant, *, agreement_id: str,
+                       valid_from_ms: int = 0, valid_until_ms: int = FOREVER_MS,
+                       at_ms: int = 0) -> SignedEvent:
+    """P1: two authorities recognise each other's credentials for roaming (both sign)."""
+    payload = {"agreement_id": agreement_id, "authority_a_id": authority_a.credential_id,
+               "authority_b_id": authority_b.credential_id, "valid_from_ms": valid_from_ms,
+               "valid_until_ms": valid_until_ms}
+    return authority_a.sign("chargemesh.governance.v1.ReciprocityAgreed", payload,
+                            subject_key=authority_a.credential_id, occurred_at_ms=at_ms,
+                            co_signers=[authority_b])
+
+
 def tariff_filed(authority: Participant, *, tariff_id: str, jurisdiction: str, currency: str,
                  ceiling_per_kwh: str, minor_units: int = 2, rounding: str = "HALF_UP",
                  time_of_use: list[tuple[int, int, str]] | None = None, tax_percent: str = "0",
@@ -449,3 +467,40 @@ def settlement_co_signed(operator: Participant, close_out: SignedEvent, *, grid_
     return operator.sign("chargemesh.grid.v1.SettlementCoSigned", payload,
                          subject_key=close_out.body.subject_key, occurred_at_ms=at_ms,
                          chain_id=session_id, prev_hash=close_out.event_hash)
+
+
+# ---- disputes (P2) ----------------------------------------------------------------------------
+
+
+def dispute_opened(party: Participant, *, dispute_id: str, session_id: str, station_id: str,
+                   kind: str, claim: str, evidence_event_ids: list[str],
+                   settlement_id: str = "", at_ms: int) -> SignedEvent:
+    """A session's vehicle or station opens a dispute (kind: INTERRUPTED_CHARGE, METER_DISPUTE,
+    PAYMENT_FAILURE) citing event ids of the session's lineage."""
+    payload = {"dispute_id": dispute_id, "session_id": session_id,
+               "settlement_id": settlement_id, "kind": kind, "claim": claim,
+               "opened_at_ms": at_ms, "station_id": station_id,
+               "evidence_event_ids": list(evidence_event_ids)}
+    return party.sign("chargemesh.dispute.v1.DisputeOpened", payload, subject_key=station_id,
+                      occurred_at_ms=at_ms, chain_id=session_id)
+
+
+def dispute_evidence(party: Participant, *, dispute_id: str, session_id: str, station_id: str,
+                     evidence_event_ids: list[str], statement: str, at_ms: int) -> SignedEvent:
+    payload = {"dispute_id": dispute_id, "session_id": session_id,
+               "evidence_event_ids": list(evidence_event_ids), "statement": statement,
+               "station_id": station_id}
+    return party.sign("chargemesh.dispute.v1.DisputeEvidenceSubmitted", payload,
+                      subject_key=station_id, occurred_at_ms=at_ms, chain_id=session_id)
+
+
+def dispute_resolved(arbiter: Participant, *, dispute_id: str, session_id: str, station_id: str,
+                     outcome: str, reasoning: str, at_ms: int,
+                     adjustment_amount: str | Decimal = "0", currency: str = "") -> SignedEvent:
+    """An arbiter's outcome: UPHELD, DISMISSED, ADJUSTED (adjustment_amount before tax, negative
+    credits the vehicle) or VOIDED (a full credit note)."""
+    payload = {"dispute_id": dispute_id, "session_id": session_id, "outcome": outcome,
+               "adjustment_amount": money(adjustment_amount), "currency": currency,
+               "reasoning": reasoning, "resolved_at_ms": at_ms, "station_id": station_id}
+    return arbiter.sign("chargemesh.dispute.v1.DisputeResolved", payload, subject_key=station_id,
+                        occurred_at_ms=at_ms, chain_id=session_id)

@@ -80,10 +80,13 @@ class Market:
 def open_market(mesh: Mesh, prefix: str, now_ms: int, connectors: list[dict[str, Any]],
                 hours: int = 24, posted: str = "0.400000", ceiling: str = "0.80",
                 tariff: dict[str, Any] | None = None, grid_zone_id: str = "zone-1",
-                **rules: Any) -> Market:
-    """Files a tariff and rules under the root authority, credentials a station (and a meter per
-    connector), publishes its calendar (starting a day ahead), and returns once published."""
+                authority: Participant | None = None, jurisdiction: str = "US-CA",
+                currency: str = "USD", **rules: Any) -> Market:
+    """Files a tariff and rules under ``authority`` (default: the root authority), credentials a
+    station (and a meter per connector), publishes its calendar (starting a day ahead), and
+    returns once published."""
     world = mesh.world
+    authority = authority or world.root
     start = future_hour(now_ms)
     tariff_id, rules_version = f"{prefix}-tariff", f"{prefix}-rules"
     station_id = f"{prefix}-station"
@@ -94,20 +97,22 @@ def open_market(mesh: Mesh, prefix: str, now_ms: int, connectors: list[dict[str,
         meters[conn["connector_id"]] = world.credential(meter_id, ["METER"], subject_id=meter_id)
         conn["meter_credential_id"] = meter_id
     world.governance += [
-        sdk.tariff_filed(world.root, tariff_id=tariff_id, jurisdiction="US-CA", currency="USD",
-                         ceiling_per_kwh=ceiling, at_ms=now_ms, **(tariff or {})),
-        sdk.rules_published(world.root, rules_version=rules_version, jurisdiction="US-CA",
+        sdk.tariff_filed(authority, tariff_id=tariff_id, jurisdiction=jurisdiction,
+                         currency=currency, ceiling_per_kwh=ceiling, at_ms=now_ms,
+                         **(tariff or {})),
+        sdk.rules_published(authority, rules_version=rules_version, jurisdiction=jurisdiction,
                             at_ms=now_ms, **rules),
     ]
     mesh.publish(*world.governance)
     world.governance.clear()
     calendar = sdk.calendar_published(
-        station, rate_authority_id=world.root.credential_id, jurisdiction="US-CA",
+        station, rate_authority_id=authority.credential_id, jurisdiction=jurisdiction,
         tariff_id=tariff_id, rules_version=rules_version, connectors=connectors,
         slot_duration_ms=SLOT_MS, horizon_start_ms=start, horizon_end_ms=start + hours * HOUR_MS,
-        posted_rate_per_kwh=posted, currency="USD", grid_zone_id=grid_zone_id, at_ms=now_ms)
+        posted_rate_per_kwh=posted, currency=currency, grid_zone_id=grid_zone_id, at_ms=now_ms)
     mesh.publish(calendar)
     market = Market(mesh, prefix, station, station_id, start, tariff_id, rules_version,
-                    world.root.credential_id, posted=posted)
+                    authority.credential_id, jurisdiction=jurisdiction, currency=currency,
+                    posted=posted)
     market.meters = meters
     return market

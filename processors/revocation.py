@@ -1,0 +1,131 @@
+"""P4: a revoked credential propagates into every station ledger that rested on it. Pure.
+
+The governance processor fans each admitted ``CredentialRevoked`` out to every partition of the
+market topic as a ``RevocationRouted`` record (``processors/app.py``); each station ledger on that
+partition then re-evaluates, in its own single-writer order, everything whose admissibility rested
+on one of the revoked credentials (the revoked one and everything that chained through it):
+
+- the station's own credential: no new orders; every future reservation cancelled; every active
+  session stopped by a signed order; every settlement closed out from the effective time on
+  inadmissible;
+- a vehicle: its future reservations cancelled; its active sessions stopped;
+- a meter: its connector is taken out of service from the effective time (an outage), so the
+  reservations on it are re-allocated to another connector or slot under the published rules, or
+  cancelled; active sessions on it stopped;
+- any party of a settlement: a settlement whose close-out is at or after the effective time is
+  inadmissible; one closed out before it is upheld.
+
+Every item looked at gets a ``CredentialReevaluated`` decision naming the outcome, so the lineage
+and ClickHouse (``credential_reevaluations``) show what the revocation did and did not touch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chargemesh.processors import ledger
+from chargemesh.processors.ledger import (
+    Command,
+    Decision,
+    GovernanceView,
+    LedgerState,
+    Outage,
+    _displace,
+    _emit,
+    _released,
+)
+from chargemesh.processors.reasons import Rejection
+from chargemesh.processors.sessions import sessions
+
+REVOCATION_ROUTED = "chargemesh.ledger.v1.RevocationRouted"
+REVOKED = "CREDENTIAL_REVOKED"
+OUTAGE_FOREVER_MS = 2**62
+
+
+def _reevaluated(state: LedgerState, out: list[Decision], p: dict[str, Any], kind: str,
+                 subject_id: str, outcome: str) -> None:
+    _emit(state, out, ("CredentialReevaluated", {
+        "revoked_credential_id": p["revoked_credential_id"], "subject_kind": kind,
+        "subject_id": subject_id, "station_id": state.station_id, "outcome": outcome,
+        "revoked_at_ms": p["effective_at_ms"]}))
+
+
+def _revocation_routed(state: LedgerState, cmd: Command, view: GovernanceView,
+                       out: list[Decision]) -> Rejection | None:
+    p = cmd.payload
+    revoked = frozenset(p["revoked_credential_ids"]) | {p["revoked_credential_id"]}
+    effective = p["effective_at_ms"]
+    cal = state.calendar
+    if cal is None:
+        return None  # nothing booked here yet: nothing rested on anything
+    station_cred = cal.get("station_credential_id", "")
+    station_hit = station_cred in revoked
+    if station_hit:
+        known = state.extra.get("station_revoked_at_ms")
+        state.extra["station_revoked_at_ms"] = effective if known is None else min(known, effective)
+    meters_hit = sorted(cid for cid, c in cal["connectors"].items()
+                        if c.get("meter_credential_id") in revoked)
+    for cid in meters_hit:
+        state.outages.append(Outage(cid, effective, OUTAGE_FOREVER_MS, 0, "METER_REVOKED"))
+    _reservations(state, p, revoked, station_hit, meters_hit, out)
+    _sessions(state, p, revoked, out)
+    return None
+
+
+def _reservations(state: LedgerState, p: dict[str, Any], revoked: frozenset[str],
+                  station_hit: bool, meters_hit: list[str], out: list[Decision]) -> None:
+    effective = p["effective_at_ms"]
+    future = [r for r in sorted(state.reservations.values(), key=lambda r: r.seq)
+              if r.status == "ACTIVE" and r.stop_ms > effective]
+    moved: list[ledger.Reservation] = []
+    for res in future:
+        if station_hit or res.vehicle_credential_id in revoked:
+            _emit(state, out, ("SlotReleased", _released(state, res, REVOKED,
+                                                         p["revoked_credential_id"])))
+            _reevaluated(state, out, p, "RESERVATION", res.reservation_id, "CANCELLED")
+        elif res.connector_id in meters_hit:
+            moved.append(res)
+    if moved:
+        before = len(out)
+        _displace(state, moved, "METER_REVOKED", out)
+        outcome_of = {d["reservation_id"]: ("REALLOCATED" if kind == "SlotReallocated"
+                                            else "CANCELLED")
+                      for kind, d in out[before:] if "reservation_id" in d}
+        for res in moved:
+            _reevaluated(state, out, p, "RESERVATION", res.reservation_id,
+                         outcome_of.get(res.reservation_id, "UPHELD"))
+
+
+def _sessions(state: LedgerState, p: dict[str, Any], revoked: frozenset[str],
+              out: list[Decision]) -> None:
+    effective = p["effective_at_ms"]
+    for s in sorted(sessions(state).values(), key=lambda x: x["session_id"]):
+        parties = {s["station_credential_id"], s["vehicle_credential_id"],
+                   s["meter_credential_id"], *s["grid_operator_ids"]}
+        if not parties & revoked:
+            continue
+        s.setdefault("revoked_party_ids", [])
+        s["revoked_party_ids"] = sorted(set(s["revoked_party_ids"]) | (parties & revoked))
+        s["revoked_from_ms"] = min(s.get("revoked_from_ms") or effective, effective)
+        if s["status"] == "ACTIVE":
+            stopped_at = max(effective, s["started_at_ms"])
+            s.update(status="STOPPED", stopped_at_ms=stopped_at, stop_reason="REVOCATION")
+            for rp in s["reprices"]:
+                if rp["status"] == "PROPOSED":
+                    rp["status"] = "REFUSED"
+            _emit(state, out, ("SessionStopped", {
+                "session_id": s["session_id"], "station_id": state.station_id,
+                "stopped_at_ms": stopped_at, "reason": "REVOCATION"}))
+            _reevaluated(state, out, p, "SESSION", s["session_id"], "STOPPED")
+        elif s["status"] == "STOPPED":
+            _reevaluated(state, out, p, "SESSION", s["session_id"], "CLOSE_OUT_INADMISSIBLE")
+        elif s["status"] in ("CLOSED_OUT", "FINAL"):
+            closed_at = s["close_out"]["closed_at_ms"]
+            if closed_at >= effective:
+                s["status"] = "INADMISSIBLE"
+                _reevaluated(state, out, p, "SETTLEMENT", s["settlement_id"], "INADMISSIBLE")
+            else:
+                _reevaluated(state, out, p, "SETTLEMENT", s["settlement_id"], "UPHELD")
+
+
+ledger.register_commands({"RevocationRouted": _revocation_routed})
