@@ -30,6 +30,7 @@ from aiokafka.partitioner import murmur2
 
 from chargemesh.infra.config import Settings
 from chargemesh.processors import ledger
+from chargemesh.processors import observers
 from chargemesh.processors.follower import GovernanceFollower
 from chargemesh.processors.governance import TrustAnchor
 from chargemesh.processors.ingress import Admitted, Refused, admit, rejection_record
@@ -576,10 +577,14 @@ class Processors:
             stations = set(zstate["stations"]) | {payload["station_id"]}
             zstate["stations"] = sorted(stations)[:ZONE_STATIONS_MAX]
             return verdict
+        if event.event_type in observers.ROUTER_EVENT_TYPES:
+            return self._observer_step(zstate, verdict, outputs)
         if not self.follower.store.operates_zone(event.body.author_credential_id,
                                                  payload["grid_zone_id"]):
             return Refused(Rejection.of(Reason.ROLE_NOT_PERMITTED, "the author does not operate "
                                         f"grid zone {payload['grid_zone_id']}"), event)
+        if observers.observed(zstate.get("observers"), payload["from_at_ms"]):
+            return verdict  # P3: in lineage as a proposal; only an observer quorum takes effect
         for index, station in enumerate(zstate["stations"]):
             routed = seal(
                 "chargemesh.grid.v1.GridEventRouted",
@@ -589,6 +594,34 @@ class Processors:
                 prev_hash=event.event_hash, event_id=decision_id(event.event_id, index))
             outputs.append(Output(topics.MARKET.name, station.encode(), routed.encode()))
         return verdict
+
+    def _observer_step(self, zstate: dict[str, Any], verdict: Admitted,
+                       outputs: list[Output]) -> Admitted | Refused:
+        """P3: an observer set or attestation, folded into the zone's state; a quorum is
+        recorded and routed to the zone's stations, an equivocation recorded with evidence."""
+        event, before = verdict.event, json.dumps(zstate.get("observers"))
+        ostate = zstate.setdefault("observers", observers.new_state())
+        try:
+            if event.event_type == observers.SET_DECLARED:
+                problem = observers.declare_set(ostate, event, verdict.payload,
+                                                self.follower.store)
+                outcome = observers.Outcome(problem)
+            else:
+                outcome = observers.attest(ostate, zstate["stations"], event, verdict.payload)
+        except Exception as exc:  # noqa: BLE001 - one poisoned event must not stop the zone
+            log.exception("observer step failed for %s", event.event_id)
+            zstate.pop("observers")
+            if before != "null":
+                zstate["observers"] = json.loads(before)
+            return Refused(Rejection.of(Reason.INTERNAL_ERROR,
+                                        f"{type(exc).__name__}: {exc}"[:500]), event)
+        for index, (event_type, key, payload) in enumerate(outcome.decisions):
+            sealed = seal(event_type, payload, author=self.signer, subject_key=key,
+                          occurred_at_ms=event.body.occurred_at_ms, chain_id=event.body.chain_id,
+                          prev_hash=event.event_hash, event_id=decision_id(event.event_id, index))
+            outputs.append(Output(observers.OUTPUT_TOPICS[event_type], key.encode(),
+                                  sealed.encode()))
+        return verdict if outcome.rejection is None else Refused(outcome.rejection, event)
 
     def _position_of(self, event_id: str) -> str | None:
         raw = self.event_id_to_position.get(event_id.encode())

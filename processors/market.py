@@ -12,6 +12,7 @@ from typing import Any
 
 from chargemesh.processors import ledger, sessions  # noqa: F401 - sessions registers commands
 from chargemesh.processors import revocation  # noqa: F401 - registers RevocationRouted
+from chargemesh.processors import observers  # noqa: F401 - registers ObserverDecisionRouted
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ingress import Admitted, decode
 from chargemesh.processors.reasons import Reason, Rejection

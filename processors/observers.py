@@ -30,22 +30,17 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
-import io
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
-
-import fastavro
 
 from chargemesh.infra.checks import ensure
 from chargemesh.processors import ledger, sessions  # noqa: F401 - sessions registers re-pricing
 from chargemesh.processors.governance import ChainOk, TrustStore
 from chargemesh.processors.ingress import decode
 from chargemesh.processors.reasons import Rejection
-from chargemesh.schemas.codec import catalog
 from chargemesh.streams import topics
 from chargemesh.streams.envelope import SignedEvent
+from chargemesh.streams.observer_decision import decision_digest
 
 SET_DECLARED = "chargemesh.grid.v1.ObserverSetDeclared"
 ATTESTATION = "chargemesh.grid.v1.ObserverAttestation"
@@ -57,11 +52,12 @@ ROUTER_EVENT_TYPES = frozenset({SET_DECLARED, ATTESTATION})
 OUTPUT_TOPICS = {QUORUM_REACHED: topics.DECISIONS.name, EQUIVOCATION: topics.DECISIONS.name,
                  DECISION_ROUTED: topics.MARKET.name}
 OBSERVER_ROLE = "OBSERVER"
-DIGEST_PREFIX = b"chargemesh/observer-decision/v1\0"
-OBSERVERS_PER_SET_MAX = 64
-CURTAILMENTS_PER_DECISION_MAX = 1_000
+# The zone's state keeps every vote's signed bytes (evidence) for INTERVALS_KEPT_MAX intervals:
+# 6 x 16 attestations of <= 100 steps (~3.5 KB each, base64) stays well under a 1 MiB record.
+OBSERVERS_PER_SET_MAX = 16
+CURTAILMENTS_PER_DECISION_MAX = 100
 # Intervals a zone keeps votes for; older ones are closed (attestations for them refused).
-INTERVALS_KEPT_MAX = 8
+INTERVALS_KEPT_MAX = 6
 INTERVAL_MS_MIN = 60_000
 # Digests a station remembers having applied (a second copy of a decision changes nothing).
 APPLIED_DECISIONS_KEPT_MAX = 256
@@ -70,21 +66,7 @@ CURTAILMENT_CAUSE = "GRID_CURTAILMENT"
 Decision = tuple[str, str, dict[str, Any]]  # (event type, partition key, payload)
 
 
-# ---- the decision and its digest ---------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def _decision_schema() -> Any:
-    attestation = catalog().current(ATTESTATION).parsed
-    field = next(f for f in attestation["fields"] if f["name"] == "decision")
-    return fastavro.parse_schema(field["type"])
-
-
-def decision_digest(decision: dict[str, Any]) -> bytes:
-    """SHA-256 of the domain prefix and the decision's Avro binary (order-preserving)."""
-    buffer = io.BytesIO()
-    fastavro.schemaless_writer(buffer, _decision_schema(), decision)
-    return hashlib.sha256(DIGEST_PREFIX + buffer.getvalue()).digest()
+# ---- the quorum rule and the decision ----------------------------------------------------------
 
 
 def quorum_problem(n: int, k: int, f: int) -> str | None:

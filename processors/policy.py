@@ -105,6 +105,17 @@ POLICIES: dict[str, EventPolicy] = {
     "chargemesh.grid.v1.StationZoneJoined": _p(GRD, frozenset({"PROCESSOR"}),
                                                key_path="grid_zone_id"),
     "chargemesh.grid.v1.GridEventRouted": _p(MKT, frozenset({"PROCESSOR"}), key_path="station_id"),
+    # P3 observers: the set is declared by an authority above the zone's operator, co-signed by
+    # the operator; attestations are keyed by the decision's zone; quorums are routed per station.
+    "chargemesh.grid.v1.ObserverSetDeclared": _p(
+        GRD, frozenset({"AUTHORITY"}), key_path="grid_zone_id",
+        author_subject_path="declared_by_authority_id",
+        cosigner_paths=("grid_operator_credential_id",),
+    ),
+    "chargemesh.grid.v1.ObserverAttestation": _p(GRD, frozenset({"OBSERVER"}),
+                                                 key_path="decision.grid_zone_id"),
+    "chargemesh.grid.v1.ObserverDecisionRouted": _p(MKT, frozenset({"PROCESSOR"}),
+                                                    key_path="station_id"),
     # P4: a revocation fanned out to every market partition.
     "chargemesh.ledger.v1.RevocationRouted": _p(MKT, frozenset({"PROCESSOR"}),
                                                 key_path="routing_key"),

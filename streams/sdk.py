@@ -20,6 +20,7 @@ from chargemesh.schemas.registry import SchemaRegistryFraming
 from chargemesh.streams import topics
 from chargemesh.streams.envelope import SignedEvent, seal
 from chargemesh.streams.keys import Signer
+from chargemesh.streams.observer_decision import decision_digest as observer_decision_digest
 
 FOREVER_MS = 2**62
 PRODUCER_QUEUE_MESSAGES_MAX = 100_000
@@ -54,6 +55,7 @@ TOPIC_OF_TYPE = {
     "chargemesh.grid.v1.GridProgramDeclared": topics.GOVERNANCE.name,
     "chargemesh.grid.v1.SettlementCoSigned": topics.MARKET.name,
     "chargemesh.grid.v1.GridEventRouted": topics.MARKET.name,
+    "chargemesh.grid.v1.ObserverDecisionRouted": topics.MARKET.name,
     # P2: a dispute is decided by the station's ledger; its records go to the disputes topic.
     "chargemesh.dispute.v1.DisputeOpened": topics.MARKET.name,
     "chargemesh.dispute.v1.DisputeEvidenceSubmitted": topics.MARKET.name,
@@ -504,3 +506,46 @@ def dispute_resolved(arbiter: Participant, *, dispute_id: str, session_id: str, 
                "reasoning": reasoning, "resolved_at_ms": at_ms, "station_id": station_id}
     return arbiter.sign("chargemesh.dispute.v1.DisputeResolved", payload, subject_key=station_id,
                         occurred_at_ms=at_ms, chain_id=session_id)
+
+
+# ---- P3: grid observers -------------------------------------------------------------------------
+
+
+def observer_set_declared(authority: Participant, operator: Participant, *, grid_zone_id: str,
+                          version: int, observer_ids: list[str], threshold_k: int,
+                          faults_tolerated_f: int, interval_ms: int, effective_from_ms: int,
+                          at_ms: int) -> SignedEvent:
+    """A zone's observer set: signed by an authority above the zone's operator, co-signed by it."""
+    payload = {"grid_zone_id": grid_zone_id, "observer_set_version": version,
+               "observer_credential_ids": observer_ids, "threshold_k": threshold_k,
+               "faults_tolerated_f": faults_tolerated_f, "interval_ms": interval_ms,
+               "effective_from_ms": effective_from_ms,
+               "declared_by_authority_id": authority.credential_id,
+               "grid_operator_credential_id": operator.credential_id}
+    return authority.sign("chargemesh.grid.v1.ObserverSetDeclared", payload,
+                          subject_key=grid_zone_id, occurred_at_ms=at_ms, co_signers=[operator])
+
+
+def observer_decision(*, grid_zone_id: str, observer_set_version: int, interval_start_ms: int,
+                      interval_end_ms: int,
+                      curtailments: Iterable[tuple[str, str, int]] = (),
+                      rate_per_kwh: str | Decimal = "0", zone_capacity_limit_w: int = 0,
+                      grid_event_id: str = "") -> dict[str, Any]:
+    """An ``ObserverDecision``; ``curtailments``: (station_id, connector_id, power_limit_w) in
+    curtailment order (first curtailed first)."""
+    return {"grid_zone_id": grid_zone_id, "observer_set_version": observer_set_version,
+            "interval_start_at_ms": interval_start_ms, "interval_end_at_ms": interval_end_ms,
+            "grid_event_id": grid_event_id, "zone_capacity_limit_w": zone_capacity_limit_w,
+            "rate_per_kwh": money(rate_per_kwh),
+            "curtailments": [{"station_id": s, "connector_id": c, "power_limit_w": w}
+                             for s, c, w in curtailments]}
+
+
+def observer_attestation(observer: Participant, decision: dict[str, Any], *, at_ms: int,
+                         digest: bytes | None = None) -> SignedEvent:
+    """An observer's signature over ``decision`` (``digest`` overrides it: tests of forgery)."""
+    payload = {"decision": decision,
+               "decision_digest": observer_decision_digest(decision) if digest is None else digest}
+    return observer.sign("chargemesh.grid.v1.ObserverAttestation", payload,
+                         subject_key=decision["grid_zone_id"], occurred_at_ms=at_ms,
+                         chain_id=f"{decision['grid_zone_id']}/{decision['interval_start_at_ms']}")
