@@ -72,6 +72,8 @@ DECISION_ROUTES: dict[str, tuple[str, str, str]] = {
                            topics.SETTLEMENTS.name, "session_id"),
     "SettlementFinalised": ("chargemesh.settlement.v1.SettlementFinalised",
                             topics.SETTLEMENTS.name, "session_id"),
+    "DisputeRecorded": ("chargemesh.dispute.v1.DisputeRecorded", topics.DISPUTES.name,
+                        "session_id"),
 }
 CALENDAR_PUBLISHED = "chargemesh.capacity.v1.SlotCalendarPublished"
 CREDENTIAL_REVOKED = "chargemesh.governance.v1.CredentialRevoked"

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from chargemesh.processors import ledger, sessions  # noqa: F401 - sessions registers commands
+from chargemesh.processors import disputes  # noqa: F401 - registers P2 dispute commands
 from chargemesh.processors import revocation  # noqa: F401 - registers RevocationRouted
 from chargemesh.processors import observers  # noqa: F401 - registers ObserverDecisionRouted
 from chargemesh.processors.governance import TrustStore

@@ -1,0 +1,377 @@
+"""Dispute resolution (P2) on the station's ledger: open, add evidence, resolve. Pure.
+
+A dispute is about one session of one station, so the station's single-writer ledger decides
+it: it knows the session's parties, its lineage and its settlement, and orders the dispute's
+events with the session's own. The rules:
+
+* only a party of the session (its vehicle or its station credential) opens a dispute
+  (``NOT_A_SESSION_PARTY`` otherwise), of a known kind, citing event ids of the session's
+  lineage; a meter dispute or a payment failure needs a settled session, an interrupted charge
+  may be disputed before settlement; one open dispute per session at a time;
+* a party, or an arbiter of the session's rate authority, adds evidence while it is open;
+* only an arbiter resolves it, once: the station's rate authority itself (the authority whose
+  filed tariff the session was settled under), or an ``ARBITER`` credential of an issuer that
+  authority delegated (``NOT_THE_ARBITER`` otherwise);
+* the outcome is recorded, and a correction is a *new* settlement naming the disputed one
+  (``adjusts_settlement_id``), never an edit: ADJUSTED gives an ``ADJUSTMENT`` settlement (the
+  arbiter's amount before tax, rounded by the authority's rule, plus the tariff's tax), VOIDED a
+  ``CREDIT`` settlement negating every line issued so far (a full credit note). Both are final
+  at once: the arbiter's signed resolution is the one signature they need.
+
+Every accepted change emits a ``DisputeRecorded`` decision (disputes topic); state lives in
+``state.extra`` so it is saved and restored with the ledger.
+
+Limit: a dispute is opened while its session is still in the live ledger (up to
+``ledger.FINISHED_KEPT_MS`` after its slot ends); once opened, the dispute keeps what it needs
+of the session (parties, rate authority, settlement lines) and is resolved whenever the arbiter
+decides.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Callable
+
+from chargemesh.processors import ledger, sessions
+from chargemesh.processors.ledger import Command, Decision, GovernanceView, LedgerState, _emit
+from chargemesh.processors.reasons import Rejection
+from chargemesh.processors.settlement import Tariff, line, with_tax
+
+KINDS = frozenset({"INTERRUPTED_CHARGE", "METER_DISPUTE", "PAYMENT_FAILURE"})
+NEEDS_SETTLEMENT = frozenset({"METER_DISPUTE", "PAYMENT_FAILURE"})
+OUTCOMES = frozenset({"UPHELD", "ADJUSTED", "VOIDED", "DISMISSED"})
+CORRECTIONS = {"ADJUSTED": "ADJUSTMENT", "VOIDED": "CREDIT"}  # outcome -> settlement kind
+OPEN, RESOLVED = "OPEN", "RESOLVED"
+DISPUTE_ID_CHARS_MAX = 128
+STATEMENT_CHARS_MAX = 4_000
+EVIDENCE_IDS_PER_EVENT_MAX = 64
+EVIDENCE_IDS_PER_DISPUTE_MAX = 256
+DISPUTES_PER_SESSION_MAX = 4
+DISPUTES_LIVE_MAX = 10_000
+# A dispute's own time may differ from the signed event's by at most this much.
+CLOCK_SKEW_MS_MAX = ledger.VEHICLE_CLOCK_LEAD_MS_MAX
+ZERO = Decimal(0)
+
+
+def disputes(state: LedgerState) -> dict[str, dict[str, Any]]:
+    return state.extra.setdefault("disputes", {})  # type: ignore[no-any-return]
+
+
+def disputed_settlements(state: LedgerState) -> dict[str, dict[str, Any]]:
+    """Per disputed settlement: its lines as issued so far (original + corrections), the net
+    total, whether it is voided. Copied from the session when first disputed."""
+    return state.extra.setdefault("disputed_settlements", {})  # type: ignore[no-any-return]
+
+
+# ---- open -------------------------------------------------------------------------------------
+
+
+def _open(state: LedgerState, cmd: Command, view: GovernanceView,
+          out: list[Decision]) -> Rejection | None:
+    p = cmd.payload
+    _prune(state)
+    s = sessions.sessions(state).get(p["session_id"])
+    if s is None:
+        return Rejection("UNKNOWN_SESSION", f"{p['session_id']} is not a session of this station")
+    if cmd.author_id not in (s["vehicle_credential_id"], s["station_credential_id"]):
+        return Rejection("NOT_A_SESSION_PARTY", f"{cmd.author_id} is neither the vehicle nor the "
+                         f"station of session {p['session_id']}")
+    problem = _open_problem(state, cmd, s)
+    if problem is not None:
+        return problem
+    settlement_id = s["settlement_id"] if s.get("close_out") else ""
+    if settlement_id:
+        _snapshot(state, s, settlement_id, cmd.occurred_at_ms)
+    d = {
+        "dispute_id": p["dispute_id"], "session_id": p["session_id"],
+        "settlement_id": settlement_id, "kind": p["kind"], "status": OPEN, "seq": 0,
+        "opened_by": cmd.author_id, "opened_at_ms": p["opened_at_ms"],
+        "parties": [s["vehicle_credential_id"], s["station_credential_id"]],
+        "rate_authority_id": rate_authority_of(s, view),
+        "evidence_event_ids": list(dict.fromkeys(p["evidence_event_ids"])),
+        "event_ids": [cmd.event_id], "outcome": "", "adjustment_settlement_id": "",
+        "resolved_at_ms": 0,
+    }
+    disputes(state)[d["dispute_id"]] = d
+    _emit(state, out, _recorded(state, d, "OPENED", cmd, p["claim"]))
+    return None
+
+
+def _open_problem(state: LedgerState, cmd: Command, s: dict[str, Any]) -> Rejection | None:
+    p = cmd.payload
+    if not 0 < len(p["dispute_id"]) <= DISPUTE_ID_CHARS_MAX:
+        return Rejection("INVALID_DISPUTE", f"dispute_id must be 1..{DISPUTE_ID_CHARS_MAX} chars")
+    if p["dispute_id"] in disputes(state):
+        return Rejection("DUPLICATE_DISPUTE", f"{p['dispute_id']} exists already")
+    if p["kind"] not in KINDS:
+        return Rejection("INVALID_DISPUTE", f"kind {p['kind']} is not one of {sorted(KINDS)}")
+    if abs(p["opened_at_ms"] - cmd.occurred_at_ms) > CLOCK_SKEW_MS_MAX:
+        return Rejection("INVALID_TIME", "opened_at_ms is not the event's own time")
+    settled = bool(s["settlement_id"]) and s.get("close_out") is not None
+    if p["settlement_id"] and (not settled or p["settlement_id"] != s["settlement_id"]):
+        return Rejection("UNKNOWN_SETTLEMENT", f"{p['settlement_id']} is not the settlement of "
+                         f"session {p['session_id']}")
+    if p["kind"] in NEEDS_SETTLEMENT and not settled:
+        return Rejection("NO_SETTLEMENT", f"a {p['kind']} needs a settled session")
+    if settled and disputed_settlements(state).get(s["settlement_id"], {}).get("voided"):
+        return Rejection("SETTLEMENT_VOIDED", f"{s['settlement_id']} is voided already")
+    of_session = [d for d in disputes(state).values() if d["session_id"] == p["session_id"]]
+    if any(d["status"] == OPEN for d in of_session):
+        return Rejection("DISPUTE_ALREADY_OPEN", "the session has an open dispute: add evidence")
+    if len(of_session) >= DISPUTES_PER_SESSION_MAX:
+        return Rejection("TOO_MANY_DISPUTES", f"{DISPUTES_PER_SESSION_MAX} per session")
+    if len(disputes(state)) >= DISPUTES_LIVE_MAX:
+        return Rejection("LEDGER_FULL", f"{DISPUTES_LIVE_MAX} disputes live")
+    return _statement_problem(p["claim"]) or _evidence_problem(
+        state, p["session_id"], [], p["evidence_event_ids"])
+
+
+def rate_authority_of(s: dict[str, Any], view: GovernanceView) -> str:
+    """The authority that filed the session's tariff (its filing is signed by it); the session's
+    identity names the same authority for a tariff the ledger accepted."""
+    filed = view.tariffs.get(s["tariff"]["tariff_id"])
+    if filed is not None:
+        return str(filed["rate_authority_id"])
+    return str(s["identity"]["rate_authority_id"])
+
+
+def _snapshot(state: LedgerState, s: dict[str, Any], settlement_id: str, at_ms: int) -> None:
+    """Keep the disputed settlement's lines (recomputed from the session's evidence exactly as
+    the ledger admitted them) so corrections never depend on the live session."""
+    held = disputed_settlements(state)
+    if settlement_id in held:
+        return
+    admitted = sessions.admitted_settlement(state, s, at_ms)
+    held[settlement_id] = {
+        "session_id": s["session_id"], "identity": dict(s["identity"]),
+        "tariff": dict(s["tariff"]), "tariff_id": admitted["tariff_id"],
+        "currency": admitted["currency"], "rounding": admitted["rounding"],
+        "original_total": admitted["total_amount"], "net_total": admitted["total_amount"],
+        "lines": [dict(ln) for ln in admitted["lines"]], "corrections": [], "voided": False,
+    }
+
+
+# ---- evidence ---------------------------------------------------------------------------------
+
+
+def _add_evidence(state: LedgerState, cmd: Command, view: GovernanceView,
+                  out: list[Decision]) -> Rejection | None:
+    p = cmd.payload
+    d = _dispute(state, p)
+    if isinstance(d, Rejection):
+        return d
+    if d["status"] != OPEN:
+        return Rejection("DISPUTE_CLOSED", f"{d['dispute_id']} is {d['status']}")
+    if cmd.author_id not in d["parties"] and _arbiter_problem(d, cmd, view) is not None:
+        return Rejection("NOT_A_SESSION_PARTY", f"{cmd.author_id} is neither a party of session "
+                         f"{d['session_id']} nor an arbiter of {d['rate_authority_id']}")
+    problem = _statement_problem(p["statement"]) or _evidence_problem(
+        state, d["session_id"], d["evidence_event_ids"] + d["event_ids"],
+        p["evidence_event_ids"])
+    if problem is not None:
+        return problem
+    merged = list(dict.fromkeys(d["evidence_event_ids"] + p["evidence_event_ids"]))
+    if len(merged) > EVIDENCE_IDS_PER_DISPUTE_MAX:
+        return Rejection("TOO_MUCH_EVIDENCE", f"{EVIDENCE_IDS_PER_DISPUTE_MAX} ids per dispute")
+    d["evidence_event_ids"] = merged
+    d["event_ids"].append(cmd.event_id)
+    d["seq"] += 1
+    _emit(state, out, _recorded(state, d, "EVIDENCE_ADDED", cmd, p["statement"]))
+    return None
+
+
+def _dispute(state: LedgerState, p: dict[str, Any]) -> dict[str, Any] | Rejection:
+    d = disputes(state).get(p["dispute_id"])
+    if d is None or d["session_id"] != p["session_id"]:
+        return Rejection("UNKNOWN_DISPUTE", f"{p['dispute_id']} is not a dispute of session "
+                         f"{p['session_id']} at this station")
+    return d
+
+
+def _statement_problem(statement: str) -> Rejection | None:
+    if len(statement) > STATEMENT_CHARS_MAX:
+        return Rejection("STATEMENT_TOO_LONG", f"at most {STATEMENT_CHARS_MAX} characters")
+    return None
+
+
+def _evidence_problem(state: LedgerState, session_id: str, known: list[str],
+                      cited: list[str]) -> Rejection | None:
+    """Cited ids must be in the session's lineage (its admitted evidence events) or already on
+    the dispute (ids it cited before, its own events)."""
+    if len(cited) > EVIDENCE_IDS_PER_EVENT_MAX:
+        return Rejection("TOO_MUCH_EVIDENCE", f"{EVIDENCE_IDS_PER_EVENT_MAX} ids per event")
+    s = sessions.sessions(state).get(session_id)
+    lineage = set(known) | set(s["evidence_event_ids"] if s else [])
+    unknown = [event_id for event_id in cited if event_id not in lineage]
+    if unknown:
+        return Rejection("UNKNOWN_EVIDENCE", f"not in the lineage of session {session_id}: "
+                         f"{', '.join(unknown[:5])}")
+    return None
+
+
+# ---- resolve ----------------------------------------------------------------------------------
+
+
+def _resolve(state: LedgerState, cmd: Command, view: GovernanceView,
+             out: list[Decision]) -> Rejection | None:
+    p = cmd.payload
+    d = _dispute(state, p)
+    if isinstance(d, Rejection):
+        return d
+    if d["status"] != OPEN:
+        return Rejection("DISPUTE_ALREADY_RESOLVED", f"{d['dispute_id']} was resolved "
+                         f"{d['outcome']}")
+    arbiter = _arbiter_problem(d, cmd, view)
+    if arbiter is not None:
+        return arbiter
+    if p["outcome"] not in OUTCOMES:
+        return Rejection("INVALID_OUTCOME", f"{p['outcome']} is not one of {sorted(OUTCOMES)}")
+    if _statement_problem(p["reasoning"]) is not None:
+        return _statement_problem(p["reasoning"])
+    if not d["settlement_id"]:  # an interrupted charge disputed before it settled
+        s = sessions.sessions(state).get(d["session_id"])
+        if s is not None and s["settlement_id"] and s.get("close_out") is not None:
+            d["settlement_id"] = s["settlement_id"]
+            _snapshot(state, s, s["settlement_id"], cmd.occurred_at_ms)
+    correction: dict[str, Any] | None = None
+    if p["outcome"] in CORRECTIONS:
+        made = _correction(state, d, cmd)
+        if isinstance(made, Rejection):
+            return made
+        correction = made
+    elif p["adjustment_amount"] != ZERO:
+        return Rejection("INVALID_ADJUSTMENT", f"{p['outcome']} carries no adjustment amount")
+    d.update(status=RESOLVED, outcome=p["outcome"], resolved_at_ms=cmd.occurred_at_ms)
+    d["event_ids"].append(cmd.event_id)
+    d["seq"] += 1
+    if correction is not None:
+        _apply_correction(state, d, correction)
+    _emit(state, out, _recorded(state, d, "RESOLVED", cmd, p["reasoning"], correction))
+    if correction is not None:
+        _emit(state, out, ("SettlementAdmitted", correction))
+        _emit(state, out, ("SettlementFinalised", {
+            "settlement_id": correction["settlement_id"], "session_id": d["session_id"],
+            "signer_ids": [cmd.author_id], "finalised_at_ms": cmd.occurred_at_ms}))
+    return None
+
+
+def _arbiter_problem(d: dict[str, Any], cmd: Command, view: GovernanceView) -> Rejection | None:
+    """The author is the dispute's rate authority, or holds an ARBITER credential issued by an
+    issuer that authority delegated directly (chain: credential, issuer, authority, ...)."""
+    authority = d["rate_authority_id"]
+    if cmd.author_id == authority:
+        return None
+    resolve: Callable[[str, int], Any] | None = getattr(view, "resolve", None)
+    verdict = resolve(cmd.author_id, cmd.occurred_at_ms) if resolve is not None else None
+    chain: tuple[str, ...] = getattr(verdict, "chain", ())
+    principal = getattr(verdict, "principal", None)
+    roles = getattr(principal, "roles", frozenset())
+    if "ARBITER" in roles and len(chain) >= 3 and chain[2] == authority:
+        return None
+    return Rejection("NOT_THE_ARBITER", f"{cmd.author_id} is not {authority} nor an ARBITER "
+                     f"credential delegated by it")
+
+
+def _correction(state: LedgerState, d: dict[str, Any],
+                cmd: Command) -> dict[str, Any] | Rejection:
+    """The new settlement an ADJUSTED or VOIDED outcome issues (not applied yet)."""
+    p = cmd.payload
+    held = disputed_settlements(state).get(d["settlement_id"]) if d["settlement_id"] else None
+    if held is None:
+        return Rejection("NO_SETTLEMENT", f"session {d['session_id']} has no settlement to "
+                         "correct")
+    if held["voided"]:
+        return Rejection("SETTLEMENT_VOIDED", f"{d['settlement_id']} is voided already")
+    if p["currency"] != held["currency"]:
+        return Rejection("CURRENCY_MISMATCH", f"the settlement is in {held['currency']}")
+    tariff = Tariff(**held["tariff"])
+    if p["outcome"] == "VOIDED":
+        if p["adjustment_amount"] != ZERO:
+            return Rejection("INVALID_ADJUSTMENT", "a void credits everything: amount must be 0")
+        lines = [credited(ln) for ln in held["lines"]]
+        total = sum((ln["amount"] for ln in lines), ZERO)
+    else:
+        amount = tariff.round(p["adjustment_amount"])
+        if amount == ZERO:
+            return Rejection("INVALID_ADJUSTMENT", "the adjustment rounds to zero")
+        lines, total = with_tax(tariff, [line(
+            "ADJUSTMENT", f"dispute {d['dispute_id']} ({d['kind']}) adjustment", 0, ZERO,
+            amount)])
+        if held["net_total"] + total < ZERO:
+            return Rejection("ADJUSTMENT_EXCEEDS_SETTLEMENT", f"credit {total} exceeds the "
+                             f"{held['net_total']} still charged: void it instead")
+        if total > held["original_total"]:
+            return Rejection("ADJUSTMENT_TOO_LARGE", f"{total} exceeds the original charge "
+                             f"{held['original_total']}")
+    return {
+        "settlement_id": f"adj:{d['session_id']}:{d['dispute_id']}",
+        "session_id": d["session_id"], "identity": held["identity"],
+        "tariff_id": held["tariff_id"], "currency": held["currency"],
+        "rounding": held["rounding"], "lines": lines, "total_amount": total,
+        "energy_import_wh": 0, "energy_export_wh": 0,
+        "evidence_event_ids": list(dict.fromkeys(d["evidence_event_ids"] + d["event_ids"]
+                                                 + [cmd.event_id])),
+        "required_signer_ids": [cmd.author_id], "kind": CORRECTIONS[p["outcome"]],
+        "adjusts_settlement_id": d["settlement_id"], "admitted_at_ms": cmd.occurred_at_ms,
+    }
+
+
+def credited(ln: dict[str, Any]) -> dict[str, Any]:
+    """A credit-note line: the same line with quantity and amount negated."""
+    return dict(ln, description=f"credit: {ln['description']}"[:500],
+                quantity_wh=-ln["quantity_wh"], amount=-ln["amount"])
+
+
+def _apply_correction(state: LedgerState, d: dict[str, Any], correction: dict[str, Any]) -> None:
+    held = disputed_settlements(state)[d["settlement_id"]]
+    held["lines"].extend(dict(ln) for ln in correction["lines"])
+    held["net_total"] += correction["total_amount"]
+    held["corrections"].append(correction["settlement_id"])
+    held["voided"] = correction["kind"] == "CREDIT"
+    d["adjustment_settlement_id"] = correction["settlement_id"]
+
+
+# ---- records and housekeeping -----------------------------------------------------------------
+
+
+def _recorded(state: LedgerState, d: dict[str, Any], change: str, cmd: Command, statement: str,
+              correction: dict[str, Any] | None = None) -> Decision:
+    held = disputed_settlements(state).get(d["settlement_id"], {})
+    return ("DisputeRecorded", {
+        "dispute_id": d["dispute_id"], "session_id": d["session_id"],
+        "station_id": state.station_id, "settlement_id": d["settlement_id"], "kind": d["kind"],
+        "change": change, "status": d["status"], "seq": d["seq"],
+        "opened_by_credential_id": d["opened_by"], "actor_credential_id": cmd.author_id,
+        "cause_event_id": cmd.event_id, "rate_authority_id": d["rate_authority_id"],
+        "evidence_event_ids": list(d["evidence_event_ids"]), "statement": statement,
+        "outcome": d["outcome"],
+        "adjustment_settlement_id": correction["settlement_id"] if correction else "",
+        "adjustment_total": correction["total_amount"] if correction else ZERO,
+        "currency": held.get("currency", ""), "opened_at_ms": d["opened_at_ms"],
+        "recorded_at_ms": cmd.occurred_at_ms,
+    })
+
+
+def _prune(state: LedgerState) -> None:
+    """Forget resolved disputes (and their settlements' copies) once the session has left the
+    live ledger and the resolution is older than the ledger keeps finished bookings: no new
+    dispute can name that session any more, so nothing can refer to them (they stay in the
+    lineage and ClickHouse)."""
+    live = sessions.sessions(state)
+    horizon = state.clock_ms - ledger.FINISHED_KEPT_MS
+    table = disputes(state)
+    for dispute_id in [i for i, d in table.items() if d["status"] == RESOLVED
+                       and d["session_id"] not in live and d["resolved_at_ms"] < horizon]:
+        del table[dispute_id]
+    referenced = {d["settlement_id"] for d in table.values()}
+    held = disputed_settlements(state)
+    for settlement_id in [i for i, h in held.items()
+                          if i not in referenced and h["session_id"] not in live]:
+        del held[settlement_id]
+
+
+ledger.register_commands({
+    "DisputeOpened": _open,
+    "DisputeEvidenceSubmitted": _add_evidence,
+    "DisputeResolved": _resolve,
+})
