@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import pytest
 
+from rich.console import Console
+
+from chargemesh.infra.cli_grid import load_observer_view, observer_tables
 from chargemesh.streams import sdk
 from chargemesh.streams.observer_decision import decision_digest
 from chargemesh.streams.sdk import Participant, now_ms
@@ -112,3 +115,14 @@ def test_observer_quorum_curtails_and_equivocation_is_recorded(mesh: Mesh) -> No
     routed = mesh.query("SELECT count() FROM rejections FINAL WHERE event_type = "
                         "'chargemesh.grid.v1.ObserverDecisionRouted'")
     assert routed == [(0,)]  # the station did not refuse the routed quorum
+    # what `chargemesh grid observers p3-zone` shows
+    view = load_observer_view(mesh.settings, ZONE)
+    assert view.observer_set is not None and view.observer_set["threshold_k"] == 3
+    assert [d["interval_start_at_ms"] for d in view.decisions] == [second]
+    assert [e["observer_credential_id"] for e in view.equivocations] == ["p3-observer-3"]
+    assert view.refusals["NOT_IN_OBSERVER_SET"] >= 1
+    console = Console(record=True, width=200)
+    for table in observer_tables(view):
+        console.print(table)
+    text = console.export_text()
+    assert "3 of 4 (1)" in text and "p3-observer-3" in text and f"{st}/c1" in text
