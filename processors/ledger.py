@@ -357,7 +357,7 @@ def _order_from(cmd: Command, state: LedgerState, rate_field: str,
         return Rejection("RATE_AUTHORITY_MISMATCH", f"station files under "
                          f"{cal['rate_authority_id']}, order names {ident['rate_authority_id']}")
     revoked_at = state.extra.get("station_revoked_at_ms")
-    if revoked_at is not None and cmd.occurred_at_ms >= revoked_at:
+    if revoked_at is not None and max(cmd.occurred_at_ms, claim["slot_stop_at_ms"]) > revoked_at:
         return Rejection("STATION_REVOKED", f"the station's credential is revoked from {revoked_at}")
     roaming = roaming_problem(view, cmd.author_id, cal["rate_authority_id"], cmd.occurred_at_ms)
     if roaming is not None:
