@@ -29,8 +29,9 @@ decides.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 from chargemesh.processors import ledger, sessions
 from chargemesh.processors.ledger import Command, Decision, GovernanceView, LedgerState, _emit
@@ -265,7 +266,7 @@ def _arbiter_problem(d: dict[str, Any], cmd: Command, view: GovernanceView) -> R
     verdict = resolve(cmd.author_id, cmd.occurred_at_ms) if resolve is not None else None
     chain: tuple[str, ...] = getattr(verdict, "chain", ())
     principal = getattr(verdict, "principal", None)
-    roles = getattr(principal, "roles", frozenset())
+    roles: frozenset[str] = getattr(principal, "roles", frozenset())
     if "ARBITER" in roles and len(chain) >= 3 and chain[2] == authority:
         return None
     return Rejection("NOT_THE_ARBITER", f"{cmd.author_id} is not {authority} nor an ARBITER "

@@ -203,7 +203,7 @@ def test_adjusted_outcome_issues_a_final_adjustment_settlement_and_resolves_once
     assert kinds(step) == ["DisputeRecorded", "SettlementAdmitted", "SettlementFinalised"]
     adjustment = step.decisions[1][1]
     assert adjustment["kind"] == "ADJUSTMENT" and adjustment["adjusts_settlement_id"] == "stl:s1"
-    assert adjustment["settlement_id"] == "adj:s1:d1" != "stl:s1"
+    assert adjustment["settlement_id"] == "adj:s1:d1"  # a new settlement, not stl:s1 again
     assert [(ln["kind"], ln["amount"]) for ln in adjustment["lines"]] == [
         ("ADJUSTMENT", Decimal("-1.50")), ("TAX", Decimal("-0.12"))]  # 8.25% of 1.50 = 0.12375
     assert adjustment["total_amount"] == Decimal("-1.62") == sum(
@@ -286,7 +286,6 @@ def test_disputes_written_before_station_id_existed_still_decode() -> None:
     from importlib import resources
 
     import fastavro
-
     from chargemesh.schemas.codec import catalog, load_schema_json
 
     root = resources.files("chargemesh.schemas").joinpath("avro", "history")
