@@ -8,12 +8,11 @@ import json
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
-
 from chargemesh.infra.cli import cli, settings_of
 from chargemesh.infra.config import Settings
 from chargemesh.sinks.migrate import clickhouse_client
+from rich.console import Console
+from rich.table import Table
 
 DECISIONS_SHOWN_MAX = 20
 EQUIVOCATIONS_SHOWN_MAX = 20

@@ -392,7 +392,7 @@ def _curtail(state: ledger.LedgerState, cmd: ledger.Command, view: ledger.Govern
                "available": limit_w > 0, "power_w": limit_w, "cause": CURTAILMENT_CAUSE,
                "from_at_ms": decision["interval_start_at_ms"],
                "until_at_ms": decision["interval_end_at_ms"]}
-    handler = ledger._COMMANDS["CapacityChanged"]  # noqa: SLF001 - the ledger's extension table
+    handler = ledger._COMMANDS["CapacityChanged"]  # the command table sessions extends too
     problem = handler(state, dataclasses.replace(cmd, payload=payload), view, out)
     ensure(problem is None or problem.reason == "LEDGER_FULL", f"curtailment refused: {problem}")
 
@@ -402,7 +402,7 @@ def _reprice(state: ledger.LedgerState, cmd: ledger.Command, view: ledger.Govern
     grid = {"kind": "PRICE_SIGNAL", "grid_event_id": reprice_id(decision),
             "from_at_ms": decision["interval_start_at_ms"],
             "rate_per_kwh": Decimal(decision["rate_per_kwh"])}
-    handler = ledger._COMMANDS["GridEventRouted"]  # noqa: SLF001 - registered by sessions
+    handler = ledger._COMMANDS["GridEventRouted"]  # sessions' re-pricing of a grid event
     handler(state, dataclasses.replace(cmd, payload={"_grid_event": grid}), view, out)
 
 

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from chargemesh.sinks.projections import (
-    TABLE_COLUMNS, ProjectionContext, Rows, money, projects, seconds,
+    TABLE_COLUMNS,
+    ProjectionContext,
+    Rows,
+    money,
+    projects,
+    seconds,
 )
 from chargemesh.streams.envelope import open_envelope
 

@@ -15,7 +15,6 @@ from functools import lru_cache
 from typing import Any
 
 import fastavro
-
 from chargemesh.schemas.codec import catalog
 
 ATTESTATION = "chargemesh.grid.v1.ObserverAttestation"

@@ -10,13 +10,11 @@ equivocation with its evidence, and every refusal with its reason.
 from __future__ import annotations
 
 import pytest
-
-from rich.console import Console
-
 from chargemesh.infra.cli_grid import load_observer_view, observer_tables
 from chargemesh.streams import sdk
 from chargemesh.streams.observer_decision import decision_digest
 from chargemesh.streams.sdk import Participant, now_ms
+from rich.console import Console
 
 from .conftest import Mesh
 from .market import SLOT_MS, open_market
