@@ -303,7 +303,8 @@ class Certificate:
     observer_set: dict[str, Any]
 
 
-def _open(raw: bytes, event_type: str, view: TrustStore) -> tuple[SignedEvent, dict[str, Any]] | str:
+def _open(raw: bytes, event_type: str,
+          view: TrustStore) -> tuple[SignedEvent, dict[str, Any]] | str:
     decoded = decode(raw)
     if not isinstance(decoded, tuple):
         return f"undecodable {event_type}: {decoded.rejection.detail}"

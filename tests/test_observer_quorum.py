@@ -184,6 +184,29 @@ def test_a_forged_observer_signature_never_reaches_the_router() -> None:
     assert isinstance(verdict, Refused) and verdict.rejection.reason == "BAD_SIGNATURE"
 
 
+def test_a_revoked_observer_is_refused_and_its_old_quorum_no_longer_verifies() -> None:
+    world = make_world()
+    operator = world.credential("rv-operator", ["GRID_OPERATOR"], attributes={"grid_zones": ZONE})
+    team = [world.credential(f"rv-obs-{i}", ["OBSERVER"]) for i in range(4)]
+    declared = sdk.observer_set_declared(
+        world.root, operator, grid_zone_id=ZONE, version=1,
+        observer_ids=[m.credential_id for m in team], threshold_k=3, faults_tolerated_f=1,
+        interval_ms=INTERVAL_MS, effective_from_ms=T0_MS, at_ms=T0_MS)
+    attestations = [sdk.observer_attestation(m, HONEST, at_ms=START_MS) for m in team[:3]]
+    digest = decision_digest(HONEST)
+    before = world.store()
+    assert isinstance(observers.verify_certificate(declared.encode(),
+                                                   [a.encode() for a in attestations], digest,
+                                                   before), observers.Certificate)
+    world.governance.append(world.issuer.revoke("rv-obs-0", effective_at_ms=START_MS - 1))
+    after = world.store()
+    refused = verdict_of(after, attestations[0])
+    assert isinstance(refused, Refused) and refused.rejection.reason == "CREDENTIAL_REVOKED"
+    replayed = observers.verify_certificate(declared.encode(), [a.encode() for a in attestations],
+                                            digest, after)
+    assert not isinstance(replayed, observers.Certificate) and "revoked" in replayed.detail
+
+
 def test_set_declarations_need_a_valid_rule_observer_credentials_and_the_operator() -> None:
     store, root, operator, team = observer_world()
     ids = [m.credential_id for m in team[:4]]
