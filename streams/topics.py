@@ -75,7 +75,8 @@ SETTLEMENTS = TopicSpec(
 DISPUTES = TopicSpec(
     name="chargemesh.disputes.v1",
     key="session_id",
-    doc="Dispute opened / evidence / resolved and the adjustments they cause.",
+    doc="DisputeRecorded: each accepted dispute change (opened, evidence added, resolved "
+    "with its outcome), decided by the station ledger; corrections go to the settlements topic.",
 )
 REJECTIONS = TopicSpec(
     name="chargemesh.rejections.v1",
