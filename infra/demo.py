@@ -106,6 +106,10 @@ class Demo:
             if authority is not dep.root:
                 gov.append(dep.root.recognise_authority(authority, j.code,
                                                         ["AUTHORITY", "RATE_AUTHORITY"], at_ms=at))
+                # P1: the deployment's vehicles are credentialed under the root; charging at a
+                # station filing under this authority is roaming, admitted by reciprocity.
+                gov.append(sdk.reciprocity_agreed(dep.root, authority,
+                                                  agreement_id=f"reciprocity:{j.code}", at_ms=at))
             self.authorities[j.code] = authority
             gov.append(sdk.tariff_filed(
                 authority, tariff_id=f"tariff:{j.code}", jurisdiction=j.code, currency=j.currency,
