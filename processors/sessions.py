@@ -160,6 +160,8 @@ def _reprice_accepted(state: LedgerState, cmd: Command, view: GovernanceView,
     s = _party_session(state, cmd, ("vehicle_credential_id",), "the session's vehicle")
     if isinstance(s, Rejection):
         return s
+    if s["status"] != "ACTIVE":  # a settled price never changes after the fact
+        return Rejection("SESSION_CLOSED", f"session is {s['status']}")
     for rp in s["reprices"]:
         if rp["grid_event_id"] == p["grid_event_id"] and rp["status"] == "PROPOSED":
             if p["accepted_rate_per_kwh"] != rp["rate_per_kwh"]:

@@ -130,9 +130,8 @@ def test_an_amount_too_large_for_the_table_keeps_the_event_and_rejects_the_proje
 
 
 def test_a_type_without_projector_only_gets_its_events_row() -> None:
-    event = seal("chargemesh.ledger.v1.CredentialReevaluated", {
-        "revoked_credential_id": "vehicle-1", "subject_kind": "reservation", "subject_id": "r",
-        "station_id": "station-1", "outcome": "KEPT", "revoked_at_ms": BASE_MS,
+    event = seal("chargemesh.capacity.v1.StationHeartbeat", {
+        "station_id": "station-1", "at_ms": BASE_MS,
     }, author=SIGNER, subject_key="station-1", occurred_at_ms=BASE_MS)
     assert event.event_type not in PROJECTORS
     assert list(rows_of(on_decisions(event.encode()))) == [EVENTS]
