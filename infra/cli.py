@@ -32,8 +32,9 @@ from chargemesh.streams.topics import ALL_TOPICS, RETENTION_FOREVER_MS, partitio
 
 # Modules that register more commands on ``cli`` when imported (e.g. "chargemesh.processors.cli").
 COMMAND_MODULES: tuple[str, ...] = ("chargemesh.infra.cli_ops", "chargemesh.infra.demo",
-                                     "chargemesh.infra.cli_grid",
-                                     "chargemesh.infra.cli_disputes",)
+                                     "chargemesh.infra.cli_audit",
+                                     "chargemesh.infra.cli_disputes",
+                                     "chargemesh.infra.cli_grid",)
 # More rows for `status`, appended by command modules (e.g. the processes `start` launched).
 STATUS_EXTENSIONS: list[Callable[[Settings], list[ComponentStatus]]] = []
 
@@ -172,3 +173,4 @@ def main() -> None:
     """Console-script entry point."""
     _register_command_modules()
     cli(prog_name="chargemesh")
+

@@ -45,13 +45,15 @@ from chargemesh.infra.config import Settings, load_settings
 from chargemesh.schemas import registry
 from chargemesh.sinks.migrate import clickhouse_client
 from chargemesh.sinks.projections import TABLE_COLUMNS, Row, Rows, SourceMessage, project
-from chargemesh.streams.topics import ADMITTED, DECISIONS, DISPUTES, REJECTIONS, SETTLEMENTS
+from chargemesh.streams.topics import (
+    ADMITTED, CHECKPOINTS, DECISIONS, DISPUTES, REJECTIONS, SETTLEMENTS,
+)
 
 log = logging.getLogger(__name__)
 
 GROUP_ID_DEFAULT = "chargemesh-sink-clickhouse"
 SINK_TOPICS: tuple[str, ...] = (ADMITTED.name, DECISIONS.name, SETTLEMENTS.name, REJECTIONS.name,
-                                DISPUTES.name)
+                                CHECKPOINTS.name, DISPUTES.name)
 MESSAGES_PER_BATCH_MAX = 5_000
 # Messages are up to 1 MiB (topics.MESSAGE_BYTES_MAX): bound a batch's memory too. Checked
 # between consume calls, so a batch may pass it by one call's messages.

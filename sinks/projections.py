@@ -500,4 +500,5 @@ def _settlement_finalised(ctx: ProjectionContext) -> Rows:
 # Projections of later capabilities register themselves on import (keep these last).
 from chargemesh.sinks import projections_revocation  # noqa: E402, F401
 from chargemesh.sinks import projections_observers  # noqa: E402, F401
+from chargemesh.sinks import projections_audit  # noqa: E402, F401
 from chargemesh.sinks import projections_disputes  # noqa: E402, F401

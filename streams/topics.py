@@ -83,6 +83,11 @@ REJECTIONS = TopicSpec(
     key="source_topic",
     doc="Every input that was not admitted, with a reason code and the original bytes.",
 )
+CHECKPOINTS = TopicSpec(
+    name="chargemesh.checkpoints.v1", key="<log topic>/<partition>", partitions=1,
+    doc="Signed Merkle tree heads (RFC 9162) over each partition of the admitted, decisions and "
+    "settlements logs, each with a consistency proof from the previous one (P5 audit).",
+)
 
 # Processor state, partitioned like the input it belongs to (log of every state version; a
 # worker restores an input partition's state by reading the same partition here).
@@ -108,6 +113,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     SETTLEMENTS,
     DISPUTES,
     REJECTIONS,
+    CHECKPOINTS,
     STATION_LEDGER_STATE,
     EVENT_POSITION_STATE,
     ZONE_STATIONS_STATE,

@@ -1,0 +1,579 @@
+"""The regulator's lineage audit (P5). Pure: records in, a report of findings out.
+
+A rate authority replays every settlement filed under it with nothing but the public schemas,
+the deployment's trust anchors (and the processors' public key) and the records of the topics
+(or of the ClickHouse archive):
+
+1. the governance log is replayed in order into a fresh :class:`TrustStore` (the same functions
+   the processors use), so every credential chain is known as of each event's time;
+2. every record in scope is decoded and re-verified: participants' events through
+   :func:`ingress.admit` (signatures, chain, role, subject, co-signers as of ``occurred_at_ms``),
+   the processors' decisions and settlements by their key, and their ``prev_hash`` must name an
+   admitted event (the hash link to the input that caused them);
+3. each settlement's session is re-linked (evidence ids, close-out hash, countersignatures,
+   finality signers) and recomputed from the filed tariff, the meter evidence and the accepted
+   re-prices with the pure settlement functions; the result must equal the admitted lines and
+   total to the last minor unit;
+4. every signed checkpoint's tree head is recomputed from the log records it covers, and its
+   consistency proof from the previous checkpoint is verified.
+
+Every discrepancy is a :class:`Finding` that names the record (event id, topic, partition,
+offset) it was found on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from chargemesh.processors import checkpointer
+from chargemesh.processors.checkpointer import Checkpoint, LogRecord
+from chargemesh.processors.governance import (
+    GOVERNANCE_EVENT_TYPES,
+    TrustAnchor,
+    TrustStore,
+)
+from chargemesh.processors.ingress import Refused, admit, admit_governance
+from chargemesh.processors.policy import POLICIES
+from chargemesh.processors.reasons import Rejection
+from chargemesh.processors.settlement import Reading, Reprice, Tariff, segments, settle
+from chargemesh.schemas.codec import DecodeError
+from chargemesh.streams import merkle, topics
+from chargemesh.streams.envelope import SignedEvent, open_envelope, open_payload
+
+GOVERNANCE_PASSES_MAX = 32
+FINDINGS_MAX = 100_000
+DETAIL_CHARS_MAX = 500
+ALL_TIME_MS = (0, 2**62)
+SESSION = "chargemesh.session.v1."
+CALENDAR = "chargemesh.capacity.v1.SlotCalendarPublished"
+SETTLEMENT_ADMITTED = "chargemesh.settlement.v1.SettlementAdmitted"
+SETTLEMENT_FINALISED = "chargemesh.settlement.v1.SettlementFinalised"
+SLOT_RESERVED = "chargemesh.ledger.v1.SlotReserved"
+REPRICE_PROPOSED = SESSION + "RepriceProposed"
+GRID_ROUTED = "chargemesh.grid.v1.GridEventRouted"
+CO_SIGNED = "chargemesh.grid.v1.SettlementCoSigned"
+SIGNING_TYPES = (SESSION + "CloseOutCountersigned", CO_SIGNED)
+PROGRESS_EVERY = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    code: str
+    event_id: str
+    event_type: str
+    where: str  # "<topic>/<partition>@<offset>"
+    session_id: str
+    detail: str
+
+    def as_json(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class AuditReport:
+    authority_id: str
+    from_ms: int
+    to_ms: int
+    source: str
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+    events_replayed: int = 0
+    governance_events: int = 0
+    events_verified: int = 0
+    settlements_checked: int = 0
+    settlements_recomputed: int = 0
+    settlements_final: int = 0
+    totals_by_currency: dict[str, Decimal] = dataclasses.field(default_factory=dict)
+    checkpoints_verified: int = 0
+    checkpoints_skipped: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events_replayed / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "findings"}
+        out["totals_by_currency"] = {k: str(v) for k, v in self.totals_by_currency.items()}
+        out["events_per_s"] = round(self.events_per_s, 1)
+        out["ok"] = self.ok
+        out["findings"] = [f.as_json() for f in self.findings]
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditSource:
+    """What the auditor read. ``governance`` in the order to replay it (``governance_ordered``:
+    it is the governance topic itself, else archive rows replayed to a fixpoint); ``logs``: the
+    admitted, decisions and settlements records; ``archived``: for archive rows, the event id
+    and event hash the archive filed each record under, by (topic, partition, offset)."""
+
+    name: str
+    governance: Sequence[LogRecord]
+    governance_ordered: bool
+    logs: Sequence[LogRecord]
+    checkpoints: Sequence[LogRecord]
+    archived: dict[tuple[str, int, int], tuple[str, str]] = dataclasses.field(
+        default_factory=dict)
+
+
+@dataclasses.dataclass
+class Entry:
+    record: LogRecord
+    event: SignedEvent
+    payload: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        return f"{self.record.topic}/{self.record.partition}@{self.record.offset}"
+
+
+Progress = Callable[[int], None]
+
+
+def where_of(record: LogRecord) -> str:
+    return f"{record.topic}/{record.partition}@{record.offset}"
+
+
+def comparable(lines: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Lines as numbers (Decimal equality is numeric), not descriptions."""
+    return [(str(ln["kind"]), int(ln["quantity_wh"]), Decimal(ln["unit_rate_per_kwh"]),
+             Decimal(ln["amount"]), int(ln["from_at_ms"]), int(ln["until_at_ms"]))
+            for ln in lines]
+
+
+class Audit:
+    """One audit run over one source (build, then :meth:`run`)."""
+
+    def __init__(self, source: AuditSource, anchors: list[TrustAnchor],
+                 processors: list[TrustAnchor], authority_id: str,
+                 window_ms: tuple[int, int] = ALL_TIME_MS,
+                 progress: Progress | None = None) -> None:
+        self.source = source
+        self.store = TrustStore(anchors, processors)
+        self.authority_id = authority_id
+        self.from_ms, self.to_ms = window_ms
+        self.progress = progress or (lambda n: None)
+        self.report = AuditReport(authority_id, self.from_ms, self.to_ms, source.name)
+        self.entries: list[Entry] = []
+        self.by_id: dict[str, Entry] = {}
+        self.by_hash: dict[bytes, Entry] = {}
+        self.verified: dict[tuple[str, int, int], bool] = {}
+        self._done = 0
+
+    # ---- findings ---------------------------------------------------------------------------
+
+    def find(self, code: str, record: LogRecord | None, event: SignedEvent | None,
+             detail: str, session_id: str = "") -> None:
+        if len(self.report.findings) >= FINDINGS_MAX:
+            return
+        archived = self.source.archived.get((record.topic, record.partition, record.offset)) \
+            if record else None
+        event_id = archived[0] if archived else (event.event_id if event else "")
+        self.report.findings.append(Finding(
+            code, event_id, event.event_type if event else "",
+            where_of(record) if record else "", session_id, detail[:DETAIL_CHARS_MAX]))
+
+    def _tick(self) -> None:
+        self._done += 1
+        if self._done % PROGRESS_EVERY == 0:
+            self.progress(self._done)
+
+    # ---- 1. governance ----------------------------------------------------------------------
+
+    def replay_governance(self) -> None:
+        pending = list(self.source.governance)
+        passes = 1 if self.source.governance_ordered else GOVERNANCE_PASSES_MAX
+        refused: list[tuple[LogRecord, Refused]] = []
+        for _ in range(passes):
+            refused = []
+            for record in pending:
+                verdict = admit_governance(record.value, record.key, self.store)
+                if isinstance(verdict, Refused):
+                    refused.append((record, verdict))
+                elif self._done < len(self.source.governance):
+                    self._tick()
+            if not refused or len(refused) == len(pending):
+                break
+            pending = [record for record, _ in refused]
+        self.report.governance_events = len(self.source.governance)
+        if not self.source.governance_ordered:
+            # Archive rows are admitted events: each one must be admissible again.
+            for record, verdict in refused:
+                self.find(verdict.rejection.reason, record, verdict.event,
+                          "archived governance event does not replay: "
+                          + verdict.rejection.detail)
+
+    # ---- 2. decode and index ------------------------------------------------------------------
+
+    def decode_logs(self) -> None:
+        for record in self.source.logs:
+            self._tick()
+            try:
+                event = open_envelope(record.value)
+                payload = open_payload(event)
+            except DecodeError as exc:
+                self.find(exc.reason_code, record, None, f"record does not decode: {exc.detail}")
+                continue
+            entry = Entry(record, event, payload)
+            self._check_archived(entry)
+            self.entries.append(entry)
+            self.by_id.setdefault(event.event_id, entry)
+            self.by_hash.setdefault(event.event_hash, entry)
+
+    def _check_archived(self, entry: Entry) -> None:
+        r = entry.record
+        archived = self.source.archived.get((r.topic, r.partition, r.offset))
+        if archived is None:
+            return
+        event_id, event_hash = archived
+        if event_id != entry.event.event_id or event_hash != entry.event.event_hash.hex():
+            self.find("ARCHIVE_MISMATCH", r, entry.event,
+                      f"archived as {event_id} / hash {event_hash[:16]}..., the bytes decode to "
+                      f"{entry.event.event_id} / hash {entry.event.event_hash.hex()[:16]}...")
+
+    # ---- 3. re-verify every record in scope ------------------------------------------------------
+
+    def verify(self, entry: Entry) -> bool:
+        """Signatures, chains and roles as of the event's time; hash link of processor records.
+        True when the record raised no finding (memoised per record)."""
+        key = (entry.record.topic, entry.record.partition, entry.record.offset)
+        if key in self.verified:
+            return self.verified[key]
+        before = len(self.report.findings)
+        self._verify(entry)
+        self.verified[key] = len(self.report.findings) == before
+        self.report.events_verified += 1
+        return self.verified[key]
+
+    def _verify(self, entry: Entry) -> None:
+        event = entry.event
+        if entry.record.topic == topics.ADMITTED.name:
+            self._verify_admitted(entry)
+            return
+        verdict = self.store.verify_signer(event, event.body.author_credential_id,
+                                           event.body.occurred_at_ms)
+        if isinstance(verdict, Rejection):
+            self.find(verdict.reason, entry.record, event, verdict.detail)
+        elif "PROCESSOR" not in verdict.principal.roles:
+            self.find("ROLE_NOT_PERMITTED", entry.record, event,
+                      f"{event.body.author_credential_id} is not a processor key")
+        cause = self.by_hash.get(event.body.prev_hash)
+        if cause is None or cause.record.topic != topics.ADMITTED.name:
+            self.find("BROKEN_HASH_LINK", entry.record, event,
+                      f"prev_hash {event.body.prev_hash.hex()[:16]}... names no admitted event")
+
+    def _verify_admitted(self, entry: Entry) -> None:
+        event, record = entry.event, entry.record
+        if event.event_type in GOVERNANCE_EVENT_TYPES:
+            if event.event_id not in self.store.applied_event_ids:
+                self.find("GOVERNANCE_NOT_REPLAYED", record, event,
+                          "admitted, but the governance replay did not admit it")
+            return
+        policy = POLICIES.get(event.event_type)
+        verdict = admit(record.value, record.key, policy.topic if policy else "", self.store)
+        if isinstance(verdict, Refused):
+            self.find(verdict.rejection.reason, record, event, verdict.rejection.detail)
+            return
+        if event.event_type == GRID_ROUTED:
+            self._verify_routed(entry)
+
+    def _verify_routed(self, entry: Entry) -> None:
+        """A routed grid event carries the operator's original bytes: they must verify and be
+        the admitted grid event its hash link names."""
+        raw = entry.payload["grid_event"]
+        verdict = admit(raw, None, topics.GRID.name, self.store)
+        if isinstance(verdict, Refused):
+            self.find(verdict.rejection.reason, entry.record, entry.event,
+                      "routed grid event: " + verdict.rejection.detail)
+        elif entry.event.body.prev_hash != verdict.event.event_hash or (
+                verdict.event.event_hash not in self.by_hash):
+            self.find("BROKEN_HASH_LINK", entry.record, entry.event,
+                      "the routed grid event is not the admitted one its prev_hash names")
+
+    def in_window(self, at_ms: int) -> bool:
+        return self.from_ms <= at_ms < self.to_ms
+
+    def scope(self) -> tuple[list[Entry], list[Entry]]:
+        """The authority's stations' events in the window, and its settlements in the window."""
+        stations = {e.payload["station_id"] for e in self.entries
+                    if e.event.event_type == CALENDAR
+                    and e.payload["rate_authority_id"] == self.authority_id}
+        settlements = [e for e in self.entries if e.event.event_type == SETTLEMENT_ADMITTED
+                       and e.payload["identity"]["rate_authority_id"] == self.authority_id
+                       and self.in_window(int(e.payload["admitted_at_ms"]))]
+        sessions = {e.payload["session_id"] for e in settlements}
+        in_scope = [e for e in self.entries if self.in_window(e.event.body.occurred_at_ms) and (
+            (e.record.topic != topics.SETTLEMENTS.name and e.event.body.subject_key in stations)
+            or (e.record.topic == topics.SETTLEMENTS.name
+                and e.payload.get("session_id") in sessions))]
+        return in_scope, settlements
+
+    # ---- 4. sessions: hash links, recomputation, finality ---------------------------------------
+
+    def index_decisions(self) -> None:
+        self.reserved: dict[str, Entry] = {}
+        self.proposed: dict[tuple[str, str], Entry] = {}
+        self.finalised: dict[str, list[Entry]] = {}
+        self.signatures: dict[str, dict[str, Entry]] = {}
+        for e in self.entries:
+            kind, p = e.event.event_type, e.payload
+            if kind == SLOT_RESERVED:
+                self.reserved.setdefault(p["reservation_id"], e)
+            elif kind == REPRICE_PROPOSED:
+                self.proposed.setdefault((p["session_id"], p["grid_event_id"]), e)
+            elif kind == SETTLEMENT_FINALISED:
+                self.finalised.setdefault(p["session_id"], []).append(e)
+            elif kind in SIGNING_TYPES and e.record.topic == topics.ADMITTED.name:
+                # Countersignatures follow the admitted settlement: not in its evidence list.
+                self.signatures.setdefault(p["session_id"], {}).setdefault(e.event.event_id, e)
+
+    def check_settlement(self, entry: Entry) -> None:
+        p = entry.payload
+        sid = p["session_id"]
+        self.report.settlements_checked += 1
+        self.verify(entry)
+        evidence = self._evidence(entry, sid)
+        closes = [e for e in evidence if e.event.event_type == SESSION + "MeterClosedOut"]
+        if not closes:
+            self.find("MISSING_EVIDENCE", entry.record, entry.event, "no close-out in evidence",
+                      sid)
+            return
+        close = closes[-1]
+        if entry.event.body.prev_hash != close.event.event_hash:
+            self.find("BROKEN_HASH_LINK", entry.record, entry.event,
+                      "the settlement's prev_hash is not its session's close-out", sid)
+        signing = [e for e in self.signatures.get(sid, {}).values() if self.verify(e)]
+        for e in signing:
+            if not (
+                    e.event.body.prev_hash == close.event.event_hash
+                    == bytes(e.payload["close_out_event_hash"])):
+                self.find("BROKEN_HASH_LINK", e.record, e.event,
+                          "signature event is not linked to the session's close-out", sid)
+        if p["kind"] == "CHARGE":
+            self._recompute(entry, evidence, close)
+        self._check_finality(entry, signing, close)
+
+    def _evidence(self, entry: Entry, sid: str) -> list[Entry]:
+        out = []
+        for event_id in entry.payload["evidence_event_ids"]:
+            ev = self.by_id.get(event_id)
+            if ev is None or ev.record.topic != topics.ADMITTED.name:
+                self.find("MISSING_EVIDENCE", entry.record, entry.event,
+                          f"evidence {event_id} is not in the admitted log", sid)
+                continue
+            if not self.verify(ev):
+                self.find("EVIDENCE_NOT_VERIFIABLE", entry.record, entry.event,
+                          f"evidence {event_id} fails verification: left out of the recompute",
+                          sid)
+                continue
+            if ev.payload.get("session_id") != sid:
+                self.find("EVIDENCE_OF_ANOTHER_SESSION", ev.record, ev.event,
+                          f"cited by {sid}'s settlement", sid)
+                continue
+            out.append(ev)
+        return out
+
+    def _recompute(self, entry: Entry, evidence: list[Entry], close: Entry) -> None:
+        p, sid = entry.payload, entry.payload["session_id"]
+        inputs = self._settlement_inputs(entry, evidence)
+        if inputs is None:
+            return
+        tariff, base_rate, start, reprices = inputs
+        readings = [Reading(int(e.payload["read_at_ms"]), int(e.payload["cumulative_import_wh"]))
+                    for e in evidence if e.event.event_type == SESSION + "MeterReadingRecorded"]
+        final = Reading(int(close.payload["closed_at_ms"]), int(close.payload["final_import_wh"]))
+        try:
+            lines, total = settle(tariff, segments(start, readings, final, base_rate, reprices))
+        except ValueError as exc:
+            self.find("EVIDENCE_INCONSISTENT", entry.record, entry.event, str(exc), sid)
+            return
+        self.report.settlements_recomputed += 1
+        self.report.totals_by_currency[tariff.currency] = (
+            self.report.totals_by_currency.get(tariff.currency, Decimal(0)) + total)
+        energy_wh = final.import_wh - start.import_wh
+        if (comparable(lines) != comparable(p["lines"]) or total != p["total_amount"]
+                or energy_wh != p["energy_import_wh"] or tariff.currency != p["currency"]):
+            self.find("SETTLEMENT_MISMATCH", entry.record, entry.event,
+                      f"recomputed {total} {tariff.currency} for {energy_wh} Wh in {len(lines)} "
+                      f"lines; admitted {p['total_amount']} {p['currency']} for "
+                      f"{p['energy_import_wh']} Wh in {len(p['lines'])} lines", sid)
+
+    def _settlement_inputs(self, entry: Entry, evidence: list[Entry]
+                           ) -> tuple[Tariff, Decimal, Reading, list[Reprice]] | None:
+        p, sid = entry.payload, entry.payload["session_id"]
+        handshakes = [e for e in evidence
+                      if e.event.event_type == SESSION + "ConnectorHandshakeCompleted"]
+        filed = self.store.tariff(p["tariff_id"])
+        problem = ""
+        if not handshakes:
+            problem = "MISSING_EVIDENCE: no handshake in evidence"
+        elif handshakes[0].payload["identity"] != p["identity"]:
+            problem = "IDENTITY_MISMATCH: settlement identity differs from the handshake's"
+        elif filed is None:
+            problem = f"TARIFF_NOT_FILED: {p['tariff_id']} was never filed"
+        elif filed["rate_authority_id"] != p["identity"]["rate_authority_id"]:
+            problem = f"TARIFF_OF_ANOTHER_AUTHORITY: filed by {filed['rate_authority_id']}"
+        reservation = self.reserved.get(handshakes[0].payload["reservation_id"]) \
+            if handshakes else None
+        if not problem and reservation is None:
+            problem = "MISSING_EVIDENCE: no SlotReserved for the session's reservation"
+        if problem or filed is None or reservation is None:
+            code, _, detail = problem.partition(": ")
+            self.find(code, entry.record, entry.event, detail, sid)
+            return None
+        self.verify(reservation)
+        base_rate = Decimal(reservation.payload["rate_per_kwh"])
+        if base_rate > Decimal(filed["energy_rate_ceiling_per_kwh"]):
+            self.find("RATE_ABOVE_FILED_CEILING", reservation.record, reservation.event,
+                      f"{base_rate} > filed {filed['energy_rate_ceiling_per_kwh']}", sid)
+        hs = handshakes[0].payload
+        start = Reading(int(hs["started_at_ms"]), int(hs["meter_start_wh"]))
+        return Tariff.from_filing(filed), base_rate, start, self._reprices(entry, evidence)
+
+    def _reprices(self, entry: Entry, evidence: list[Entry]) -> list[Reprice]:
+        sid, out = entry.payload["session_id"], []
+        for e in evidence:
+            if e.event.event_type != SESSION + "RepriceAccepted":
+                continue
+            proposal = self.proposed.get((sid, e.payload["grid_event_id"]))
+            if proposal is None or Decimal(proposal.payload["new_rate_per_kwh"]) != Decimal(
+                    e.payload["accepted_rate_per_kwh"]):
+                self.find("REPRICE_NOT_PROPOSED", e.record, e.event,
+                          "accepted re-price matches no proposal of the ledger", sid)
+                continue
+            self.verify(proposal)
+            out.append(Reprice(int(proposal.payload["effective_from_ms"]),
+                               Decimal(proposal.payload["new_rate_per_kwh"]),
+                               e.payload["grid_event_id"]))
+        return out
+
+    def _check_finality(self, entry: Entry, signing: list[Entry], close: Entry) -> None:
+        """Finality needs, from every required signer, a verified signature event over this
+        session's close-out (the station's is the close-out itself)."""
+        sid = entry.payload["session_id"]
+        required = list(entry.payload["required_signer_ids"])
+        linked = [e for e in signing if e.event.body.prev_hash == close.event.event_hash]
+        signed = {close.event.body.author_credential_id} | {
+            e.event.body.author_credential_id for e in linked}
+        signing_hashes = {e.event.event_hash for e in linked}
+        finals = self.finalised.get(sid, [])
+        for fin in finals:
+            self.verify(fin)
+            missing = [s for s in required if s not in fin.payload["signer_ids"] or s not in signed]
+            if missing:
+                self.find("FINAL_WITHOUT_SIGNATURES", fin.record, fin.event,
+                          f"required signers without a signature in the lineage: {missing}", sid)
+            if fin.event.body.prev_hash not in signing_hashes:
+                self.find("BROKEN_HASH_LINK", fin.record, fin.event,
+                          "finality does not link to a signature of this session", sid)
+        if finals:
+            self.report.settlements_final += 1
+
+    # ---- 5. checkpoints ---------------------------------------------------------------------------
+
+    def check_checkpoints(self) -> None:
+        logs = checkpointer.partition_logs(self.source.logs)
+        hashes: dict[str, list[bytes]] = {}
+        roots_seen: dict[tuple[str, int], bytes] = {}
+        decoded = []
+        for record in self.source.checkpoints:
+            self._tick()
+            try:
+                event = open_envelope(record.value)
+                payload = open_payload(event)
+            except DecodeError as exc:
+                self.find(exc.reason_code, record, None, f"checkpoint does not decode: {exc}")
+                continue
+            verdict = self.store.check_event(event, payload)
+            if isinstance(verdict, Rejection):
+                self.find(verdict.reason, record, event, "checkpoint: " + verdict.detail)
+                continue
+            cp = Checkpoint.of(event, payload)
+            decoded.append((record, cp))
+            roots_seen[(cp.log_id, cp.tree_size)] = cp.root_hash
+        for record, cp in decoded:
+            log = logs.get(cp.log_id, [])
+            if cp.log_id not in hashes:
+                hashes[cp.log_id] = checkpointer.leaf_hashes(log)
+            self._check_checkpoint(record, cp, log, hashes[cp.log_id], roots_seen)
+
+    def _check_checkpoint(self, record: LogRecord, cp: Checkpoint, log: list[LogRecord],
+                          hashes: list[bytes], roots_seen: dict[tuple[str, int], bytes]) -> None:
+        if cp.previous_tree_size:
+            seen = roots_seen.get((cp.log_id, cp.previous_tree_size), cp.previous_root_hash)
+            if seen != cp.previous_root_hash or not merkle.verify_consistency(
+                    cp.previous_tree_size, cp.tree_size, cp.previous_root_hash, cp.root_hash,
+                    cp.consistency_proof):
+                self.find("CHECKPOINT_INCONSISTENT", record, cp.event,
+                          f"{cp.log_id}: tree {cp.tree_size} does not extend tree "
+                          f"{cp.previous_tree_size}")
+        covered = log[:cp.tree_size]
+        archive = bool(self.source.archived)
+        complete = len(covered) == cp.tree_size and covered and covered[0].offset == \
+            cp.first_offset and covered[-1].offset == cp.last_offset
+        if not complete:
+            if archive:  # the archive keeps one row per event id: copies' offsets are gone
+                self.report.checkpoints_skipped += 1
+                return
+            self.find("CHECKPOINT_BEYOND_LOG", record, cp.event,
+                      f"{cp.log_id}: signed {cp.tree_size} records up to offset "
+                      f"{cp.last_offset}; the log holds {len(log)}")
+            return
+        root = merkle.subtree_root(hashes, 0, cp.tree_size)
+        if root != cp.root_hash:
+            self.find("CHECKPOINT_MISMATCH", record, cp.event,
+                      f"{cp.log_id}: the tree head over offsets {cp.first_offset}.."
+                      f"{cp.last_offset} is {root.hex()[:16]}..., signed "
+                      f"{cp.root_hash.hex()[:16]}...: a covered record was changed")
+        self.report.checkpoints_verified += 1
+
+    # ---- the run ----------------------------------------------------------------------------------
+
+    def run(self) -> AuditReport:
+        started = time.perf_counter()
+        self.replay_governance()
+        self.decode_logs()
+        self.index_decisions()
+        in_scope, settlements = self.scope()
+        for entry in in_scope:
+            self.verify(entry)
+        seen: set[str] = set()
+        for entry in settlements:
+            if entry.event.event_id not in seen:
+                seen.add(entry.event.event_id)
+                self.check_settlement(entry)
+        self.check_checkpoints()
+        self.report.events_replayed = (len(self.source.governance) + len(self.source.logs)
+                                       + len(self.source.checkpoints))
+        self.report.elapsed_s = time.perf_counter() - started
+        self.progress(self.report.events_replayed)
+        return self.report
+
+
+def audit(source: AuditSource, anchors: list[TrustAnchor], processors: list[TrustAnchor],
+          authority_id: str, window_ms: tuple[int, int] = ALL_TIME_MS,
+          progress: Progress | None = None) -> AuditReport:
+    """Replay ``source`` for ``authority_id``'s settlements admitted within ``window_ms``."""
+    return Audit(source, anchors, processors, authority_id, window_ms, progress).run()
+
+
+def measure_replay_rate(source: AuditSource, anchors: list[TrustAnchor],
+                        processors: list[TrustAnchor], authority_id: str,
+                        rounds: int = 3) -> dict[str, float]:
+    """Benchmark: audit replay rate (records replayed per second) over ``rounds`` runs."""
+    report = audit(source, anchors, processors, authority_id)
+    rates = [report.events_per_s]
+    for _ in range(rounds - 1):
+        rates.append(audit(source, anchors, processors, authority_id).events_per_s)
+    return {"events": float(report.events_replayed),
+            "events_verified": float(report.events_verified),
+            "settlements": float(report.settlements_checked),
+            "events_per_s_best": max(rates), "events_per_s_worst": min(rates)}
