@@ -170,6 +170,26 @@ def findings_table(report: AuditReport) -> Table:
     return table
 
 
+def record_findings(settings: Settings, report: AuditReport, audited_at_ms: int) -> str:
+    """Write the report's findings to ClickHouse ``audit_findings``; returns the audit id."""
+    from chargemesh.sinks.migrate import clickhouse_client
+    from chargemesh.sinks.projections import seconds
+    from chargemesh.sinks.projections_audit import AUDIT_FINDINGS, TABLE_COLUMNS
+
+    audit_id = f"{report.authority_id}/{audited_at_ms}"
+    rows = [(audit_id, report.authority_id, audited_at_ms, seconds(audited_at_ms), report.source,
+             f.code, f.event_id, f.event_type, f.where, f.session_id, f.detail)
+            for f in report.findings]
+    if rows:
+        client = clickhouse_client(settings)
+        try:
+            client.execute(f"INSERT INTO {AUDIT_FINDINGS} "
+                           f"({', '.join(TABLE_COLUMNS[AUDIT_FINDINGS])}) VALUES", rows)
+        finally:
+            client.disconnect()
+    return audit_id
+
+
 @cli.group(name="audit", invoke_without_command=True)
 @click.option("--authority", "authority_id", default="", help="The rate authority audited.")
 @click.option("--from", "from_ms", type=int, default=0, help="Settlements admitted from (ms).")
@@ -179,9 +199,11 @@ def findings_table(report: AuditReport) -> Table:
 @click.option("--processor-public-key", "processor_key_hex", default="",
               help="Hex Ed25519 public key of the processors (default: the deployment's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--record", is_flag=True, help="Also write the findings to ClickHouse.")
 @click.pass_context
 def audit_command(ctx: click.Context, authority_id: str, from_ms: int, to_ms: int,
-                  source_name: str, processor_key_hex: str, as_json: bool) -> None:
+                  source_name: str, processor_key_hex: str, as_json: bool,
+                  record: bool) -> None:
     """Replay every settlement under a rate authority; exit 1 on any finding."""
     if ctx.invoked_subcommand is not None:
         return
@@ -189,6 +211,8 @@ def audit_command(ctx: click.Context, authority_id: str, from_ms: int, to_ms: in
         raise click.UsageError("--authority is required")
     report = run_audit(settings_of(ctx), authority_id, (from_ms, to_ms), source_name,
                        processor_key_hex, show_progress=not as_json)
+    if record:
+        record_findings(settings_of(ctx), report, now_ms())
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2, sort_keys=True))
     else:

@@ -144,6 +144,13 @@ def test_a_clean_audit_recomputes_every_settlement_exactly_and_exits_0(
     admitted_total = sum((p["total_amount"] for _, p in audited["admitted"].values()), Decimal(0))
     assert Decimal(report["totals_by_currency"]["USD"]) == admitted_total
     assert report["checkpoints_verified"] >= len(audited["checkpoints"])
+    # The sink archives every signed checkpoint into log_checkpoints.
+    signed = {(c["log_id"], c["tree_size"]) for c in audited["checkpoints"]}
+    rows = mesh.wait_rows("SELECT log_id, tree_size FROM log_checkpoints FINAL WHERE event_id "
+                          "IN %(ids)s", {"ids": tuple(c["event_id"] for c in
+                                                      audited["checkpoints"])},
+                          count=len(signed))
+    assert set(rows) == signed
     assert report["events_verified"] >= 2 * 8, "each session's evidence was re-verified"
     print(f"audit replay: {report['events_replayed']} records at {report['events_per_s']}/s")
 
@@ -220,8 +227,11 @@ def test_one_byte_of_an_archived_event_changed_and_the_archive_audit_names_it(
     assert ("EVIDENCE_NOT_VERIFIABLE", settlement.event_id) in named
     assert all(f.session_id in ("", f"{PREFIX}-s0") for f in report.findings)
     done = audit_cli(mesh, "audit", "--authority", audited["authority"], "--source",
-                     "clickhouse")
+                     "clickhouse", "--record")
     assert done.returncode == 1 and target.event_id in done.stdout
+    rows = mesh.query("SELECT code FROM audit_findings FINAL WHERE authority_id = %(a)s "
+                      "AND event_id = %(id)s", {"a": audited["authority"], "id": target.event_id})
+    assert {"BAD_SIGNATURE", "ARCHIVE_MISMATCH"} <= {code for (code,) in rows}
 
 
 def _explain(mesh: Mesh) -> None:
