@@ -38,21 +38,22 @@ TARIFF = {"tax_percent": "8.25", "congestion_fee_per_kwh": "0.02",
 READING = "chargemesh.session.v1.MeterReadingRecorded"
 
 
-def settled_sessions(mesh: Mesh) -> dict[str, Any]:
-    """An authority, its tariff, one station and two sessions driven to final settlement."""
+def settled_sessions(mesh: Mesh, prefix: str = PREFIX, count: int = 2) -> dict[str, Any]:
+    """An authority, its tariff, one station and ``count`` sessions driven to final
+    settlement."""
     world, t = mesh.world, now_ms()
-    authority = Participant.seeded(f"{PREFIX}-ra", secret="tests")
-    station = world.credential(f"{PREFIX}-st-cred", ["STATION"], subject_id=f"{PREFIX}-station")
-    meter = world.credential(f"{PREFIX}-meter", ["METER"])
-    vehicles = [world.credential(f"{PREFIX}-ev{i}-cred", ["VEHICLE"], subject_id=f"{PREFIX}-ev{i}")
-                for i in range(2)]
+    authority = Participant.seeded(f"{prefix}-ra", secret="tests")
+    station = world.credential(f"{prefix}-st-cred", ["STATION"], subject_id=f"{prefix}-station")
+    meter = world.credential(f"{prefix}-meter", ["METER"])
+    vehicles = [world.credential(f"{prefix}-ev{i}-cred", ["VEHICLE"], subject_id=f"{prefix}-ev{i}")
+                for i in range(count)]
     world.governance += [
         world.root.recognise_authority(authority, "US-CA", ["RATE_AUTHORITY"], at_ms=t),
         # The vehicles are credentialed under the root: roaming needs reciprocity (P1).
-        sdk.reciprocity_agreed(world.root, authority, agreement_id=f"{PREFIX}-recip", at_ms=t),
-        sdk.tariff_filed(authority, tariff_id=f"{PREFIX}-tariff", jurisdiction="US-CA",
+        sdk.reciprocity_agreed(world.root, authority, agreement_id=f"{prefix}-recip", at_ms=t),
+        sdk.tariff_filed(authority, tariff_id=f"{prefix}-tariff", jurisdiction="US-CA",
                          currency="USD", ceiling_per_kwh="0.80", at_ms=t, **TARIFF),
-        sdk.rules_published(authority, rules_version=f"{PREFIX}-rules", jurisdiction="US-CA",
+        sdk.rules_published(authority, rules_version=f"{prefix}-rules", jurisdiction="US-CA",
                             at_ms=t),
     ]
     mesh.publish(*world.governance)
@@ -60,15 +61,15 @@ def settled_sessions(mesh: Mesh) -> dict[str, Any]:
     start = future_hour(t)
     mesh.publish(sdk.calendar_published(
         station, rate_authority_id=authority.credential_id, jurisdiction="US-CA",
-        tariff_id=f"{PREFIX}-tariff", rules_version=f"{PREFIX}-rules",
+        tariff_id=f"{prefix}-tariff", rules_version=f"{prefix}-rules",
         connectors=[sdk.connector(f"c{i}", 150_000, meter_credential_id=meter.credential_id)
-                    for i in range(2)],
+                    for i in range(count)],
         slot_duration_ms=SLOT_MS, horizon_start_ms=start, horizon_end_ms=start + 6 * 3_600_000,
-        posted_rate_per_kwh="0.40", currency="USD", grid_zone_id=f"{PREFIX}-zone", at_ms=t))
+        posted_rate_per_kwh="0.40", currency="USD", grid_zone_id=f"{prefix}-zone", at_ms=t))
     phases: list[list[SignedEvent]] = [[] for _ in range(6)]
     began = start + SLOT_MS
     for i, vehicle in enumerate(vehicles):
-        sid, cid, order_id = f"{PREFIX}-s{i}", f"c{i}", f"{PREFIX}-o{i}"
+        sid, cid, order_id = f"{prefix}-s{i}", f"c{i}", f"{prefix}-o{i}"
         ident = sdk.identity(station_id=station.subject_id, vehicle=vehicle,
                              rate_authority_id=authority.credential_id, jurisdiction="US-CA",
                              connector_id=cid)
@@ -93,13 +94,13 @@ def settled_sessions(mesh: Mesh) -> dict[str, Any]:
         phases[5].append(sdk.close_out_countersigned(vehicle, close, began + 31 * MINUTE_MS))
     reader = TopicReader(mesh.settings, SETTLEMENTS.name)
     mesh.publish(*[e for phase in phases for e in phase])
-    sessions = {f"{PREFIX}-s{i}" for i in range(2)}
+    sessions = {f"{prefix}-s{i}" for i in range(count)}
     try:
         try:
-            reader.wait_for(lambda rs: sessions <= finalised(rs), timeout_s=60,
+            reader.wait_for(lambda rs: sessions <= finalised(rs, prefix), timeout_s=60,
                             workers=(mesh.worker,))
         except TimeoutError:
-            _explain(mesh)
+            _explain(mesh, prefix)
             raise
         admitted = {r.payload()["session_id"]: (r.event(), r.payload()) for r in reader.records
                     if r.key and r.key.decode() in sessions
@@ -110,8 +111,8 @@ def settled_sessions(mesh: Mesh) -> dict[str, Any]:
     return {"authority": authority.credential_id, "admitted": admitted, "readings": readings}
 
 
-def finalised(records: list[Record]) -> set[str]:
-    return {r.key.decode() for r in records if r.key and r.key.decode().startswith(PREFIX)
+def finalised(records: list[Record], prefix: str) -> set[str]:
+    return {r.key.decode() for r in records if r.key and r.key.decode().startswith(prefix)
             and r.event().event_type.endswith("SettlementFinalised")}
 
 
@@ -234,7 +235,7 @@ def test_one_byte_of_an_archived_event_changed_and_the_archive_audit_names_it(
     assert {"BAD_SIGNATURE", "ARCHIVE_MISMATCH"} <= {code for (code,) in rows}
 
 
-def _explain(mesh: Mesh) -> None:
+def _explain(mesh: Mesh, prefix: str) -> None:
     from chargemesh.streams.topics import REJECTIONS
 
     rej = TopicReader(mesh.settings, REJECTIONS.name)
@@ -242,6 +243,5 @@ def _explain(mesh: Mesh) -> None:
     rej.close()
     for r in rej.records:
         rec = r.rejection()
-        if PREFIX in rec["event_id"] or PREFIX in rec["author_credential_id"] or PREFIX in str(
-                rec["detail"]):
+        if prefix in rec["author_credential_id"] or prefix in str(rec["detail"]):
             print("REJECTED", rec["event_type"], rec["reason_code"], rec["detail"])
