@@ -290,7 +290,7 @@ def prove(settings: Settings, event_id: str = "", raw: bytes | None = None,
 
 def _is_event(record: LogRecord, event_id: str) -> bool:
     try:
-        return open_envelope(record.value).event_id == event_id
+        return bool(open_envelope(record.value).event_id == event_id)
     except Exception:  # noqa: BLE001 - undecodable records are no event
         return False
 

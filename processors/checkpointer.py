@@ -147,8 +147,8 @@ class InclusionProof:
     checkpoint_event_id: str
 
     def verify(self, leaf: bytes) -> bool:
-        return merkle.verify_inclusion(leaf, self.leaf_index, self.tree_size, self.path,
-                                       self.root_hash)
+        return bool(merkle.verify_inclusion(leaf, self.leaf_index, self.tree_size, self.path,
+                                            self.root_hash))
 
     def as_json(self) -> dict[str, Any]:
         return {"log_id": self.log_id, "offset": self.offset, "leaf_index": self.leaf_index,
