@@ -34,7 +34,8 @@ from chargemesh.streams.topics import ALL_TOPICS, RETENTION_FOREVER_MS, partitio
 COMMAND_MODULES: tuple[str, ...] = ("chargemesh.infra.cli_ops", "chargemesh.infra.demo",
                                      "chargemesh.infra.cli_audit",
                                      "chargemesh.infra.cli_disputes",
-                                     "chargemesh.infra.cli_grid",)
+                                     "chargemesh.infra.cli_grid",
+                                     "chargemesh.infra.cli_participant",)
 # More rows for `status`, appended by command modules (e.g. the processes `start` launched).
 STATUS_EXTENSIONS: list[Callable[[Settings], list[ComponentStatus]]] = []
 

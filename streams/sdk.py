@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import time
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from confluent_kafka import Producer
 
@@ -74,6 +74,19 @@ def topic_for(event_type: str) -> str:
 def seed_for(name: str, secret: str = "chargemesh-demo") -> bytes:
     """A deterministic 32-byte key seed (simulations and tests that must be reproducible)."""
     return hashlib.sha256(f"{secret}/{name}".encode()).digest()
+
+
+class CredentialHolder(Protocol):
+    """What an issuer needs of a holder: its public parts (a Participant, or a key request)."""
+
+    @property
+    def credential_id(self) -> str: ...
+
+    @property
+    def subject_id(self) -> str: ...
+
+    @property
+    def public_key(self) -> bytes: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +171,7 @@ class Participant:
         return self.sign("chargemesh.governance.v1.IssuerDelegated", payload,
                          subject_key=self.credential_id, occurred_at_ms=at_ms)
 
-    def issue_credential(self, holder: "Participant", roles: list[str], jurisdiction: str,
+    def issue_credential(self, holder: CredentialHolder, roles: list[str], jurisdiction: str,
                          valid_from_ms: int = 0, valid_until_ms: int = FOREVER_MS,
                          attributes: dict[str, str] | None = None, at_ms: int = 0) -> SignedEvent:
         payload = {
