@@ -6,6 +6,7 @@ Used by the main job, the simulator and the benchmarks (tests have their own in 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from chargemesh.infra.config import Settings
@@ -63,3 +64,50 @@ def deploy(settings: Settings, jurisdictions: list[str], secret: str = "chargeme
         root.delegate_issuer(issuer, ALL_DELEGATED_ROLES, jurisdictions, at_ms=at_ms),
     ])
     return deployment
+
+
+DEV_GOVERNANCE_DIR = "dev-governance"
+DEV_ROOT_ID = "authority:dev-root"
+DEV_ISSUER_ID = "issuer:dev-root-1"
+DEV_JURISDICTIONS = ["US-CA", "DE-BY"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DevGovernance:
+    root_key_file: Path
+    issuer_key_file: Path
+    created: bool
+
+
+def ensure_dev_governance(settings: Settings, at_ms: int = 0) -> DevGovernance:
+    """The embedded stack's development governance root, created once per state directory.
+
+    Fresh random keys for a root authority and its issuer (key files, mode 0600, usable with
+    ``chargemesh credential issue --issuer-key``), the root added to the trust anchors, and the
+    authority declaration and issuer delegation published to the governance topic. A second call
+    finds the marker file and changes nothing.
+    """
+    from chargemesh.infra.cli_ops import add_anchor
+    from chargemesh.infra.cli_participant import load_key_file, write_key_file
+
+    folder = settings.state_dir / DEV_GOVERNANCE_DIR
+    root_file, issuer_file = folder / "root.key.json", folder / "issuer.key.json"
+    marker = folder / "published.json"
+    if marker.exists():
+        return DevGovernance(root_file, issuer_file, created=False)
+    if root_file.exists() and issuer_file.exists():  # an earlier run stopped before publishing
+        root, issuer = load_key_file(root_file), load_key_file(issuer_file)
+    else:
+        root, issuer = Participant.generate(DEV_ROOT_ID), Participant.generate(DEV_ISSUER_ID)
+        write_key_file(root_file, root, overwrite=True)
+        write_key_file(issuer_file, issuer, overwrite=True)
+    add_anchor(settings.trust_anchors_path, root.credential_id, root.public_key, replace=True)
+    pub = publisher(settings)
+    pub.publish(root.declare_authority("chargemesh dev root authority", DEV_JURISDICTIONS[0],
+                                       ["AUTHORITY", "RATE_AUTHORITY"], at_ms=at_ms))
+    pub.publish(root.delegate_issuer(issuer, ALL_DELEGATED_ROLES, DEV_JURISDICTIONS,
+                                     at_ms=at_ms))
+    pub.flush()
+    marker.write_text(json.dumps({"root": root.credential_id, "issuer": issuer.credential_id,
+                                  "root_public_key_hex": root.public_key.hex()}))
+    return DevGovernance(root_file, issuer_file, created=True)

@@ -83,6 +83,12 @@ def up(ctx: click.Context) -> None:
         result = EmbeddedStack(settings_of(ctx)).up()
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
+    settings = settings_of(ctx)
+    dev = None
+    if settings.kafka_embedded:
+        from chargemesh.infra.bootstrap import ensure_dev_governance
+
+        dev = ensure_dev_governance(settings)
     elapsed_s = time.monotonic() - started_s
     running = ", ".join(f"{n} pid {p}" for n, p in result.pids.items()) or "nothing embedded"
     _console.print(
@@ -90,6 +96,10 @@ def up(ctx: click.Context) -> None:
         f"{len(result.topics.created)} topics created; "
         f"migrations applied: {list(result.migrations_applied) or 'none'}"
     )
+    if dev is not None:
+        _console.print(f"dev governance root {'created' if dev.created else 'in place'}: "
+                       f"issue credentials with `chargemesh credential issue --issuer-key "
+                       f"{dev.issuer_key_file}`")
 
 
 @cli.command()

@@ -72,6 +72,8 @@ DECISION_ROUTES: dict[str, tuple[str, str, str]] = {
                            topics.SETTLEMENTS.name, "session_id"),
     "SettlementFinalised": ("chargemesh.settlement.v1.SettlementFinalised",
                             topics.SETTLEMENTS.name, "session_id"),
+    "FleetAccountingRecorded": ("chargemesh.settlement.v1.FleetAccountingRecorded",
+                                topics.SETTLEMENTS.name, "session_id"),
     "DisputeRecorded": ("chargemesh.dispute.v1.DisputeRecorded", topics.DISPUTES.name,
                         "session_id"),
 }

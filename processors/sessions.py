@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors import ledger
+from chargemesh.processors import fleet, ledger, v2g
 from chargemesh.processors.ledger import Command, Decision, GovernanceView, LedgerState, _emit
 from chargemesh.processors.reasons import Rejection
 from chargemesh.processors.settlement import Reading, Reprice, Tariff, segments, settle
@@ -63,6 +63,9 @@ def _handshake(state: LedgerState, cmd: Command, view: GovernanceView,
         return Rejection("OUTSIDE_RESERVATION", "the handshake is outside the booked window")
     if p["session_id"] in sessions(state):
         return Rejection("DUPLICATE_SESSION", f"{p['session_id']} already exists")
+    export_start_problem = v2g.start_problem(p)
+    if export_start_problem is not None:
+        return export_start_problem
     cal = state.calendar
     assert cal is not None  # a live reservation implies a calendar  # noqa: S101
     tariff = view.tariffs.get(cal["tariff_id"])
@@ -88,6 +91,8 @@ def _handshake(state: LedgerState, cmd: Command, view: GovernanceView,
         "stop_reason": "", "close_out": None, "settlement_id": "", "signed_by": [],
         "evidence_event_ids": [cmd.event_id],
     }
+    v2g.start(sessions(state)[p["session_id"]], connector, p)  # E3: the export register
+    fleet.start(sessions(state)[p["session_id"]], state.station_id, view)  # E4: one fleet?
     return None
 
 
@@ -112,6 +117,7 @@ def _reading(state: LedgerState, cmd: Command, view: GovernanceView,
     if problem is not None:
         return problem
     s["readings"].append((p["reading_seq"], p["read_at_ms"], p["cumulative_import_wh"]))
+    v2g.record(s, p.get("cumulative_export_wh", 0))
     s["evidence_event_ids"].append(cmd.event_id)
     return None
 
@@ -129,7 +135,9 @@ def _reading_problem(s: dict[str, Any], p: dict[str, Any], last_seq: int, last_a
     if p["cumulative_import_wh"] - last_wh > ceiling_wh + PLAUSIBILITY_SLACK_WH:
         return Rejection("IMPLAUSIBLE_READING", f"{p['cumulative_import_wh'] - last_wh} Wh in "
                          f"{elapsed_ms} ms exceeds {s['power_w']} W")
-    return None
+    return v2g.export_problem(s, p.get("cumulative_export_wh", 0),
+                              p["cumulative_import_wh"] - last_wh,
+                              ceiling_wh + PLAUSIBILITY_SLACK_WH)
 
 
 def _grid_event(state: LedgerState, cmd: Command, view: GovernanceView,
@@ -210,17 +218,33 @@ def _closed_out(state: LedgerState, cmd: Command, view: GovernanceView,
         return Rejection("MISSING_READINGS", f"close-out names seq {p['last_reading_seq']}, "
                          f"ledger has {last_seq}")
     problem = _reading_problem(s, {"reading_seq": last_seq + 1, "read_at_ms": p["closed_at_ms"],
-                                   "cumulative_import_wh": p["final_import_wh"]},
+                                   "cumulative_import_wh": p["final_import_wh"],
+                                   "cumulative_export_wh": p.get("final_export_wh", 0)},
                                last_seq, last_at, last_wh)
     if problem is not None:
         return problem
     s["close_out"] = {"closed_at_ms": p["closed_at_ms"], "final_import_wh": p["final_import_wh"],
+                      "final_export_wh": p.get("final_export_wh", 0),
                       "event_hash": cmd.event_hash.hex()}
     s["status"] = "CLOSED_OUT"
     s["evidence_event_ids"].append(cmd.event_id)
     s["signed_by"] = [cmd.author_id]
-    _emit(state, out, ("SettlementAdmitted", admitted_settlement(state, s, cmd.occurred_at_ms)))
+    if v2g.awaits_clearing_price(s):
+        return None  # E3: settled when the zone's operator co-signs with the clearing price
+    _admit(state, s, cmd.occurred_at_ms, out)
     return None
+
+
+def _admit(state: LedgerState, s: dict[str, Any], at_ms: int, out: list[Decision]) -> None:
+    settlement = admitted_settlement(state, s, at_ms)
+    _emit(state, out, ("SettlementAdmitted", settlement))
+    entry = fleet.accounting_entry(s, settlement)  # E4: the fleet's internal accounting
+    if entry is not None:
+        _emit(state, out, ("FleetAccountingRecorded", entry))
+
+
+def settlement_id_for(session_id: str) -> str:
+    return f"stl:{session_id}"
 
 
 def admitted_settlement(state: LedgerState, s: dict[str, Any], at_ms: int) -> dict[str, Any]:
@@ -232,14 +256,17 @@ def admitted_settlement(state: LedgerState, s: dict[str, Any], at_ms: int) -> di
                       Reading(s["close_out"]["closed_at_ms"], s["close_out"]["final_import_wh"]),
                       s["rate_per_kwh"], reprices)
     lines, total = settle(tariff, energy)
-    s["settlement_id"] = f"stl:{s['session_id']}"
+    lines, total = v2g.with_export_credit(tariff, s, lines, total)  # E3: two-sided
+    kind, lines, total = fleet.internal_entry(s, lines, total)  # E4: no payment due
+    s["settlement_id"] = settlement_id_for(s["session_id"])
     return {
         "settlement_id": s["settlement_id"], "session_id": s["session_id"],
         "identity": s["identity"], "tariff_id": tariff.tariff_id, "currency": tariff.currency,
         "rounding": tariff.rounding, "lines": lines, "total_amount": total,
         "energy_import_wh": s["close_out"]["final_import_wh"] - s["meter_start_wh"],
-        "energy_export_wh": 0, "evidence_event_ids": list(s["evidence_event_ids"]),
-        "required_signer_ids": required_signers(s), "kind": "CHARGE",
+        "energy_export_wh": v2g.exported_wh(s),
+        "evidence_event_ids": list(s["evidence_event_ids"]),
+        "required_signer_ids": required_signers(s), "kind": kind,
         "adjusts_settlement_id": "", "admitted_at_ms": at_ms,
     }
 
@@ -265,6 +292,12 @@ def _co_signed(state: LedgerState, cmd: Command, view: GovernanceView,
         return s
     if cmd.author_id not in s["grid_operator_ids"]:
         return Rejection("NOT_THE_ZONES_OPERATOR", "no grid program names this operator here")
+    if s["status"] == "CLOSED_OUT" and v2g.awaits_clearing_price(s):
+        problem = v2g.clearing_price_problem(s, p, settlement_id_for(s["session_id"]))
+        if problem is not None:
+            return problem
+        v2g.price(s, p["clearing_price_per_kwh"])  # E3: the export is priced: settle it now
+        _admit(state, s, cmd.occurred_at_ms, out)
     if p["settlement_id"] != s["settlement_id"]:
         return Rejection("UNKNOWN_SETTLEMENT", f"{p['settlement_id']} is not this session's")
     return _add_signature(state, s, cmd, p["close_out_event_hash"], out)

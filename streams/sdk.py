@@ -395,10 +395,11 @@ def order(vehicle: Participant, kind: str, *, order_id: str, ident: dict[str, An
 
 def handshake(station: Participant, vehicle: Participant, *, session_id: str,
               reservation_id: str, ident: dict[str, Any], started_at_ms: int,
-              meter_start_wh: int = 0) -> SignedEvent:
+              meter_start_wh: int = 0, meter_start_export_wh: int = 0) -> SignedEvent:
     """C3: the connector handshake, signed by the station and co-signed by the vehicle."""
     payload = {"session_id": session_id, "reservation_id": reservation_id, "identity": ident,
-               "started_at_ms": started_at_ms, "meter_start_wh": meter_start_wh}
+               "started_at_ms": started_at_ms, "meter_start_wh": meter_start_wh,
+               "meter_start_export_wh": meter_start_export_wh}
     return station.sign("chargemesh.session.v1.ConnectorHandshakeCompleted", payload,
                         subject_key=ident["station_id"], occurred_at_ms=started_at_ms,
                         chain_id=session_id, co_signers=[vehicle])
