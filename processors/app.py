@@ -76,6 +76,11 @@ DECISION_ROUTES: dict[str, tuple[str, str, str]] = {
                                 topics.SETTLEMENTS.name, "session_id"),
     "DisputeRecorded": ("chargemesh.dispute.v1.DisputeRecorded", topics.DISPUTES.name,
                         "session_id"),
+    # E1: one record per segment pass batch and one per trip, on the road operator's key.
+    "SegmentPassesApplied": ("chargemesh.wireless.v1.SegmentPassesApplied",
+                             topics.DECISIONS.name, "road_operator_id"),
+    "TripSettled": ("chargemesh.wireless.v1.TripSettled", topics.DECISIONS.name,
+                    "road_operator_id"),
 }
 CALENDAR_PUBLISHED = "chargemesh.capacity.v1.SlotCalendarPublished"
 CREDENTIAL_REVOKED = "chargemesh.governance.v1.CredentialRevoked"

@@ -14,6 +14,7 @@ from chargemesh.processors import ledger, sessions  # noqa: F401 - sessions regi
 from chargemesh.processors import disputes  # noqa: F401 - registers P2 dispute commands
 from chargemesh.processors import revocation  # noqa: F401 - registers RevocationRouted
 from chargemesh.processors import observers  # noqa: F401 - registers ObserverDecisionRouted
+from chargemesh.processors import wireless  # noqa: F401 - registers E1 trips and segment passes
 from chargemesh.processors import swap, mobile  # noqa: F401 - registers E2 swap, E5 mobile
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ingress import Admitted, decode

@@ -144,6 +144,16 @@ POLICIES: dict[str, EventPolicy] = {
         MKT, PARTY_ROLES | ARBITER_ROLES, key_path="station_id"
     ),
     "chargemesh.dispute.v1.DisputeResolved": _p(MKT, ARBITER_ROLES, key_path="station_id"),
+    # E1 wireless: keyed by the road operator, whose ledger aggregates trips (wireless.py); the
+    # segment signs its own batch of passes, the vehicle its trip.
+    "chargemesh.wireless.v1.TripAuthorised": _p(
+        MKT, VEHICLE_ROLES, key_path="road_operator_id",
+        author_subject_path="identity.vehicle_id",
+    ),
+    "chargemesh.wireless.v1.SegmentPassesRecorded": _p(
+        MKT, STATION_ROLES, key_path="road_operator_id", author_subject_path="segment_id"
+    ),
+    "chargemesh.wireless.v1.TripClosed": _p(MKT, VEHICLE_ROLES, key_path="road_operator_id"),
 }
 
 PATH_DEPTH_MAX = 4

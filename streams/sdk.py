@@ -36,6 +36,7 @@ TOPIC_OF_DOMAIN = {
     "grid": topics.GRID.name,
     "dispute": topics.DISPUTES.name,
     "audit": topics.CHECKPOINTS.name,
+    "wireless": topics.MARKET.name,  # E1: keyed by the road operator (streams/wireless.py)
 }
 
 
