@@ -81,7 +81,8 @@ def open_market(mesh: Mesh, prefix: str, now_ms: int, connectors: list[dict[str,
                 hours: int = 24, posted: str = "0.400000", ceiling: str = "0.80",
                 tariff: dict[str, Any] | None = None, grid_zone_id: str = "zone-1",
                 authority: Participant | None = None, jurisdiction: str = "US-CA",
-                currency: str = "USD", **rules: Any) -> Market:
+                currency: str = "USD", station_attributes: dict[str, str] | None = None,
+                **rules: Any) -> Market:
     """Files a tariff and rules under ``authority`` (default: the root authority), credentials a
     station (and a meter per connector), publishes its calendar (starting a day ahead), and
     returns once published."""
@@ -90,7 +91,8 @@ def open_market(mesh: Mesh, prefix: str, now_ms: int, connectors: list[dict[str,
     start = future_hour(now_ms)
     tariff_id, rules_version = f"{prefix}-tariff", f"{prefix}-rules"
     station_id = f"{prefix}-station"
-    station = world.credential(f"{prefix}-st-cred", ["STATION"], subject_id=station_id)
+    station = world.credential(f"{prefix}-st-cred", ["STATION"], subject_id=station_id,
+                               attributes=station_attributes)
     meters = {}
     for conn in connectors:
         meter_id = f"{prefix}-meter-{conn['connector_id']}"
