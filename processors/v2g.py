@@ -26,7 +26,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.infra.checks import ensure
+from chargemesh.infra.checks import InvariantError, ensure
 from chargemesh.processors.reasons import Rejection
 from chargemesh.processors.settlement import WH_PER_KWH, Tariff, line
 
@@ -120,9 +120,10 @@ def export_credit_line(tariff: Tariff, exported: int, clearing_price_per_kwh: De
     """The export credit: rounded once by the authority's rule on its magnitude, negative."""
     ensure(exported > 0, f"an export credit needs exported energy, got {exported} Wh")
     credit = tariff.round(Decimal(exported) * clearing_price_per_kwh / WH_PER_KWH)
-    return line(EXPORT_CREDIT, f"{exported} Wh exported at the clearing price "
-                f"{clearing_price_per_kwh}/kWh", exported, clearing_price_per_kwh, -credit,
-                from_ms, until_ms)
+    credit_line: dict[str, Any] = line(
+        EXPORT_CREDIT, f"{exported} Wh exported at the clearing price {clearing_price_per_kwh}"
+        "/kWh", exported, clearing_price_per_kwh, -credit, from_ms, until_ms)
+    return credit_line
 
 
 def with_export_credit(tariff: Tariff, s: dict[str, Any], lines: list[dict[str, Any]],
@@ -132,8 +133,9 @@ def with_export_credit(tariff: Tariff, s: dict[str, Any], lines: list[dict[str, 
     if exported <= 0:
         return lines, total
     clearing = s.get("clearing_price_per_kwh")
-    ensure(clearing is not None, f"{s['session_id']} exported {exported} Wh but is not priced")
-    credit = export_credit_line(tariff, exported, Decimal(clearing), s["started_at_ms"],
+    if not isinstance(clearing, Decimal):
+        raise InvariantError(f"{s['session_id']} exported {exported} Wh but is not priced")
+    credit = export_credit_line(tariff, exported, clearing, s["started_at_ms"],
                                 s["close_out"]["closed_at_ms"])
     lines = [*lines, credit]
     return lines, sum((ln["amount"] for ln in lines), Decimal(0))

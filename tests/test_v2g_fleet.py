@@ -179,9 +179,9 @@ def test_a_net_exporter_is_paid_and_the_credit_rounds_by_the_authoritys_rule() -
     settlement = decision(priced, "SettlementAdmitted")
     assert kinds(priced) == ["SettlementAdmitted"]
     # import 500 Wh x 0.30 = 0.15 -> 0 yen; export 10,001 Wh x 22.5 = 225.0225 -> 225 yen
-    assert amounts(settlement) == [("ENERGY", Decimal("0")),
-                                   ("V2G_EXPORT_CREDIT", Decimal("-225"))]
-    assert settlement["total_amount"] == Decimal("-225")  # a payout to the vehicle
+    assert amounts(settlement) == [("ENERGY", Decimal(0)),
+                                   ("V2G_EXPORT_CREDIT", Decimal(-225))]
+    assert settlement["total_amount"] == Decimal(-225)  # a payout to the vehicle
     assert kinds(depot.countersign(close, 71)) == ["SettlementFinalised"]
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-
 from chargemesh.infra.cli_fleet import load_report, report_table
 from chargemesh.streams import sdk
 from chargemesh.streams.envelope import SignedEvent
@@ -148,7 +147,7 @@ def test_fleet_depot_session_is_an_internal_entry_in_the_fleets_esg_report(mesh:
                       {"st": market.station_id}) == [(0,)]
     assert mesh.query("SELECT kind, total_amount, evidence_event_ids FROM settlements "
                       "FINAL WHERE session_id = %(s)s", {"s": plug.session_id}) == [
-        ("INTERNAL_ACCOUNTING", Decimal("0"), [start.event_id, reading.event_id, close.event_id])]
+        ("INTERNAL_ACCOUNTING", Decimal(0), [start.event_id, reading.event_id, close.event_id])]
 
     report = load_report(mesh.settings, fleet_id, None)
     assert [(r["site_id"], r["energy_import_wh"], r["renewable_share"]) for r in report] == [
