@@ -504,3 +504,4 @@ from chargemesh.sinks import projections_audit  # noqa: E402, F401
 from chargemesh.sinks import projections_disputes  # noqa: E402, F401
 from chargemesh.sinks import projections_wireless  # noqa: E402, F401
 from chargemesh.sinks import projections_v2g_fleet  # noqa: E402, F401
+from chargemesh.sinks import projections_swap_mobile  # noqa: E402, F401
