@@ -218,3 +218,13 @@ def test_a_truck_delivers_in_two_jurisdictions_under_each_places_tariff(mesh: Me
                         "ORDER BY relocated_at_ms", {"s": here.station_id})
     assert places == [("US-CA", world.root.credential_id, "mob-ca"),
                       ("DE-BY", eu.credential_id, "mob-by")]
+
+    # P5: the foreign authority replays the settlement filed under it, alone, and finds it exact.
+    _register_command_modules()
+    env: dict[str, str | None] = {**mesh.settings.as_environ(), "CHARGEMESH_CONFIG": None}
+    done = CliRunner().invoke(cli, ["audit", "--authority", eu.credential_id, "--json"],
+                              env=env, catch_exceptions=False)
+    report = json.loads(done.output)
+    assert report["ok"] and report["findings"] == [], report["findings"]
+    assert report["settlements_checked"] == report["settlements_recomputed"] == 1
+    assert Decimal(report["totals_by_currency"]["EUR"]) == Decimal("7.85")
