@@ -66,6 +66,13 @@ from chargemesh.processors.settlement import WH_PER_KWH, Tariff, line, with_tax
 
 EMBODIMENT = "WIRELESS_SEGMENT"
 TRIPS_OPEN_MAX = 2_000
+# The road's ledger is one state record (at most topics.MESSAGE_BYTES_MAX = 1 MiB): what its open
+# trips hold is budgeted by estimate (per trip, per accepted pass: measured JSON sizes, rounded
+# up), leaving room for the rest of the ledger. About 130 trips of 10 passes fit; past it trips
+# and passes are refused LEDGER_FULL (a larger network is several road operators).
+ROAD_STATE_BYTES_MAX = 600_000
+TRIP_BYTES_EST = 1_000
+PASS_BYTES_EST = 350
 TRIPS_CLOSED_KEPT_MAX = 20_000
 PASSES_PER_BATCH_MAX = 1_000
 PASSES_PER_TRIP_MAX = 2_000
@@ -97,7 +104,7 @@ VEHICLE_CLOSED, IDLE_TIMEOUT, WINDOW_ENDED = "VEHICLE_CLOSED", "IDLE_TIMEOUT", "
 def wireless(state: LedgerState) -> dict[str, Any]:
     """The road operator's E1 state inside the ledger (saved and restored with it)."""
     return state.extra.setdefault(  # type: ignore[no-any-return]
-        "wireless", {"trips": {}, "closed": {}, "scanned_at_ms": 0})
+        "wireless", {"trips": {}, "closed": {}, "scanned_at_ms": 0, "held_bytes_est": 0})
 
 
 # ---- the segment, as its road operator credentialed it ---------------------------------------
@@ -162,8 +169,9 @@ def _authorise(state: LedgerState, cmd: Command, view: GovernanceView,
         "opened_at_ms": p["authorised_at_ms"], "last_at_ms": p["authorised_at_ms"],
         "terms": None, "lines": {}, "pass_ids": {}, "last_left": {},
         "energy_wh": 0, "meter_seconds": 0, "accepted": 0, "refused": 0,
-        "evidence_event_ids": [cmd.event_id],
+        "evidence_event_ids": [cmd.event_id], "held_bytes_est": TRIP_BYTES_EST,
     }
+    w["held_bytes_est"] += TRIP_BYTES_EST
     return None
 
 
@@ -197,8 +205,9 @@ def _trip_problem(state: LedgerState, cmd: Command, view: GovernanceView) -> Rej
     if any(t["vehicle_credential_id"] == cmd.author_id for t in w["trips"].values()):
         return Rejection("TRIP_ALREADY_OPEN", "the vehicle has an open trip on this road: close "
                          "it first")
-    if len(w["trips"]) >= TRIPS_OPEN_MAX:
-        return Rejection("LEDGER_FULL", f"{TRIPS_OPEN_MAX} trips open on this road")
+    if len(w["trips"]) >= TRIPS_OPEN_MAX or (
+            w["held_bytes_est"] + TRIP_BYTES_EST > ROAD_STATE_BYTES_MAX):
+        return Rejection("LEDGER_FULL", "this road's ledger holds as many open trips as it can")
     return None
 
 
@@ -260,6 +269,8 @@ def _apply_pass(state: LedgerState, cmd: Command, segment: dict[str, Any],
     if trip is not None and trip["status"] == OPEN:
         if problem is None:
             _aggregate(trip, segment, ps, rate, cmd.event_id)
+            trip["held_bytes_est"] += PASS_BYTES_EST
+            wireless(state)["held_bytes_est"] += PASS_BYTES_EST
         else:
             trip["refused"] += 1
     return outcome
@@ -285,6 +296,8 @@ def pass_problem(state: LedgerState, segment: dict[str, Any], ps: dict[str, Any]
         return Rejection("NOT_THE_TRIPS_VEHICLE", "the pass names another vehicle")
     if ps["entered_at_ms"] > trip["last_at_ms"] + trip["idle_close_ms"]:
         return Rejection("TRIP_CLOSED", "the trip had idled out before this pass")
+    if wireless(state)["held_bytes_est"] + PASS_BYTES_EST > ROAD_STATE_BYTES_MAX:
+        return Rejection("LEDGER_FULL", "this road's ledger holds as many passes as it can")
     return (geofence_problem(segment, ps) or timing_problem(segment, ps, trip, recorded_at_ms)
             or energy_problem(segment, ps) or _terms_problem(segment, ps, trip, rate))
 
@@ -435,6 +448,7 @@ def _settle(state: LedgerState, trip: dict[str, Any], closed_at_ms: int, reason:
             out: list[Decision]) -> None:
     w = wireless(state)
     del w["trips"][trip["trip_id"]]
+    w["held_bytes_est"] -= trip["held_bytes_est"]
     w["closed"][trip["trip_id"]] = closed_at_ms
     if len(w["closed"]) > TRIPS_CLOSED_KEPT_MAX:
         oldest = sorted(w["closed"], key=lambda t: (w["closed"][t], t))
@@ -482,7 +496,8 @@ def trip_lines(trip: dict[str, Any]) -> tuple[list[dict[str, Any]], Decimal]:
         if rate:
             amount = tariff.round(Decimal(total_wh) * rate / WH_PER_KWH)
             lines.append(line(kind, f"{label} {rate}/kWh", total_wh, rate, amount))
-    return with_tax(tariff, lines)
+    taxed: tuple[list[dict[str, Any]], Decimal] = with_tax(tariff, lines)
+    return taxed
 
 
 def trip_settlement(trip: dict[str, Any], at_ms: int) -> dict[str, Any] | None:

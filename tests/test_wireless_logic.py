@@ -11,7 +11,7 @@ from chargemesh.processors import ledger, wireless
 from chargemesh.processors.ingress import Admitted, Refused, admit
 from chargemesh.processors.market import Step, market_step
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.topics import MARKET
+from chargemesh.streams.topics import MARKET, MESSAGE_BYTES_MAX
 
 from .wireless_road import DELIVERED_WH, PASS_MS, RATES, Road, expected_total
 from .world import T0_MS, make_world
@@ -52,7 +52,7 @@ class Drive:
 
 
 def outcomes(step: Step) -> list[dict[str, Any]]:
-    [(kind, applied)] = [d for d in step.decisions if d[0] == "SegmentPassesApplied"]
+    [(_kind, applied)] = [d for d in step.decisions if d[0] == "SegmentPassesApplied"]
     return applied["outcomes"]  # type: ignore[no-any-return]
 
 
@@ -239,3 +239,28 @@ def test_state_survives_a_save_and_restore_between_passes() -> None:
     closed = drive.feed(drive.road.close(drive.ev, "trip-1", drive.t0 + 10 * MINUTE_MS))
     assert decision(closed, "SettlementAdmitted")["total_amount"] == expected_total(
         [(DELIVERED_WH, RATES[i % 2]) for i in range(4)])
+
+
+def test_the_roads_ledger_stays_within_its_state_budget() -> None:
+    """Open trips and their passes are refused LEDGER_FULL before the ledger's state record
+    could outgrow the state topic's message limit; settling trips frees the room."""
+    drive = Drive()
+    vehicles = [drive.road.vehicle(f"v{n}") for n in range(200)]
+    drive.store = drive.world.store()
+    refused = []
+    for n, v in enumerate(vehicles):
+        step = drive.feed(drive.road.trip(v, f"t{n}", drive.t0, at_ms=drive.t0))
+        if step.rejection is not None:
+            refused.append(step.rejection.reason)
+            continue
+        entered = drive.t0 + MINUTE_MS
+        passes = [drive.road.pass_of(v, f"t{n}", i, entered + i * PASS_MS) for i in range(10)]
+        for i, ps in enumerate(passes):
+            drive.feed(drive.road.batch(i, [ps], ps.left_at_ms + 500, batch_id=f"{n}/{i}"))
+    assert refused and set(refused) == {"LEDGER_FULL"}
+    assert len(ledger.dump_state(drive.state)) < MESSAGE_BYTES_MAX
+    first = drive.feed(drive.road.close(vehicles[0], "t0", drive.t0 + 30 * MINUTE_MS))
+    assert first.rejection is None
+    again = drive.feed(drive.road.trip(vehicles[-1], "t-late", drive.t0 + 30 * MINUTE_MS,
+                                       at_ms=drive.t0 + 30 * MINUTE_MS))
+    assert again.rejection is None
