@@ -7,7 +7,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-
 from chargemesh.streams import wireless as sdk_wireless
 from chargemesh.streams.sdk import Participant, now_ms
 
