@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors import checkpointer
+from chargemesh.processors import checkpointer, fleet, swap, v2g
 from chargemesh.processors.checkpointer import Checkpoint, LogRecord
 from chargemesh.processors.governance import (
     GOVERNANCE_EVENT_TYPES,
@@ -57,6 +57,14 @@ REPRICE_PROPOSED = SESSION + "RepriceProposed"
 GRID_ROUTED = "chargemesh.grid.v1.GridEventRouted"
 CO_SIGNED = "chargemesh.grid.v1.SettlementCoSigned"
 SIGNING_TYPES = (SESSION + "CloseOutCountersigned", CO_SIGNED)
+SWAPPED = SESSION + "PackSwapCompleted"
+WIRELESS = "chargemesh.wireless.v1."
+TRIP_AUTHORISED = WIRELESS + "TripAuthorised"
+TRIP_CLOSED = WIRELESS + "TripClosed"
+PASSES_RECORDED = WIRELESS + "SegmentPassesRecorded"
+# Settlements the audit verifies (signatures, chains, hash links, finality) but does not
+# recompute, by what they are: reported, never a finding.
+NOT_RECOMPUTED_WIRELESS = "WIRELESS_TRIP"
 PROGRESS_EVERY = 500
 
 
@@ -86,6 +94,10 @@ class AuditReport:
     settlements_checked: int = 0
     settlements_recomputed: int = 0
     settlements_final: int = 0
+    # settlement kind -> count checked but not recomputed (verified only); see the module doc
+    settlements_not_recomputed: dict[str, int] = dataclasses.field(default_factory=dict)
+    # embodiment (E1..E5 shape: V2G, INTERNAL_ACCOUNTING, SWAP, WIRELESS_TRIP, SESSION) -> count
+    settlements_by_shape: dict[str, int] = dataclasses.field(default_factory=dict)
     totals_by_currency: dict[str, Decimal] = dataclasses.field(default_factory=dict)
     checkpoints_verified: int = 0
     checkpoints_skipped: int = 0
@@ -140,6 +152,14 @@ Progress = Callable[[int], None]
 
 def where_of(record: LogRecord) -> str:
     return f"{record.topic}/{record.partition}@{record.offset}"
+
+
+def names_session(payload: dict[str, Any], sid: str) -> bool:
+    """The evidence is of session (or wireless trip) ``sid``; a pass batch, when any of its
+    passes is."""
+    if "passes" in payload:
+        return any(ps.get("trip_id") == sid for ps in payload["passes"])
+    return bool(payload.get("session_id", payload.get("trip_id")) == sid)
 
 
 def comparable(lines: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -341,15 +361,21 @@ class Audit:
         self.report.settlements_checked += 1
         self.verify(entry)
         evidence = self._evidence(entry, sid)
+        types = {e.event.event_type for e in evidence}
+        if any(t.startswith(WIRELESS) for t in types):
+            self._shape(NOT_RECOMPUTED_WIRELESS)
+            self._check_trip(entry, evidence)
+            return
+        if SWAPPED in types:
+            self._shape("SWAP")
+            self._check_swap(entry, evidence)
+            return
         closes = [e for e in evidence if e.event.event_type == SESSION + "MeterClosedOut"]
         if not closes:
             self.find("MISSING_EVIDENCE", entry.record, entry.event, "no close-out in evidence",
                       sid)
             return
         close = closes[-1]
-        if entry.event.body.prev_hash != close.event.event_hash:
-            self.find("BROKEN_HASH_LINK", entry.record, entry.event,
-                      "the settlement's prev_hash is not its session's close-out", sid)
         signing = [e for e in self.signatures.get(sid, {}).values() if self.verify(e)]
         for e in signing:
             if not (
@@ -357,9 +383,112 @@ class Audit:
                     == bytes(e.payload["close_out_event_hash"])):
                 self.find("BROKEN_HASH_LINK", e.record, e.event,
                           "signature event is not linked to the session's close-out", sid)
-        if p["kind"] == "CHARGE":
-            self._recompute(entry, evidence, close)
+        priced_by = None
+        if int(p.get("energy_export_wh", 0)) > 0:
+            # E3: an exporting session settles on the grid operator's co-signature (it carries
+            # the clearing price), which itself links to the close-out.
+            priced = [e for e in signing if e.event.event_type == CO_SIGNED
+                      and e.event.event_hash == entry.event.body.prev_hash]
+            if priced:
+                priced_by = priced[0]
+            else:
+                self.find("BROKEN_HASH_LINK", entry.record, entry.event,
+                          "a V2G settlement's prev_hash is not the grid operator's co-signature "
+                          "of its session's close-out", sid)
+        elif entry.event.body.prev_hash != close.event.event_hash:
+            self.find("BROKEN_HASH_LINK", entry.record, entry.event,
+                      "the settlement's prev_hash is not its session's close-out", sid)
+        if p["kind"] in (fleet.CHARGE, fleet.INTERNAL):
+            self._recompute(entry, evidence, close, priced_by)
+        else:
+            self._not_recomputed(str(p["kind"]))
         self._check_finality(entry, signing, close)
+
+    def _shape(self, shape: str) -> None:
+        self.report.settlements_by_shape[shape] = self.report.settlements_by_shape.get(
+            shape, 0) + 1
+
+    def _not_recomputed(self, kind: str) -> None:
+        self.report.settlements_not_recomputed[kind] = (
+            self.report.settlements_not_recomputed.get(kind, 0) + 1)
+
+    def _counted(self, entry: Entry, currency: str, total: Decimal) -> None:
+        self.report.settlements_recomputed += 1
+        self.report.totals_by_currency[currency] = (
+            self.report.totals_by_currency.get(currency, Decimal(0)) + total)
+
+    # ---- E1: a wireless trip (verified, not recomputed) -------------------------------------
+
+    def _check_trip(self, entry: Entry, evidence: list[Entry]) -> None:
+        """A trip's settlement aggregates segment passes the road's ledger accepted one by one
+        (duplicates, geofence, plausibility): the audit re-verifies every cited batch, the
+        trip's authorisation and the hash links, and reports the trip as not recomputed."""
+        sid = entry.payload["session_id"]
+        self._not_recomputed(NOT_RECOMPUTED_WIRELESS)
+        authorised = [e for e in evidence if e.event.event_type == TRIP_AUTHORISED]
+        if not authorised:
+            self.find("MISSING_EVIDENCE", entry.record, entry.event,
+                      "no TripAuthorised in the trip's evidence", sid)
+            return
+        vehicle = authorised[0].event.body.author_credential_id
+        if entry.payload["identity"]["vehicle_credential_id"] != vehicle:
+            self.find("IDENTITY_MISMATCH", entry.record, entry.event,
+                      "the settlement names another vehicle than the trip's authorisation", sid)
+        for fin in self.finalised.get(sid, []):
+            self.verify(fin)
+            if fin.event.body.prev_hash != entry.event.body.prev_hash:
+                self.find("BROKEN_HASH_LINK", fin.record, fin.event,
+                          "finality does not rest on the event that settled the trip", sid)
+            if list(fin.payload["signer_ids"]) != [vehicle]:
+                self.find("FINAL_WITHOUT_SIGNATURES", fin.record, fin.event,
+                          f"a trip is final on its vehicle's signature: {vehicle}", sid)
+        if self.finalised.get(sid):
+            self.report.settlements_final += 1
+
+    # ---- E2: a pack swap (recomputed under the filed swap tariff) ---------------------------
+
+    def _check_swap(self, entry: Entry, evidence: list[Entry]) -> None:
+        p, sid = entry.payload, entry.payload["session_id"]
+        swapped = next(e for e in evidence if e.event.event_type == SWAPPED)
+        if entry.event.body.prev_hash != swapped.event.event_hash:
+            self.find("BROKEN_HASH_LINK", entry.record, entry.event,
+                      "the settlement's prev_hash is not its co-signed swap", sid)
+        sp = swapped.payload
+        filed = self.store.tariff(p["tariff_id"])
+        reservation = self.reserved.get(sp["reservation_id"])
+        problem = ""
+        if sp["identity"] != p["identity"]:
+            problem = "IDENTITY_MISMATCH: settlement identity differs from the swap's"
+        elif filed is None:
+            problem = f"TARIFF_NOT_FILED: {p['tariff_id']} was never filed"
+        elif filed["rate_authority_id"] != p["identity"]["rate_authority_id"]:
+            problem = f"TARIFF_OF_ANOTHER_AUTHORITY: filed by {filed['rate_authority_id']}"
+        elif reservation is None:
+            problem = "MISSING_EVIDENCE: no SlotReserved for the swap's booking"
+        if problem or filed is None or reservation is None:
+            code, _, detail = problem.partition(": ")
+            self.find(code, entry.record, entry.event, detail, sid)
+        else:
+            self.verify(reservation)
+            tariff = Tariff.from_filing(filed)
+            delivered = max(0, int(sp["pack_out_charge_wh"]) - int(sp["pack_in_charge_wh"]))
+            lines, total = swap.swap_settlement(tariff, Decimal(reservation.payload[
+                "rate_per_kwh"]), delivered, int(sp["swapped_at_ms"]))
+            self._counted(entry, tariff.currency, total)
+            self._compare(entry, lines, total, delivered, tariff.currency)
+        signers = set(swapped.event.signer_ids)
+        for fin in self.finalised.get(sid, []):
+            self.verify(fin)
+            missing = [x for x in p["required_signer_ids"]
+                       if x not in fin.payload["signer_ids"] or x not in signers]
+            if missing:
+                self.find("FINAL_WITHOUT_SIGNATURES", fin.record, fin.event,
+                          f"required signers without a signature on the swap: {missing}", sid)
+            if fin.event.body.prev_hash != swapped.event.event_hash:
+                self.find("BROKEN_HASH_LINK", fin.record, fin.event,
+                          "finality does not link to the co-signed swap", sid)
+        if self.finalised.get(sid):
+            self.report.settlements_final += 1
 
     def _evidence(self, entry: Entry, sid: str) -> list[Entry]:
         out = []
@@ -374,40 +503,66 @@ class Audit:
                           f"evidence {event_id} fails verification: left out of the recompute",
                           sid)
                 continue
-            if ev.payload.get("session_id") != sid:
+            if not names_session(ev.payload, sid):
                 self.find("EVIDENCE_OF_ANOTHER_SESSION", ev.record, ev.event,
                           f"cited by {sid}'s settlement", sid)
                 continue
             out.append(ev)
         return out
 
-    def _recompute(self, entry: Entry, evidence: list[Entry], close: Entry) -> None:
+    def _recompute(self, entry: Entry, evidence: list[Entry], close: Entry,
+                   priced_by: Entry | None) -> None:
+        """The processors' own pure functions over the signed evidence: the filed tariff's
+        import lines, the V2G export credit at the co-signed clearing price (E3) and the fleet's
+        internal entry when one fleet holds both credentials (E4)."""
         p, sid = entry.payload, entry.payload["session_id"]
         inputs = self._settlement_inputs(entry, evidence)
         if inputs is None:
             return
-        tariff, base_rate, start, reprices = inputs
+        tariff, base_rate, start, reprices, handshake = inputs
         readings = [Reading(int(e.payload["read_at_ms"]), int(e.payload["cumulative_import_wh"]))
                     for e in evidence if e.event.event_type == SESSION + "MeterReadingRecorded"]
         final = Reading(int(close.payload["closed_at_ms"]), int(close.payload["final_import_wh"]))
+        s: dict[str, Any] = {
+            "session_id": sid, "started_at_ms": start.at_ms,
+            "meter_start_export_wh": int(handshake.payload.get("meter_start_export_wh", 0)),
+            "close_out": {"closed_at_ms": final.at_ms,
+                          "final_export_wh": int(close.payload.get("final_export_wh", 0))},
+            "vehicle_credential_id": p["identity"]["vehicle_credential_id"],
+            "station_credential_id": handshake.event.body.author_credential_id}
         try:
             lines, total = settle(tariff, segments(start, readings, final, base_rate, reprices))
+            if v2g.exported_wh(s) > 0:
+                if priced_by is None:
+                    return  # found already: no co-signature carries the clearing price
+                s["clearing_price_per_kwh"] = Decimal(priced_by.payload["clearing_price_per_kwh"])
+                self._shape("V2G")
+            lines, total = v2g.with_export_credit(tariff, s, lines, total)
+            fleet.start(s, p["identity"]["station_id"], self.store)
+            kind, lines, total = fleet.internal_entry(s, lines, total)
         except ValueError as exc:
             self.find("EVIDENCE_INCONSISTENT", entry.record, entry.event, str(exc), sid)
             return
-        self.report.settlements_recomputed += 1
-        self.report.totals_by_currency[tariff.currency] = (
-            self.report.totals_by_currency.get(tariff.currency, Decimal(0)) + total)
-        energy_wh = final.import_wh - start.import_wh
-        if (comparable(lines) != comparable(p["lines"]) or total != p["total_amount"]
-                or energy_wh != p["energy_import_wh"] or tariff.currency != p["currency"]):
+        self._shape(kind if kind == fleet.INTERNAL else "SESSION")
+        self._counted(entry, tariff.currency, total)
+        if kind != p["kind"] or v2g.exported_wh(s) != int(p.get("energy_export_wh", 0)):
             self.find("SETTLEMENT_MISMATCH", entry.record, entry.event,
-                      f"recomputed {total} {tariff.currency} for {energy_wh} Wh in {len(lines)} "
+                      f"recomputed a {kind} settlement exporting {v2g.exported_wh(s)} Wh; "
+                      f"admitted {p['kind']} exporting {p.get('energy_export_wh', 0)} Wh", sid)
+        self._compare(entry, lines, total, final.import_wh - start.import_wh, tariff.currency)
+
+    def _compare(self, entry: Entry, lines: list[dict[str, Any]], total: Decimal,
+                 energy_wh: int, currency: str) -> None:
+        p = entry.payload
+        if (comparable(lines) != comparable(p["lines"]) or total != p["total_amount"]
+                or energy_wh != p["energy_import_wh"] or currency != p["currency"]):
+            self.find("SETTLEMENT_MISMATCH", entry.record, entry.event,
+                      f"recomputed {total} {currency} for {energy_wh} Wh in {len(lines)} "
                       f"lines; admitted {p['total_amount']} {p['currency']} for "
-                      f"{p['energy_import_wh']} Wh in {len(p['lines'])} lines", sid)
+                      f"{p['energy_import_wh']} Wh in {len(p['lines'])} lines", p["session_id"])
 
     def _settlement_inputs(self, entry: Entry, evidence: list[Entry]
-                           ) -> tuple[Tariff, Decimal, Reading, list[Reprice]] | None:
+                           ) -> tuple[Tariff, Decimal, Reading, list[Reprice], Entry] | None:
         p, sid = entry.payload, entry.payload["session_id"]
         handshakes = [e for e in evidence
                       if e.event.event_type == SESSION + "ConnectorHandshakeCompleted"]
@@ -436,7 +591,8 @@ class Audit:
                       f"{base_rate} > filed {filed['energy_rate_ceiling_per_kwh']}", sid)
         hs = handshakes[0].payload
         start = Reading(int(hs["started_at_ms"]), int(hs["meter_start_wh"]))
-        return Tariff.from_filing(filed), base_rate, start, self._reprices(entry, evidence)
+        return (Tariff.from_filing(filed), base_rate, start, self._reprices(entry, evidence),
+                handshakes[0])
 
     def _reprices(self, entry: Entry, evidence: list[Entry]) -> list[Reprice]:
         sid, out = entry.payload["session_id"], []

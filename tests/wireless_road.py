@@ -21,11 +21,14 @@ TAX = {"tax_percent": "8.25", "rounding": "HALF_UP", "minor_units": 2}
 
 
 class Road:
-    def __init__(self, world: World, name: str, segments: int = 10) -> None:
+    def __init__(self, world: World, name: str, segments: int = 10,
+                 authority: Participant | None = None) -> None:
+        """``authority``: the rate authority filing the road's tariffs (default: the root)."""
         self.world, self.name = world, name
         self.operator = Participant.seeded(f"{name}-operator", secret="tests")
         self.operator_id = self.operator.credential_id
-        self.authority_id = world.root.credential_id
+        rate_authority = authority or world.root
+        self.authority_id = rate_authority.credential_id
         self.segment_ids = [f"{name}-seg-{i}" for i in range(segments)]
         self.tariff_ids = (f"{name}-tariff-a", f"{name}-tariff-b")
         world.governance.append(world.root.delegate_issuer(
@@ -33,7 +36,7 @@ class Road:
         for tid, rate, covered in zip(self.tariff_ids, RATES,
                                       (self.segment_ids[0::2], self.segment_ids[1::2])):
             world.governance.append(sdk.tariff_filed(
-                world.root, tariff_id=tid, jurisdiction="US-CA", currency="USD",
+                rate_authority, tariff_id=tid, jurisdiction="US-CA", currency="USD",
                 ceiling_per_kwh=rate, station_ids=list(covered), at_ms=T0_MS, **TAX))
         self.segments = [self._segment(i) for i in range(segments)]
 
