@@ -476,7 +476,7 @@ class Audit:
                 "rate_per_kwh"]), delivered, int(sp["swapped_at_ms"]))
             self._counted(entry, tariff.currency, total)
             self._compare(entry, lines, total, delivered, tariff.currency)
-        signers = set(swapped.event.signer_ids)
+        signers = set(swapped.event.signer_ids())
         for fin in self.finalised.get(sid, []):
             self.verify(fin)
             missing = [x for x in p["required_signer_ids"]

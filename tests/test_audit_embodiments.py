@@ -7,29 +7,33 @@ wireless trips)."""
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 
 import pytest
 from chargemesh.infra import cli_audit
 from chargemesh.processors.audit import ALL_TIME_MS, AuditReport
-from chargemesh.streams import sdk
+from chargemesh.streams import sdk, swap_mobile
 from chargemesh.streams.sdk import Participant, now_ms
 
 from .conftest import Mesh
-from .market import open_market
+from .market import SLOT_MS, open_market
 from .test_audit import _explain
-from .test_sessions_pipeline import settlement_records
+from .test_sessions_pipeline import Session, settlement_records
+from .test_swap_mobile_pipeline import _open_truck, _swap, _swap_order
 from .test_v2g_fleet_pipeline import MINUTE_MS, TARIFF, Plug
 from .wireless_road import PASS_MS, Road
 
 pytestmark = pytest.mark.integration
 
 
-def rate_authority(mesh: Mesh, name: str, at_ms: int) -> Participant:
+def rate_authority(mesh: Mesh, name: str, at_ms: int,
+                   jurisdiction: str = "US-CA") -> Participant:
     """A rate authority recognised by the root, with reciprocity for the root's vehicles (P1)."""
     authority = Participant.seeded(f"{name}-ra", secret="tests")
     mesh.world.governance += [
-        mesh.world.root.recognise_authority(authority, "US-CA", ["RATE_AUTHORITY"], at_ms=at_ms),
+        mesh.world.root.recognise_authority(authority, jurisdiction, ["RATE_AUTHORITY"],
+                                            at_ms=at_ms),
         sdk.reciprocity_agreed(mesh.world.root, authority, agreement_id=f"{name}-recip",
                                at_ms=at_ms)]
     return authority
@@ -122,3 +126,64 @@ def test_audit_verifies_a_wireless_trip_settlement_and_reports_it_not_recomputed
     assert report.settlements_checked == 1 and report.settlements_final == 1
     assert report.settlements_not_recomputed == {"WIRELESS_TRIP": 1}
     assert report.events_verified >= 1 + 4 + 1 + 2, "trip, batches, close and decisions"
+
+
+def test_audit_recomputes_a_swap_under_the_filed_swap_tariff(mesh: Mesh) -> None:
+    t = now_ms()
+    name = f"p5e2-{t}"
+    authority = rate_authority(mesh, name, t)
+    market = open_market(mesh, name, t, [sdk.connector("bay1", 1_000_000, kind="SWAP_BAY")],
+                         tariff={"swap_fee": "5.00", "tax_percent": "10"},
+                         grid_zone_id=f"zone-{name}", authority=authority)
+    vehicle = market.vehicle("ev1")
+    mesh.publish(*mesh.world.governance)
+    mesh.world.governance.clear()
+    pack = f"{name}-P1"
+    mesh.publish(swap_mobile.pack_registered(market.station, pack_id=pack, chemistry="NMC",
+                                             state_of_health_permille=950, capacity_wh=60_000,
+                                             charge_wh=57_000, at_ms=market.start_ms - 60_000),
+                 _swap_order(market, vehicle, "o1", 0),
+                 _swap(market, vehicle, "o1", 0, (pack, 57_000), (f"{name}-PA", 6_000)))
+    settled = settlement_records(mesh, market.order_id("swap-o1"),
+                                 {"SettlementAdmitted", "SettlementFinalised"})
+    admitted = settled["SettlementAdmitted"][1]["total_amount"]
+    assert admitted == Decimal("27.94")  # 51,000 Wh at 0.40 + 5.00 fee, 10 % tax
+
+    report = audited(mesh, authority.credential_id)
+    assert report.settlements_checked == 1 and report.settlements_recomputed == 1
+    assert report.settlements_final == 1 and report.settlements_by_shape == {"SWAP": 1}
+    assert report.totals_by_currency == {"USD": admitted}
+
+
+def test_audit_recomputes_a_mobile_delivery_under_the_place_of_deliverys_tariff(
+        mesh: Mesh) -> None:
+    t = now_ms()
+    name = f"p5e5-{t}"
+    authority = rate_authority(mesh, name, t, jurisdiction="DE-BY")
+    mesh.publish(*mesh.world.governance)
+    mesh.world.governance.clear()
+    here = _open_truck(mesh, name, t, authority)
+    there = dataclasses.replace(here, authority_id=authority.credential_id,
+                                jurisdiction="DE-BY", currency="EUR", posted="0.600000")
+    vehicle = here.vehicle("ev-b")
+    mesh.publish(*mesh.world.governance)
+    mesh.world.governance.clear()
+    session = Session(there, vehicle, "b", here.start_ms + 6 * SLOT_MS, connector_id="m1",
+                      slots=2, energy_wh=12_000)
+    reading = session.read(10, 6_000)
+    close = session.close(20, 12_005)
+    mesh.publish(swap_mobile.mobile_relocated(
+        here.station, jurisdiction="DE-BY", rate_authority_id=authority.credential_id,
+        tariff_id=f"{name}-by", posted_rate_per_kwh="0.60", latitude_microdeg=48_137_000,
+        longitude_microdeg=11_575_000, at_ms=t + 1_000, dispatch_id="d1"),
+        session.booking, session.start(), reading, close,
+        sdk.close_out_countersigned(vehicle, close, session.start_ms + 21 * MINUTE_MS))
+    settled = settlement_records(mesh, session.session_id,
+                                 {"SettlementAdmitted", "SettlementFinalised"})
+    admitted = settled["SettlementAdmitted"][1]
+    assert (admitted["currency"], admitted["tariff_id"]) == ("EUR", f"{name}-by")
+
+    report = audited(mesh, authority.credential_id)
+    assert report.settlements_checked == 1 and report.settlements_recomputed == 1
+    assert report.settlements_final == 1 and report.settlements_by_shape == {"SESSION": 1}
+    assert report.totals_by_currency == {"EUR": admitted["total_amount"]}
