@@ -152,6 +152,9 @@ def summary_table(report: AuditReport) -> Table:
             ("settlements final", report.settlements_final),
             ("checkpoints verified", report.checkpoints_verified),
             ("checkpoints not checkable from this source", report.checkpoints_skipped),
+            ("settlements verified, not recomputed",
+             sum(report.settlements_not_recomputed.values())),
+            ("undecodable records (no authority; see --json)", report.unattributed_count),
             ("replay rate (records/s)", f"{report.events_per_s:,.0f}"),
             ("findings", len(report.findings))):
         table.add_row(name, str(value))

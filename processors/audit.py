@@ -81,6 +81,9 @@ class Finding:
         return dataclasses.asdict(self)
 
 
+UNATTRIBUTED_LISTED_MAX = 100
+
+
 @dataclasses.dataclass
 class AuditReport:
     authority_id: str
@@ -101,6 +104,12 @@ class AuditReport:
     totals_by_currency: dict[str, Decimal] = dataclasses.field(default_factory=dict)
     checkpoints_verified: int = 0
     checkpoints_skipped: int = 0
+    # Records on the logs that do not decode at all: they name no authority, so they are not
+    # findings of this authority's audit (a tampered record still fails its signed checkpoint,
+    # and a settlement citing a record that is missing still fails its hash links). Listed so
+    # the regulator sees them: the first UNATTRIBUTED_LISTED_MAX, and the count.
+    unattributed_records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    unattributed_count: int = 0
     elapsed_s: float = 0.0
 
     @property
@@ -240,7 +249,12 @@ class Audit:
                 event = open_envelope(record.value)
                 payload = open_payload(event)
             except DecodeError as exc:
-                self.find(exc.reason_code, record, None, f"record does not decode: {exc.detail}")
+                self.report.unattributed_count += 1
+                if len(self.report.unattributed_records) < UNATTRIBUTED_LISTED_MAX:
+                    self.report.unattributed_records.append({
+                        "topic": record.topic, "partition": record.partition,
+                        "offset": record.offset, "reason_code": exc.reason_code,
+                        "detail": exc.detail[:200]})
                 continue
             entry = Entry(record, event, payload)
             self._check_archived(entry)
