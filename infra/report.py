@@ -526,7 +526,8 @@ def render_html(figures: JsonDict) -> str:
         f"sessions; {reprice['grid_events']} grid events in all; at most "
         f"{REPRICE_SESSIONS_MAX} drawn). Line: the rate in force (booked rate from "
         "<code>slot_ledger</code>, then the re-priced rate from its effective time once the "
-        "vehicle accepted); open circle: proposal, filled: acceptance.</p>"),
+        "vehicle accepted); open circle: proposal, filled: acceptance. Sessions with the "
+        "same rates overlap: earlier ones are drawn wider underneath.</p>"),
         reprice_svg(reprice),
         (f"<h2>Rejections</h2><p class='note'>From <code>rejections</code>: {rejections} events "
         "not admitted, by reason code and the topic they arrived on.</p>"),
