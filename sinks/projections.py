@@ -122,8 +122,10 @@ class ProjectionContext:
 
 Projector = Callable[[ProjectionContext], Rows]
 # What a projector may raise on a payload it cannot project (anything else is a bug and stops
-# the sink before it commits).
-PROJECTOR_ERRORS = (KeyError, TypeError, ValueError, ArithmeticError, InvariantError)
+# the sink before it commits). DecodeError: signed bytes embedded in the payload (an
+# equivocation's attestations) that do not decode.
+PROJECTOR_ERRORS = (KeyError, TypeError, ValueError, ArithmeticError, InvariantError,
+                    DecodeError)
 PROJECTORS: dict[str, Projector] = {}
 
 
