@@ -11,10 +11,14 @@ event hash (SHA-256 of those bytes) is what lineage links (``prev_hash``) point 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import io
+import itertools
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import fastavro
@@ -156,8 +160,25 @@ def _encode_body(body: EventBody) -> bytes:
     return buffer.getvalue()
 
 
+_EVENT_ID_SOURCE: contextvars.ContextVar[Iterator[str] | None] = contextvars.ContextVar(
+    "chargemesh_event_id_source", default=None)
+
+
 def new_event_id() -> str:
-    return str(uuid.uuid4())
+    source = _EVENT_ID_SOURCE.get()
+    return next(source) if source is not None else str(uuid.uuid4())
+
+
+@contextlib.contextmanager
+def deterministic_event_ids(namespace: str) -> Iterator[None]:
+    """Inside: events sealed without an explicit id get UUIDv5(namespace, n) for n = 0, 1, ...
+    in this context only, so a seeded plan (the simulator's) is reproducible byte for byte."""
+    base = uuid.uuid5(uuid.NAMESPACE_URL, f"chargemesh:event-ids:{namespace}")
+    token = _EVENT_ID_SOURCE.set(str(uuid.uuid5(base, str(n))) for n in itertools.count())
+    try:
+        yield
+    finally:
+        _EVENT_ID_SOURCE.reset(token)
 
 
 def seal(
