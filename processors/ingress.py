@@ -14,7 +14,7 @@ from chargemesh.processors.governance import GOVERNANCE_EVENT_TYPES, ChainOk, Tr
 from chargemesh.processors.policy import POLICIES
 from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.schemas.codec import DecodeError
-from chargemesh.streams.envelope import SignedEvent, open_envelope, open_payload
+from chargemesh.streams.envelope import ID_CHARS_MAX, SignedEvent, open_envelope, open_payload
 from chargemesh.streams.topics import GOVERNANCE
 
 REJECTION_NAMESPACE = uuid.UUID("6f1d5c1e-2b7a-4c8e-9a51-3c7f0e2d9b11")
@@ -120,9 +120,10 @@ def rejection_record(
         "source_offset": offset,
         "reason_code": refused.rejection.reason,
         "detail": refused.rejection.detail[:DETAIL_CHARS_MAX],
-        "event_id": event.event_id if event else "",
-        "event_type": event.event_type if event else "",
-        "author_credential_id": event.body.author_credential_id if event else "",
+        # open_envelope bounds these; cut anyway so a rejection always fits its topic.
+        "event_id": event.event_id[:ID_CHARS_MAX] if event else "",
+        "event_type": event.event_type[:ID_CHARS_MAX] if event else "",
+        "author_credential_id": event.body.author_credential_id[:ID_CHARS_MAX] if event else "",
         "rejected_at_ms": rejected_at_ms,
         "raw_bytes": raw[:RAW_BYTES_KEPT_MAX],
     }

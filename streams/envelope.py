@@ -242,7 +242,9 @@ def open_envelope(data: bytes) -> SignedEvent:
     if len(raw_sigs) > SIGNATURES_MAX:
         raise DecodeError("MALFORMED_ENVELOPE", f"{len(raw_sigs)} signatures > {SIGNATURES_MAX}")
     body = EventBody(**raw_body)
-    for text in (body.event_id, body.author_credential_id, body.subject_key, body.chain_id):
+    # The event type too: it is copied into the rejection record, which must fit the topic.
+    for text in (body.event_id, body.event_type, body.author_credential_id, body.subject_key,
+                 body.chain_id):
         if len(text) > ID_CHARS_MAX:
             raise DecodeError("MALFORMED_ENVELOPE", f"identifier longer than {ID_CHARS_MAX}")
     sigs = tuple(

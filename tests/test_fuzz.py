@@ -11,6 +11,7 @@ whose state still serialises, or ClickHouse rows (a rejection row for what does 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -21,7 +22,13 @@ from typing import Any
 import pytest
 from chargemesh.processors import ledger
 from chargemesh.processors.governance import GOVERNANCE_EVENT_TYPES, TrustStore
-from chargemesh.processors.ingress import Admitted, Refused, admit, admit_governance
+from chargemesh.processors.ingress import (
+    Admitted,
+    Refused,
+    admit,
+    admit_governance,
+    rejection_record,
+)
 from chargemesh.processors.market import market_step
 from chargemesh.processors.policy import POLICIES
 from chargemesh.processors.reasons import Reason
@@ -29,7 +36,15 @@ from chargemesh.schemas import registry
 from chargemesh.schemas.codec import DecodeError, catalog
 from chargemesh.sinks.projections import REJECTIONS, SourceMessage, project
 from chargemesh.streams import sdk, topics
-from chargemesh.streams.envelope import SignedEvent, open_envelope, open_payload, seal
+from chargemesh.streams.envelope import (
+    ENVELOPE_BYTES_MAX,
+    REJECTED_SCHEMA,
+    SignedEvent,
+    _encode_body,
+    open_envelope,
+    open_payload,
+    seal,
+)
 from chargemesh.streams.keys import Signer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -51,6 +66,8 @@ INPUT_TOPICS = [topics.GOVERNANCE.name, topics.MARKET.name, topics.GRID.name]
 SINK_TOPICS = [topics.ADMITTED.name, topics.DECISIONS.name, topics.SETTLEMENTS.name,
                topics.DISPUTES.name, topics.REJECTIONS.name]
 HOUR_MS = 3_600_000
+# Key, headers and record framing around a rejection's value.
+REJECTION_OVERHEAD_BYTES_MAX = 4_096
 SLOT_MS = 15 * 60_000
 
 
@@ -296,7 +313,9 @@ def through_decoders(raw: bytes) -> None:
 
 
 def through_admission(raw: bytes, key: bytes | None) -> None:
-    """Every input topic's verifier on ``raw``: admitted (by a signer we hold) or refused."""
+    """Every input topic's verifier on ``raw``: admitted (by a signer we hold) or refused, and
+    a refusal's rejection record fits the rejections topic (else the worker could not publish
+    it and would stop)."""
     fx = fixture()
     for topic in INPUT_TOPICS:
         if topic == topics.GOVERNANCE.name:
@@ -304,6 +323,10 @@ def through_admission(raw: bytes, key: bytes | None) -> None:
         else:
             verdict = admit(raw, key, topic, fx.store)
         check_refused_or_admitted(verdict)
+        if isinstance(verdict, Refused):
+            record = rejection_record(raw, topic, 0, 1, verdict, T0_MS)
+            value = catalog().single_object_encode(REJECTED_SCHEMA, record)
+            assert len(value) + REJECTION_OVERHEAD_BYTES_MAX < topics.MESSAGE_BYTES_MAX
 
 
 def through_sink(raw: bytes | None) -> None:
@@ -435,6 +458,25 @@ def test_random_rejection_records_project_to_a_row(data: st.DataObject) -> None:
     rows = project(SourceMessage(topics.REJECTIONS.name, 0, 2, mutant, T0_MS),
                    topics.REJECTIONS.name, T0_MS)
     assert len(rows[REJECTIONS]) == 1
+
+
+@pytest.mark.parametrize("field", ["event_id", "event_type", "author_credential_id",
+                                   "subject_key", "chain_id"])
+def test_an_envelope_field_as_long_as_the_envelope_allows_is_refused_and_its_rejection_fits(
+        field: str) -> None:
+    """Found by the hostile flood: a ~990 kB event type made a rejection record larger than
+    the topic's max message bytes, the worker could not publish it and stopped (every restart
+    stopped again on the same record)."""
+    fx = fixture()
+    valid = fx.valid[1]
+    body = dataclasses.replace(valid.body, **{field: "T" * (ENVELOPE_BYTES_MAX - 10_000)})
+    raw = SignedEvent(body, _encode_body(body), ()).with_signature(fx.vehicle.signer).encode()
+    assert len(raw) <= ENVELOPE_BYTES_MAX
+    with pytest.raises(DecodeError) as refused:
+        open_envelope(raw)
+    assert refused.value.reason_code == "MALFORMED_ENVELOPE"
+    through_admission(raw, b"fz-station")
+    through_sink(raw)
 
 
 def test_the_fuzz_fixture_admits_its_own_valid_events() -> None:

@@ -12,6 +12,7 @@ printed, not asserted.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import statistics
 import threading
@@ -24,7 +25,7 @@ from chargemesh.infra.runtime import TopicReader
 from chargemesh.processors.reasons import Reason
 from chargemesh.schemas.codec import catalog
 from chargemesh.streams import sdk, topics
-from chargemesh.streams.envelope import ENVELOPE_BYTES_MAX, SignedEvent
+from chargemesh.streams.envelope import ENVELOPE_BYTES_MAX, SignedEvent, _encode_body
 from chargemesh.streams.sdk import Participant, now_ms
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -107,6 +108,13 @@ class Hostile:
         if n % 2 == 0:
             header = self.replayable[0].encode()[:10]
             value = header + bytes(ENVELOPE_BYTES_MAX + 40_000)
+        elif n % 4 == 1:  # an event type of ~990 kB: its rejection record must still fit
+            event = self.forger.sign("chargemesh.capacity.v1.StationHeartbeat",
+                                     {"station_id": self.market.station_id, "at_ms": now_ms()},
+                                     subject_key=self.market.station_id)
+            body = dataclasses.replace(event.body, event_type="T" * 990_000)
+            value = SignedEvent(body, _encode_body(body), ()).with_signature(
+                self.forger.signer).encode()
         else:  # a well-formed, signed envelope whose payload is past PAYLOAD_BYTES_MAX
             value = self.forger.sign("chargemesh.capacity.v1.StationHeartbeat",
                                      {"station_id": "x" * 600_000, "at_ms": now_ms()},
