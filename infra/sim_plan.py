@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from decimal import Decimal
 from typing import Any
 
 from chargemesh.infra.bootstrap import ALL_DELEGATED_ROLES
@@ -52,14 +51,14 @@ DIURNAL = (1, 1, 1, 1, 1, 2, 4, 7, 9, 8, 6, 5, 5, 5, 5, 6, 7, 9, 9, 7, 5, 3, 2, 
 @dataclasses.dataclass(frozen=True)
 class SimConfig:
     seed: int = 7
-    stations: int = 24
-    vehicles: int = 200
+    stations: int = 40
+    vehicles: int = 600
     hours: int = 24
     hostile_fraction: float = 0.05
     day_start_ms: int = DAY0_MS
     tag: str = ""  # distinguishes a second run of one seed on the same stack
 
-    def checked(self) -> "SimConfig":
+    def checked(self) -> SimConfig:
         for name, value, low, high in (("stations", self.stations, STATIONS_MIN, STATIONS_MAX),
                                        ("vehicles", self.vehicles, VEHICLES_MIN, VEHICLES_MAX),
                                        ("hours", self.hours, HOURS_MIN, HOURS_MAX)):
@@ -151,7 +150,7 @@ class Station:
 
     @property
     def sid(self) -> str:
-        return self.participant.subject_id
+        return str(self.participant.subject_id)
 
     def free(self, connector_id: str, start: int, stop: int) -> bool:
         return all(stop <= a or start >= b for a, b in self.booked.get(connector_id, []))
@@ -560,9 +559,11 @@ class Planner:
 
     def ident(self, visit: Visit) -> dict[str, Any]:
         st = visit.station
-        return sdk.identity(station_id=st.sid, vehicle=visit.vehicle.participant,
-                            rate_authority_id=st.authority_id, jurisdiction=st.jurisdiction.code,
-                            connector_id=visit.connector_id)
+        ident: dict[str, Any] = sdk.identity(
+            station_id=st.sid, vehicle=visit.vehicle.participant,
+            rate_authority_id=st.authority_id, jurisdiction=st.jurisdiction.code,
+            connector_id=visit.connector_id)
+        return ident
 
     def order_of(self, visit: Visit) -> SignedEvent:
         st, j = visit.station, visit.station.jurisdiction

@@ -16,10 +16,9 @@ import datetime as dt
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from typing import Any
 
 from chargemesh.infra.config import Settings
 from chargemesh.infra.runtime import WorkerProcess, log_tail, publisher
@@ -30,6 +29,7 @@ from chargemesh.sinks.clickhouse_sink import ClickHouseSink
 from chargemesh.sinks.migrate import clickhouse_client
 from chargemesh.streams.envelope import open_envelope, open_payload
 from chargemesh.streams.topics import DECISIONS, REJECTIONS, SETTLEMENTS
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 BARRIER_WAIT_S_MAX = 60.0
 SETTLE_WAIT_S_MAX = 180.0
@@ -104,7 +104,7 @@ class Watcher:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "Watcher":
+    def start(self) -> Watcher:
         self.thread.start()
         return self
 
@@ -114,8 +114,8 @@ class Watcher:
                 if msg.error():
                     continue
                 try:
-                    self._note(msg.topic(), msg.value(), time.perf_counter())
-                except Exception:  # noqa: BLE001 - a record we cannot read is not ours to time
+                    self._note(msg.topic() or "", msg.value() or b"", time.perf_counter())
+                except Exception:  # noqa: BLE001, S112 - a record we cannot read is not ours to time
                     continue
 
     def _note(self, topic: str, value: bytes, at: float) -> None:
@@ -139,8 +139,10 @@ class Watcher:
                 self.settlements.setdefault(p["settlement_id"], p)
 
     def seen(self, kind: str, key: str) -> bool:
-        table = {"decided": self.decided, "reprice": self.reprices, "reevaluated": self.reevaluated,
-                 "final": self.final, "rejected": self.rejected}[kind]
+        tables: dict[str, dict[str, Any]] = {
+            "decided": self.decided, "reprice": self.reprices, "reevaluated": self.reevaluated,
+            "final": self.final, "rejected": self.rejected}
+        table = tables[kind]
         with self.lock:
             return key in table
 
@@ -258,7 +260,7 @@ class Run:
 def write_latencies(settings: Settings, run_id: str,
                     latencies: dict[str, list[tuple[str, float]]]) -> None:
     now_ms = int(time.time() * 1000)
-    at = dt.datetime.fromtimestamp(now_ms // 1000, tz=dt.timezone.utc).replace(tzinfo=None)
+    at = dt.datetime.fromtimestamp(now_ms // 1000, tz=dt.UTC).replace(tzinfo=None)
     rows = [(run_id, kind, subject, ms, now_ms, at)
             for kind, pairs in latencies.items() for subject, ms in pairs]
     client = clickhouse_client(settings)
@@ -272,7 +274,7 @@ def write_latencies(settings: Settings, run_id: str,
 
 def write_run(settings: Settings, summary: SimSummary, params: dict[str, Any]) -> None:
     started = dt.datetime.fromtimestamp(summary.started_at_ms // 1000,
-                                        tz=dt.timezone.utc).replace(tzinfo=None)
+                                        tz=dt.UTC).replace(tzinfo=None)
     client = clickhouse_client(settings)
     try:
         client.execute("INSERT INTO simulation_runs (run_id, seed, started_at_ms, "
@@ -300,7 +302,7 @@ def collect_settlements(settings: Settings, prefix: str,
                 if not event.event_type.endswith("SettlementAdmitted"):
                     continue
                 payload = record.payload()
-            except Exception:  # noqa: BLE001 - not a settlement of ours
+            except Exception:  # noqa: BLE001, S112 - not a settlement of ours
                 continue
             if f":{prefix}-" in payload["settlement_id"]:
                 out.setdefault(payload["settlement_id"], payload)
@@ -422,13 +424,18 @@ def write_report(settings: Settings, run_id: str, out_dir: Path) -> Path | None:
 
 # ---- the `chargemesh simulate` command --------------------------------------------------------
 
-import click  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,  # noqa: E402
-                           SpinnerColumn, TextColumn, TimeElapsedColumn)
-from rich.table import Table  # noqa: E402
-
-from chargemesh.infra.cli import cli, settings_of  # noqa: E402
+import click
+from chargemesh.infra.cli import cli, settings_of
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.progress import Progress as RichProgress
+from rich.table import Table
 
 
 @cli.command()
