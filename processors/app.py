@@ -265,6 +265,12 @@ class Processors:
         self.station_to_ledger = ChangelogTable(topics.STATION_LEDGER_STATE.name)
         self.event_id_to_position = ChangelogTable(topics.EVENT_POSITION_STATE.name)
         self.zone_to_stations = ChangelogTable(topics.ZONE_STATIONS_STATE.name)
+        # Decoded station ledgers, as persisted: station -> (the table value it was decoded from
+        # or encoded to, that state). Used only while ``station_to_ledger.data`` still holds that
+        # very bytes object (identity), so a restore that replaces a value is never shadowed.
+        # Batches mutate the cached state in place; a batch that fails stops the process
+        # (fail_stop), so a state here never runs ahead of what the state topic acknowledged.
+        self._ledger_cache: dict[str, tuple[bytes, ledger.LedgerState]] = {}
         self._register()
 
     # ---- wiring ------------------------------------------------------------------------------
@@ -295,14 +301,18 @@ class Processors:
         @app.on_partitions_assigned.connect
         async def restore_after_assignment(sender: Any, assigned: Any, **_: Any) -> None:
             self.restored.clear()
+            self._ledger_cache.clear()
             await self._restore_tables(assigned)
             self.restored.set()
 
         @app.agent(self.topics[topics.MARKET.name])
         async def decide_market(stream: Any) -> None:
+            finished = 0.0
             async for batch in stream.take_events(BATCH_EVENTS_MAX, within=BATCH_WITHIN_S):
                 await self._wait_ready()
                 started = time.perf_counter()
+                if finished:  # between batches: Faust's fetch, batching and acks, or idle
+                    self.stats.phase("gap", started - finished)
                 self._batch_started_s = started
                 for event in batch:
                     self.stats.offset(event.message.partition, event.message.offset)
@@ -310,7 +320,8 @@ class Processors:
                     await self._market_batch(batch)
                 except BaseException as exc:  # noqa: BLE001 - see fail_stop
                     fail_stop("market batch", exc)
-                self.stats.record(len(batch), time.perf_counter() - started)
+                finished = time.perf_counter()
+                self.stats.record(len(batch), finished - started)
                 self._batch_started_s = 0.0
 
         @app.agent(self.topics[topics.GRID.name])
@@ -476,9 +487,14 @@ class Processors:
         outputs: list[Output] = []
         touched: dict[str, StationBatch] = {}
         first_seen: dict[str, str] = {}
+        clock = time.perf_counter
+        verify_s = 0.0
+        began = clock()
         for event in batch:
             msg = event.message
+            t0 = clock()
             verdict = await self._verify(msg.value, msg.key, msg.topic)
+            verify_s += clock() - t0
             if isinstance(verdict, Admitted) and msg.partition != expected_partition(
                     msg.key or b"", self.settings.partitions):
                 verdict = Refused(Rejection.of(Reason.KEY_MISMATCH, "not on the key's partition"),
@@ -498,16 +514,26 @@ class Processors:
                 outputs.extend(self._station_step(station, verdict, msg, touched, first_seen,
                                                   scoped))
         # Outputs first, acknowledged; only then the state that says they were produced.
-        decided = time.perf_counter()
+        decided = clock()
         await self._publish(outputs)
-        published = time.perf_counter()
-        await self._persist(
-            [(self.station_to_ledger, station.encode(), b.partition, ledger.dump_state(b.state))
-             for station, b in touched.items()]
-            + [(self.event_id_to_position, event_id.encode(), int(position.split(":")[0]),
-                position.encode()) for event_id, position in first_seen.items()])
+        published = clock()
+        states = [(self.station_to_ledger, station.encode(), b.partition,
+                   ledger.dump_state(b.state)) for station, b in touched.items()]
+        writes = states + [
+            (self.event_id_to_position, event_id.encode(), int(position.split(":")[0]),
+             position.encode()) for event_id, position in first_seen.items()]
+        encoded = clock()
+        await self._persist(writes)
+        for (_, _, _, value), (station, b) in zip(states, touched.items()):
+            self._ledger_cache[station] = (value, b.state)
+        # Per-phase seconds, logged by BatchStats.report: verify (ingress admission), decide
+        # (ledger steps and sealing outputs), publish (outputs sent and acknowledged), encode
+        # (state serialised), tables (state written and acknowledged).
+        self.stats.phase("verify", verify_s)
+        self.stats.phase("decide", decided - began - verify_s)
         self.stats.phase("publish", published - decided)
-        self.stats.phase("tables", time.perf_counter() - published)
+        self.stats.phase("encode", encoded - published)
+        self.stats.phase("tables", clock() - encoded)
 
     def _station_step(self, station: str, verdict: Admitted, msg: Any,
                       touched: dict[str, "StationBatch"], first_seen: dict[str, str],
@@ -638,6 +664,9 @@ class Processors:
 
     def _load_station(self, station: str, partition: int) -> StationBatch:
         raw = self.station_to_ledger.get(station.encode())
+        cached = self._ledger_cache.get(station)
+        if raw and cached is not None and cached[0] is raw:
+            return StationBatch(cached[1], raw, partition)  # decoded when it was persisted
         state = ledger.load_state(raw) if raw else ledger.LedgerState(station)
         return StationBatch(state, raw, partition)
 

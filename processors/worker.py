@@ -6,7 +6,10 @@ Settings come from the environment (``CHARGEMESH_*``), like every chargemesh pro
 from __future__ import annotations
 
 import argparse
+import cProfile
 import logging
+import os
+import signal
 
 from faust import Worker
 
@@ -14,7 +17,31 @@ from chargemesh.infra.config import load_settings
 from chargemesh.processors.app import Processors
 
 
+PROFILE_ENV = "CHARGEMESH_WORKER_PROFILE"
+# Faust's worker (mode) takes SIGUSR1 (logs task stacks) and SIGUSR2 (enters pdb).
+PROFILE_SIGNAL = signal.SIGRTMIN + 1
+
+
+def _install_profile_toggle(path: str) -> None:
+    """Profiling on demand (``infra/profile_worker.py``): the first PROFILE_SIGNAL starts
+    cProfile on the event loop's thread, the next stops it and dumps pstats to ``path``."""
+    profiler: list[cProfile.Profile] = []
+
+    def toggle(signum: int, frame: object) -> None:
+        if profiler:
+            prof = profiler.pop()
+            prof.disable()
+            prof.dump_stats(path)
+        else:
+            profiler.append(cProfile.Profile())
+            profiler[0].enable()
+
+    signal.signal(PROFILE_SIGNAL, toggle)
+
+
 def run_worker(index: int = 0, loglevel: str = "warning") -> None:
+    if os.environ.get(PROFILE_ENV):
+        _install_profile_toggle(os.environ[PROFILE_ENV])
     settings = load_settings()
     processors = Processors(settings, index)
     # The web port comes from the app's settings (one per worker index).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -1059,3 +1060,25 @@ def test_no_connector_is_ever_double_booked_and_every_booking_is_on_the_grid(
         outcome = m.feed(event)
         assert outcome.rejection is None or outcome.rejection.reason != "UNSUPPORTED_EVENT"
         check_invariants(m.state)
+
+
+def test_state_encoding_is_the_dataclass_encoding_and_round_trips() -> None:
+    """``dump_state`` encodes reservations, bids and outages from their ``__dict__`` (fast); the
+    bytes are those of the ``dataclasses.asdict`` encoding states were written with before."""
+    m = market()
+    assert m.posted("v1", "o1", slot(1)).rejection is None
+    assert m.bid("v2", "o2", slot(5), "0.50").rejection is None
+    m.capacity("c1", "MAINTENANCE", slot(6))
+    state = m.state
+    assert state.reservations and state.bids and state.outages
+    data = {
+        "station_id": state.station_id, "calendar": state.calendar,
+        "reservations": [dataclasses.asdict(r) for r in state.reservations.values()],
+        "bids": [dataclasses.asdict(b) for b in state.bids],
+        "outages": [dataclasses.asdict(o) for o in state.outages],
+        "clock_ms": state.clock_ms, "station_clock_ms": state.station_clock_ms, "seq": state.seq,
+        "applied_through_offset": state.applied_through_offset, "extra": state.extra,
+    }
+    expected = json.dumps(data, default=ledger._json_default, separators=(",", ":")).encode()
+    assert ledger.dump_state(state) == expected
+    assert ledger.load_state(expected) == state
