@@ -64,8 +64,9 @@ def bench_envelope(samples: int = ENVELOPE_SAMPLES) -> dict[str, float]:
 class LedgerBench:
     """A private stack, one worker, stations with calendars and vehicles with credentials."""
 
-    def __init__(self, state_dir: Path, stations: int, vehicles: int) -> None:
-        self.settings: Settings = private_settings(state_dir)
+    def __init__(self, state_dir: Path, stations: int, vehicles: int,
+                 partitions: int = 4) -> None:
+        self.settings: Settings = private_settings(state_dir, partitions=partitions)
         self.stack = EmbeddedStack(self.settings)
         self.stack.up()
         self.now = int(time.time() * 1000)
