@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from chargemesh.processors.governance import TrustAnchor, TrustStore
-from chargemesh.processors.ingress import Admitted, Refused, admit_governance
+from chargemesh.processors.ingress import DETAIL_CHARS_MAX, Admitted, Refused, admit_governance
+from chargemesh.processors.reasons import Rejection
+from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.topics import GOVERNANCE
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 FETCH_RECORDS_MAX = 2_000
 FETCH_TIMEOUT_MS = 200
 CATCH_UP_TIMEOUT_S = 10.0
+# Verdicts the governance agent has not taken yet (how far the follower reads ahead of it); a
+# refusal is kept compact (ids, reason, detail: about 1.5 kB at most).
 VERDICTS_KEPT_MAX = 1_000_000
 
 
@@ -68,7 +72,7 @@ class GovernanceFollower:
 
     def _apply(self, offset: int, key: bytes | None, value: bytes) -> None:
         verdict = admit_governance(value, key, self.store)
-        self.verdicts[offset] = verdict
+        self.verdicts[offset] = compact(verdict)
         while len(self.verdicts) > VERDICTS_KEPT_MAX:
             self.verdicts.popitem(last=False)
         self._next_offset = offset + 1
@@ -99,4 +103,17 @@ class GovernanceFollower:
             await self.poll_once()
 
     def verdict_at(self, offset: int) -> Admitted | Refused | None:
-        return self.verdicts.get(offset)
+        """The verdict of ``offset``, taken: the governance agent asks once per offset and has
+        published its outputs before it asks for a later one (a redelivery after that finds
+        none and publishes nothing again, which its first pass already did)."""
+        return self.verdicts.pop(offset, None)
+
+
+def compact(verdict: Admitted | Refused) -> Admitted | Refused:
+    """A refusal keeps what its rejection record needs (ids, reason, detail), not the refused
+    bytes: a hostile governance record of ~1 MB would otherwise stay ~1 MB in every worker."""
+    if isinstance(verdict, Admitted) or verdict.event is None:
+        return verdict
+    body = dataclasses.replace(verdict.event.body, payload=b"", prev_hash=b"")
+    rejection = Rejection(verdict.rejection.reason, verdict.rejection.detail[:DETAIL_CHARS_MAX])
+    return Refused(rejection, SignedEvent(body, b"", ()))

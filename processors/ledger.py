@@ -757,7 +757,7 @@ def dump_state(state: LedgerState) -> bytes:
 def load_state(raw: bytes) -> LedgerState:
     data = json.loads(raw, object_hook=_json_hook)
     reservations = [Reservation(**r) for r in data["reservations"]]
-    return LedgerState(
+    state = LedgerState(
         station_id=data["station_id"], calendar=data["calendar"],
         reservations={r.reservation_id: r for r in reservations},
         bids=[Bid(**b) for b in data["bids"]],
@@ -766,3 +766,5 @@ def load_state(raw: bytes) -> LedgerState:
         seq=data["seq"],
         applied_through_offset=data["applied_through_offset"], extra=data["extra"],
     )
+    vars(state)["_bytes_bound"] = len(raw)  # its serialised size (market.py's state budget)
+    return state

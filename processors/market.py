@@ -21,6 +21,16 @@ from chargemesh.processors.ingress import Admitted, decode
 from chargemesh.processors.reasons import Reason, Rejection
 
 
+# A station's ledger is one record on its state topic (at most topics.MESSAGE_BYTES_MAX = 1 MiB
+# with key and framing): a step that would grow it past this is undone and refused LEDGER_FULL,
+# where the worker could otherwise not persist it and would stop on it at every restart (one
+# meter's 20,000 readings of one session serialise to ~1.3 MB).
+STATION_STATE_BYTES_MAX = 900_000
+# What one event may add to the serialised state: per byte of its payload, plus a constant (a
+# reservation, a session, the rules a calendar copies). Below the budget by more than that, a
+# step runs without measuring; nearer, the state is serialised before and after it.
+STATE_GROWTH_BYTES_PER_PAYLOAD_BYTE = 16
+STATE_GROWTH_BYTES_PER_EVENT = 16_384
 GRID_EVENT_ROUTED = "chargemesh.grid.v1.GridEventRouted"
 GRID_EVENT_DECLARED = "chargemesh.grid.v1.GridEventDeclared"
 
@@ -69,7 +79,7 @@ def market_step(state: ledger.LedgerState, verdict: Admitted, partition: int, of
         payload = dict(payload, _grid_event=routed_grid_event(payload, view))
     cmd = ledger.Command(event.event_type, payload, event.body.occurred_at_ms,
                          event.body.author_credential_id, event.event_id, event.event_hash)
-    outcome = ledger.handle(state, cmd, view)
+    outcome = _handle_within_budget(state, cmd, view, len(event.body.payload))
     decisions = list(outcome.decisions)
     if outcome.rejection is not None and outcome.rejected_order is not None:
         decisions.append(("OrderRejected", {
@@ -77,3 +87,28 @@ def market_step(state: ledger.LedgerState, verdict: Admitted, partition: int, of
             "vehicle_credential_id": event.body.author_credential_id,
             "reason_code": outcome.rejection.reason, "detail": outcome.rejection.detail}))
     return Step(applied=True, decisions=decisions, rejection=outcome.rejection)
+
+
+def _handle_within_budget(state: ledger.LedgerState, cmd: ledger.Command,
+                          view: ledger.GovernanceView, payload_bytes: int) -> ledger.Outcome:
+    """``ledger.handle``, undone and refused LEDGER_FULL if it grew the state record past
+    STATION_STATE_BYTES_MAX. ``_bytes_bound`` (not persisted) bounds the serialised size from
+    above: exact after a load or a measurement, plus each unmeasured step's growth bound."""
+    known = vars(state).get("_bytes_bound")
+    bound = len(ledger.dump_state(state)) if known is None else int(known)
+    growth = STATE_GROWTH_BYTES_PER_PAYLOAD_BYTE * payload_bytes + STATE_GROWTH_BYTES_PER_EVENT
+    if bound + growth <= STATION_STATE_BYTES_MAX:
+        outcome = ledger.handle(state, cmd, view)
+        vars(state)["_bytes_bound"] = bound + growth
+        return outcome
+    before = ledger.dump_state(state)
+    outcome = ledger.handle(state, cmd, view)
+    after = len(ledger.dump_state(state))
+    if after <= STATION_STATE_BYTES_MAX or after <= len(before):
+        vars(state)["_bytes_bound"] = after
+        return outcome
+    vars(state).update(vars(ledger.load_state(before)))
+    vars(state)["_bytes_bound"] = len(before)
+    rejection = Rejection("LEDGER_FULL", f"the station's ledger would hold {after} bytes > "
+                          f"{STATION_STATE_BYTES_MAX}")
+    return ledger.Outcome([], rejection, cmd.payload if "order_id" in cmd.payload else None)

@@ -36,7 +36,7 @@ from .test_sessions_pipeline import Session, settlement_records
 pytestmark = pytest.mark.integration
 ORDERS_PER_PHASE = 25
 HOSTILE_PER_VALID = 20
-OVERSIZED_COUNT = 4
+OVERSIZED_COUNT = 8
 SENT_MAX = 20_000
 WAIT_S = 45.0
 DECISION_WAIT_S = 20.0
@@ -115,6 +115,13 @@ class Hostile:
             body = dataclasses.replace(event.body, event_type="T" * 990_000)
             value = SignedEvent(body, _encode_body(body), ()).with_signature(
                 self.forger.signer).encode()
+        elif n % 4 == 3:  # a forged ~500 kB credential issuance: refused, not kept in memory
+            fake_issuer = Participant.seeded(self.mesh.world.issuer.credential_id,
+                                             secret="forger")
+            event = fake_issuer.issue_credential(
+                Participant.seeded(f"stolen-big-{n}"), ["VEHICLE"], "US-CA",
+                attributes={"padding": "x" * 500_000}, at_ms=now_ms())
+            return topics.GOVERNANCE.name, event.body.subject_key.encode(), event.encode()
         else:  # a well-formed, signed envelope whose payload is past PAYLOAD_BYTES_MAX
             value = self.forger.sign("chargemesh.capacity.v1.StationHeartbeat",
                                      {"station_id": "x" * 600_000, "at_ms": now_ms()},
