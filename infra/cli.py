@@ -40,7 +40,8 @@ COMMAND_MODULES: tuple[str, ...] = ("chargemesh.infra.cli_ops", "chargemesh.infr
                                      "chargemesh.infra.cli_swap",
                                      "chargemesh.infra.report",
                                      "chargemesh.infra.bench_suite",
-                                     "chargemesh.infra.simulate",)
+                                     "chargemesh.infra.simulate",
+                                     "chargemesh.infra.chaos",)
 # More rows for `status`, appended by command modules (e.g. the processes `start` launched).
 STATUS_EXTENSIONS: list[Callable[[Settings], list[ComponentStatus]]] = []
 
