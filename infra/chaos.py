@@ -77,6 +77,8 @@ QUIET_WAIT_S_MAX = 240.0
 QUIET_POLL_S = 1.0
 READ_WAIT_S_MAX = 60.0
 SINK_STOP_S_MAX = 30.0
+# A killed worker's partitions wait this long (plus 2 s) before anyone rejoins.
+SESSION_TIMEOUT_MS = 6000
 HOSTILE_REASON = {"FORGED_SIGNATURE": "BAD_SIGNATURE", "REPLAYED_EVENT_ID": "REPLAYED_EVENT_ID",
                   "DOUBLE_BOOKING": "SLOT_TAKEN", "METER_WENT_BACKWARDS": "METER_WENT_BACKWARDS"}
 # ClickHouse content compared with the fault-free run: only columns that are a function of the
@@ -666,12 +668,14 @@ def _order_id(event: SignedEvent) -> str:
 _BASELINES: dict[tuple[SimConfig, int], tuple[Observed, bytes]] = {}
 
 
-def baseline(config: SimConfig, partitions: int, workdir: Path, say: Say) -> tuple[Observed, bytes]:
+def baseline(config: SimConfig, partitions: int, workdir: Path, say: Say,
+             session_timeout_ms: int = SESSION_TIMEOUT_MS) -> tuple[Observed, bytes]:
     """The fault-free run of ``config`` (once per process, then cached)."""
     key = (config, partitions)
     if key not in _BASELINES:
         started = time.monotonic()
-        settings = private_settings(workdir / f"baseline-{config.seed}", partitions=partitions)
+        settings = private_settings(workdir / f"baseline-{config.seed}", session_timeout_ms,
+                                    partitions=partitions)
         observed, _, processor_key = run_market(settings, plan_market(config), (), say)
         say(f"fault-free run of seed {config.seed}: {observed.events_published:,} events, "
             f"{len(observed.topics[SETTLEMENTS.name]):,} settlement records, "
@@ -722,7 +726,8 @@ class ChaosSummary:
 
 def run_chaos(seed: int = 7, runs: int = 1, kills: int = 3, scale: str = "small",
               outages: int = 1, rebalances: int = 1, partitions: int = 4,
-              workdir: Path | None = None, say: Say | None = None) -> ChaosSummary:
+              workdir: Path | None = None, say: Say | None = None,
+              session_timeout_ms: int = SESSION_TIMEOUT_MS) -> ChaosSummary:
     """``runs`` faulted runs of the seed's market, each compared with its fault-free run."""
     say = say or (lambda _m: None)
     config = SimConfig(seed=seed, **SCALES[scale]).checked()
@@ -734,13 +739,14 @@ def run_chaos(seed: int = 7, runs: int = 1, kills: int = 3, scale: str = "small"
     results: list[RunResult] = []
     try:
         b0 = time.monotonic()
-        base, processor_key = baseline(config, partitions, base_dir, say)
+        base, processor_key = baseline(config, partitions, base_dir, say, session_timeout_ms)
         baseline_s = time.monotonic() - b0
         for index in range(runs):
             schedule = fault_schedule(seed, index, kills, outages, rebalances)
             say(f"run {index + 1}/{runs}: " + ", ".join(f"{f.kind}@{f.at:.0%}" for f in schedule))
             t0 = time.monotonic()
-            settings = private_settings(base_dir / f"run-{seed}-{index}", partitions=partitions)
+            settings = private_settings(base_dir / f"run-{seed}-{index}", session_timeout_ms,
+                                        partitions=partitions)
             got, records, _ = run_market(settings, plan, schedule, say, base.outcomes,
                                          processor_key)
             diff = compare(plan, base, got)
