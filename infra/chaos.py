@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -47,8 +48,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
-
 from chargemesh.infra import processes
 from chargemesh.infra.bootstrap import private_settings
 from chargemesh.infra.config import Settings
@@ -59,8 +58,16 @@ from chargemesh.infra.stack import CLICKHOUSE, STATE_FILE, EmbeddedStack
 from chargemesh.sinks.clickhouse_sink import GROUP_ID_DEFAULT, SINK_TOPICS, ClickHouseSink
 from chargemesh.sinks.migrate import clickhouse_client
 from chargemesh.streams.envelope import SignedEvent, open_payload
-from chargemesh.streams.topics import ADMITTED, DECISIONS, GOVERNANCE, GRID, MARKET, REJECTIONS
-from chargemesh.streams.topics import SETTLEMENTS
+from chargemesh.streams.topics import (
+    ADMITTED,
+    DECISIONS,
+    GOVERNANCE,
+    GRID,
+    MARKET,
+    REJECTIONS,
+    SETTLEMENTS,
+)
+from confluent_kafka import Consumer, TopicPartition
 
 SCALES: dict[str, dict[str, int]] = {
     "small": {"stations": 10, "vehicles": 20, "hours": 4},
@@ -225,7 +232,7 @@ class Workers:
     @property
     def log_path(self) -> Path:
         dead = [i for i in self.running if not self.procs[i].alive()]
-        return self.procs[dead[0] if dead else min(self.procs)].log_path
+        return Path(self.procs[dead[0] if dead else min(self.procs)].log_path)
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -281,7 +288,7 @@ def read_topic(settings: Settings, topic: str) -> list[Record]:
             if all(reached.get(p, 0) >= h for p, h in highs.items()):
                 break
             reader.poll(0.3)
-        return reader.records
+        return list(reader.records)
     finally:
         reader.close()
 
@@ -373,8 +380,10 @@ class Chaos:
             record = FaultRecord(fault.kind, fault.at, round(self.processed(), 3))
             self.records.append(record)
             lane = "clickhouse" if fault.kind == "clickhouse_outage" else "workers"
-            self.lanes[lane].submit(
-                lambda started, f=fault, r=record: getattr(self, "_" + f.kind)(f, r, started))
+            self.lanes[lane].submit(functools.partial(self._fire, fault, record))
+
+    def _fire(self, fault: Fault, record: FaultRecord, started: threading.Event) -> None:
+        getattr(self, "_" + fault.kind)(fault, record, started)
 
     def close(self) -> None:
         for lane in self.lanes.values():
@@ -515,7 +524,7 @@ def run_market(settings: Settings, plan: MarketPlan, schedule: tuple[Fault, ...]
         sink_thread = threading.Thread(target=sink.run, args=(stop,), name="sink", daemon=True)
         sink_thread.start()
         run = ChaosRun(settings, plan, f"chaos-{plan.config.seed}", 0.0,
-                       lambda _d, _n, _t: None, workers)  # type: ignore[arg-type]
+                       lambda _d, _n, _t: None, workers)
         chaos = Chaos(settings, stack, workers, schedule,
                       _progress_of(run, outcomes_total), failures, say)
         run.chaos = chaos
@@ -608,11 +617,11 @@ def compare(plan: MarketPlan, base: Observed, got: Observed) -> dict[str, Any]:
     problems += [f"rejection lost {r}" for r in sorted(lost_rej)[:5]]
     problems += [f"rejection not in the fault-free run {r}" for r in sorted(extra_rej)[:5]]
     for table, rows in base.tables.items():
-        missing, invented = rows - got.tables[table], got.tables[table] - rows
-        lost += len(missing)
-        extra += len(invented)
-        problems += [f"ClickHouse {table}: missing {r}" for r in sorted(missing, key=str)[:3]]
-        problems += [f"ClickHouse {table}: unexpected {r}" for r in sorted(invented, key=str)[:3]]
+        gone, new = rows - got.tables[table], got.tables[table] - rows
+        lost += len(gone)
+        extra += len(new)
+        problems += [f"ClickHouse {table}: missing {r}" for r in sorted(gone, key=str)[:3]]
+        problems += [f"ClickHouse {table}: unexpected {r}" for r in sorted(new, key=str)[:3]]
         records += len(got.tables[table])
     duplicated = sum(got.doubled.values())
     problems += [f"ClickHouse {t}: {n} row(s) doubled" for t, n in got.doubled.items() if n]
@@ -772,11 +781,10 @@ def run_chaos(seed: int = 7, runs: int = 1, kills: int = 3, scale: str = "small"
 
 # ---- the `chargemesh chaos` command ----------------------------------------------------------------
 
-import click  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from chargemesh.infra.cli import cli  # noqa: E402
+import click
+from chargemesh.infra.cli import cli
+from rich.console import Console
+from rich.table import Table
 
 
 def summary_table(summary: ChaosSummary) -> Table:

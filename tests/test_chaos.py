@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from chargemesh.infra.chaos import FAULT_KINDS, ChaosSummary, fault_schedule, run_chaos
 
 from .conftest import external_stack
