@@ -34,7 +34,7 @@ from chargemesh.processors import observers
 from chargemesh.processors.follower import GovernanceFollower
 from chargemesh.processors.governance import TrustAnchor
 from chargemesh.processors.ingress import Admitted, Refused, admit, rejection_record
-from chargemesh.processors.market import Step, market_step
+from chargemesh.processors.market import Step, grid_replay, market_step
 from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.schemas import registry
 from chargemesh.schemas.codec import catalog
@@ -585,7 +585,9 @@ class Processors:
                 if msg.offset <= zstate["applied_through_offset"]:
                     continue  # applied before a restart
                 zstate["applied_through_offset"] = msg.offset
-                verdict = self._grid_step(zstate, verdict, outputs)
+                replayed = grid_replay(zstate, verdict.event)
+                verdict = (Refused(replayed, verdict.event) if replayed
+                           else self._grid_step(zstate, verdict, outputs))
             if isinstance(verdict, Refused):
                 outputs.append(self._rejected(msg.value, msg.topic, msg.partition, msg.offset,
                                               verdict))

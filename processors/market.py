@@ -19,6 +19,7 @@ from chargemesh.processors import swap, mobile  # noqa: F401 - registers E2 swap
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ingress import Admitted, decode
 from chargemesh.processors.reasons import Reason, Rejection
+from chargemesh.streams.envelope import SignedEvent
 
 
 # A station's ledger is one record on its state topic (at most topics.MESSAGE_BYTES_MAX = 1 MiB
@@ -31,6 +32,10 @@ STATION_STATE_BYTES_MAX = 900_000
 # step runs without measuring; nearer, the state is serialised before and after it.
 STATE_GROWTH_BYTES_PER_PAYLOAD_BYTE = 16
 STATE_GROWTH_BYTES_PER_EVENT = 16_384
+# A zone remembers the ids of its last grid-topic events: a replay among them is refused
+# REPLAYED_EVENT_ID (an older one would be admitted on the grid topic again, and its routed
+# copies still refused at every station as replays of the first routing).
+GRID_EVENT_IDS_KEPT_MAX = 1_000
 GRID_EVENT_ROUTED = "chargemesh.grid.v1.GridEventRouted"
 GRID_EVENT_DECLARED = "chargemesh.grid.v1.GridEventDeclared"
 
@@ -50,6 +55,19 @@ def routed_grid_event(routed: dict[str, Any], view: ledger.GovernanceView) -> di
     if not view.operates_zone(inner.body.author_credential_id, payload["grid_zone_id"]):
         return None
     return payload
+
+
+def grid_replay(zone: dict[str, Any], event: SignedEvent) -> Rejection | None:
+    """A grid-topic event whose id this zone applied before (``zone`` is its router's state;
+    station joins, deterministic processor records, are not remembered)."""
+    if event.event_type == "chargemesh.grid.v1.StationZoneJoined":
+        return None
+    seen: list[str] = zone.setdefault("event_ids", [])
+    if event.event_id in seen:
+        return Rejection.of(Reason.REPLAYED_EVENT_ID, f"{event.event_id} already applied")
+    seen.append(event.event_id)
+    del seen[:-GRID_EVENT_IDS_KEPT_MAX]
+    return None
 
 
 @dataclasses.dataclass

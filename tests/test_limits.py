@@ -7,7 +7,6 @@ the governance follower's verdicts (a hostile record is not kept in memory).
 from __future__ import annotations
 
 import pytest
-
 from chargemesh.processors import ledger, market
 from chargemesh.processors.follower import GovernanceFollower
 from chargemesh.processors.ingress import Admitted, Refused
@@ -82,3 +81,21 @@ def test_a_refused_governance_record_is_not_kept_in_memory() -> None:
     assert follower.verdict_at(offset) is verdict
     assert follower.verdict_at(offset) is None
     assert isinstance(follower.verdict_at(0), Admitted)
+
+
+def test_a_zone_refuses_a_replayed_grid_event_and_remembers_a_bounded_window() -> None:
+    """Found by the hostile flood: a replayed GridEventDeclared was admitted on the grid topic
+    again (and re-routed); the zone now refuses ids it applied, within its last
+    GRID_EVENT_IDS_KEPT_MAX."""
+    fx = fixture()
+    notice = fx.valid[5]
+    zone: dict[str, object] = {"stations": [], "applied_through_offset": -1}
+    assert market.grid_replay(zone, notice) is None
+    refused = market.grid_replay(zone, notice)
+    assert refused is not None and refused.reason == "REPLAYED_EVENT_ID"
+    for n in range(market.GRID_EVENT_IDS_KEPT_MAX + 5):
+        other = sdk.grid_event(fx.operator, grid_event_id=f"ge-{n}", grid_zone_id="fz-zone",
+                               kind="PRICE_SIGNAL", from_ms=fx.start_ms,
+                               until_ms=fx.start_ms + 1, rate_per_kwh="0.5")
+        assert market.grid_replay(zone, other) is None
+    assert len(zone["event_ids"]) == market.GRID_EVENT_IDS_KEPT_MAX  # type: ignore[arg-type]
