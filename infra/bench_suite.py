@@ -127,18 +127,24 @@ def _is_import_machinery(func: tuple[str, int, str]) -> bool:
     return filename.startswith("<frozen") or name == "<module>" or "importlib" in filename
 
 
+_PROJECT_DIR = str(Path(__file__).resolve().parent.parent)  # the chargemesh package's folder
+
+
 def category_of(func: tuple[str, int, str]) -> str:
     filename, _, name = func
     text = f"{filename}:{name}".lower()
+    if filename.startswith(_PROJECT_DIR) and "/schemas/" not in filename:
+        if "/processors/ledger" in filename or "/processors/sessions" in filename \
+                or "/processors/market" in filename:
+            return "chargemesh ledger logic"
+        return "chargemesh other (envelope, policy, trust store, app)"
     if "ed25519" in text or "verify" in name and "cffi" in text or "cryptography" in text \
             or name in ("<method 'verify' of", "<method 'sign' of") or "nacl" in text:
         return "ed25519 (sign/verify)"
-    if "fastavro" in text or "avro" in text or "chargemesh/schemas" in text:
+    if "fastavro" in text or "avro" in text or "/schemas/" in text:
         return "avro encode/decode"
     if "/json/" in text or name.startswith("<method 'dumps'") or "_json" in text:
         return "json (ledger state)"
-    if "chargemesh/" in text:
-        return "chargemesh logic"
     if "confluent_kafka" in text or "cimpl" in text or "aiokafka" in text or "kafka" in text:
         return "kafka client"
     if "faust" in text or "/mode/" in text or "asyncio" in text or "selectors" in text \
@@ -265,14 +271,25 @@ def render(results: dict[str, Any]) -> Any:
     plain_p = where["plain_loop"].get("phases", {})
     for name in sorted(set(faust_p) | set(plain_p)):
         phases.add_row(name, _us(faust_p.get(name)), _us(plain_p.get(name)))
-    for label in ("faust", "plain_loop"):
-        pass
     phases.add_row("[b]all profiled CPU[/b]", f"{where['faust']['us_per_event_cpu']:.0f}",
                    f"{where['plain_loop']['us_per_event_cpu']:.0f}")
     phases.add_row("[b]wall per order (profiled run)[/b]",
                    f"{where['faust']['us_per_event_wall']:.0f}",
                    f"{where['plain_loop']['us_per_event_wall']:.0f}")
     parts.append(phases)
+    wall = Table(title="where the time goes: wall µs per order by phase (timed runs, no "
+                 "profiler; Faust from its worker log)")
+    wall.add_column("Faust worker phase")
+    wall.add_column("µs/order", justify="right")
+    wall.add_column("plain loop phase")
+    wall.add_column("µs/order", justify="right")
+    f_rows = [(k, f"{v:.0f}") for k, v in where.get("faust_wall_us", {}).items()]
+    p_rows = [(k, f"{v:.0f}") for k, v in where.get("plain_wall_us", {}).items()]
+    for i in range(max(len(f_rows), len(p_rows))):
+        left = f_rows[i] if i < len(f_rows) else ("", "")
+        right = p_rows[i] if i < len(p_rows) else ("", "")
+        wall.add_row(*left, *right)
+    parts.append(wall)
     cats = Table(title="where the time goes: CPU by category (share of profiled time)")
     cats.add_column("category")
     cats.add_column("Faust worker", justify="right")
@@ -689,7 +706,8 @@ class PlainLoop:
     market partition (from the Faust group's committed offsets), the same pure steps, outputs
     produced and acknowledged, then the station state written and acknowledged, per batch."""
 
-    def __init__(self, settings: Settings, profile: bool) -> None:
+    def __init__(self, settings: Settings, profile: bool,
+                 from_offsets: dict[int, int] | None = None) -> None:
         from chargemesh.processors.app import (
             APP_ID,
             ChangelogTable,
@@ -713,8 +731,11 @@ class PlainLoop:
             "fetch.wait.max.ms": settings.consumer_fetch_wait_ms}))
         wanted = [TopicPartition(topics.MARKET.name, p) for p in range(self.partitions)]
         committed = self.consumer.committed(wanted, timeout=10)
-        self.consumer.assign([TopicPartition(tp.topic, tp.partition, max(tp.offset, 0))
-                              for tp in committed])
+        # From the Faust group's committed offsets, or past what an earlier plain loop did.
+        self.next_offsets = {tp.partition: max(tp.offset, (from_offsets or {}).get(
+            tp.partition, 0), 0) for tp in committed}
+        self.consumer.assign([TopicPartition(topics.MARKET.name, p, o)
+                              for p, o in self.next_offsets.items()])
         self.producer = Producer(dict(settings.kafka_client_config(), **{
             "acks": "all", "linger.ms": 2, "enable.idempotence": False,
             "message.max.bytes": topics.MESSAGE_BYTES_MAX}))
@@ -786,6 +807,7 @@ class PlainLoop:
         first_seen: dict[str, str] = {}
         for msg in msgs:
             key, value, partition, offset = msg.key(), msg.value(), msg.partition(), msg.offset()
+            self.next_offsets[partition] = offset + 1
             with self.phase("verify (ingress.admit)"):
                 verdict = admit(value, key, msg.topic(), self.store)
             if isinstance(verdict, Admitted) and partition != expected_partition(
@@ -865,7 +887,8 @@ class PlainLoop:
     def report(self) -> dict[str, Any]:
         wall = (self.last_s - self.first_s) if self.first_s else 0.0
         out: dict[str, Any] = {"events": float(self.events), "batches": float(self.batches),
-                               "wall_s": wall, "phases_s": self.phases}
+                               "wall_s": wall, "phases_s": self.phases,
+                               "next_offsets": self.next_offsets}
         if self.profile:
             out["profiles"] = {}
             combined: pstats.Stats | None = None
@@ -890,10 +913,12 @@ def plain_loop_main(argv: list[str]) -> None:
     parser.add_argument("--ready", required=True)
     parser.add_argument("--report", required=True)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--from-offsets", default="{}", help="JSON {partition: offset}")
     args = parser.parse_args(argv)
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda s, f: stopping.append(s))
-    loop = PlainLoop(load_settings(), args.profile)
+    loop = PlainLoop(load_settings(), args.profile,
+                     {int(k): int(v) for k, v in json.loads(args.from_offsets).items()})
     Path(args.ready).write_text("ready")
     try:
         loop.run(lambda: bool(stopping))
@@ -903,14 +928,16 @@ def plain_loop_main(argv: list[str]) -> None:
 
 
 class PlainLoopProcess:
-    def __init__(self, settings: Settings, name: str, profile: bool) -> None:
+    def __init__(self, settings: Settings, name: str, profile: bool,
+                 from_offsets: dict[str, int] | None = None) -> None:
         self.settings = settings
         folder = settings.state_dir
         self.ready, self.report = folder / f"{name}.ready", folder / f"{name}.json"
         self.log = folder / f"{name}.log"
         env = dict(os.environ, **settings.as_environ())
         cmd = [sys.executable, "-m", "chargemesh.infra.bench_suite", "plain-loop",
-               "--ready", str(self.ready), "--report", str(self.report)]
+               "--ready", str(self.ready), "--report", str(self.report),
+               "--from-offsets", json.dumps(from_offsets or {})]
         if profile:
             cmd.append("--profile")
         self.proc = subprocess.Popen(cmd, env=env, stdout=open(self.log, "ab"),  # noqa: SIM115
@@ -1071,7 +1098,8 @@ def _profile_faust_and_plain(stack: SuiteStack, sizes: Sizes, results: dict[str,
     plain_run["loop"] = plain.stop()
     results["plain_loop_run"] = plain_run
     bar_step()
-    plain_profiled = PlainLoopProcess(stack.settings, "plain-loop-profiled", profile=True)
+    plain_profiled = PlainLoopProcess(stack.settings, "plain-loop-profiled", profile=True,
+                                      from_offsets=plain_run["loop"]["next_offsets"])
     pprof_run = stack.throughput("pprof", sizes.profile_orders, plain_sets["pprof"],
                                  ready=plain_profiled.wait_ready)
     report = plain_profiled.stop()
@@ -1132,6 +1160,16 @@ def _derive(results: dict[str, Any]) -> None:
             "plain_over_faust": plain["decided_per_s"] / faust["decided_per_s"]}
     where = results.get("where_the_time_goes", {})
     if where:
+        ph_events = max(ph.get("events", 0.0), 1.0)
+        where["faust_wall_us"] = {
+            (k[:-2] + (" (between batches: fetch, batching)" if k == "gap_s" else "")):
+            v * 1e6 / ph_events for k, v in ph.items() if k.endswith("_s")}
+        loop_events = max(loop.get("events", 0.0), 1.0)
+        where["plain_wall_us"] = {
+            (k + (" (incl. idle before the orders came)" if k == "consume" else "")):
+            v * 1e6 / loop_events for k, v in loop.get("phases_s", {}).items()}
+        where["plain_wall_us"]["all (first to last batch)"] = loop.get(
+            "wall_s", 0.0) * 1e6 / loop_events
         f_cpu = where["faust"]["us_per_event_cpu"]
         p_cpu = where["plain_loop"]["us_per_event_cpu"]
         fw = where["faust"]["categories"].get("framework + event loop", {}).get(
