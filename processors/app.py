@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 APP_ID = "chargemesh-processors"
 PROCESSOR_CREDENTIAL_ID = "mesh:processor"
 BATCH_EVENTS_MAX = 500
+STREAM_BUFFER_EVENTS_MAX = 2 * BATCH_EVENTS_MAX
 BATCH_WITHIN_S = 0.005
 OUTPUT_LINGER_MS = 2
 DECISION_NAMESPACE = uuid.UUID("0b9d6a8e-54f3-4f0b-8c1e-7a2f3d4e5c6b")
@@ -259,6 +260,9 @@ class Processors:
             # Commit acknowledged offsets often: a restart then redelivers little.
             broker_commit_interval=COMMIT_INTERVAL_S,
             table_standby_replicas=0,
+            # Read-ahead per stream (Faust's default 4,096): with records of up to 1 MiB the
+            # default could hold ~4 GiB in front of a hostile backlog; two batches' worth.
+            stream_buffer_maxsize=STREAM_BUFFER_EVENTS_MAX,
         )
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.topics = {spec.name: self.app.topic(spec.name, **raw) for spec in topics.ALL_TOPICS}
