@@ -1212,7 +1212,8 @@ def _sizes_from(quick: bool, overrides: dict[str, Any]) -> tuple[Sizes, str]:
 
 
 @cli.command(name="bench")
-@click.option("--quick", is_flag=True, help="Smaller sizes: a run of about 1-2 minutes.")
+@click.option("--quick", is_flag=True,
+              help="Smaller sizes: a run of about 2-3 minutes on 2 shared cores.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the JSON report on stdout (the table goes to stderr).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
