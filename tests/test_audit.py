@@ -103,7 +103,7 @@ def settled_sessions(mesh: Mesh, prefix: str = PREFIX, count: int = 2) -> dict[s
             _explain(mesh, prefix)
             raise
         admitted = {r.payload()["session_id"]: (r.event(), r.payload()) for r in reader.records
-                    if r.key and r.key.decode() in sessions
+                    if r.key and r.key.decode(errors="replace") in sessions
                     and r.event().event_type.endswith("SettlementAdmitted")}
     finally:
         reader.close()
@@ -112,7 +112,7 @@ def settled_sessions(mesh: Mesh, prefix: str = PREFIX, count: int = 2) -> dict[s
 
 
 def finalised(records: list[Record], prefix: str) -> set[str]:
-    return {r.key.decode() for r in records if r.key and r.key.decode().startswith(prefix)
+    return {r.key.decode(errors="replace") for r in records if r.key and r.key.decode(errors="replace").startswith(prefix)
             and r.event().event_type.endswith("SettlementFinalised")}
 
 

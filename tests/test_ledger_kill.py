@@ -60,12 +60,12 @@ def replay(mesh: Mesh,
     decisions: dict[str, bytes] = {}
     seen: dict[str, str] = {}
     for r in sorted(market.records, key=lambda r: (r.partition, r.offset)):
-        if r.key is None or r.key.decode() not in stations:
+        if r.key is None or r.key.decode(errors="replace") not in stations:
             continue
         verdict = admit(r.value, r.key, MARKET.name, store)
         if not isinstance(verdict, Admitted):
             continue
-        state = states.setdefault(r.key.decode(), ledger.LedgerState(r.key.decode()))
+        state = states.setdefault(r.key.decode(errors="replace"), ledger.LedgerState(r.key.decode(errors="replace")))
         step = market_step(state, verdict, r.partition, r.offset, seen.get(verdict.event.event_id),
                            store)
         seen.setdefault(verdict.event.event_id, f"{r.partition}:{r.offset}")
@@ -78,7 +78,7 @@ def replay(mesh: Mesh,
 def outcomes(records: list[Record], stations: set[str]) -> dict[str, list[bytes]]:
     out: dict[str, list[bytes]] = {}
     for r in records:
-        if r.key is not None and r.key.decode() in stations:
+        if r.key is not None and r.key.decode(errors="replace") in stations:
             out.setdefault(r.event().event_id, []).append(r.value)
     return out
 
@@ -123,8 +123,8 @@ def test_sigkill_mid_burst_loses_and_duplicates_nothing(mesh: Mesh) -> None:
     changelog.close()
     final: dict[str, bytes] = {}
     for r in sorted(changelog.records, key=lambda r: (r.partition, r.offset)):
-        if r.key is not None and r.key.decode() in stations:
-            final[r.key.decode()] = r.value
+        if r.key is not None and r.key.decode(errors="replace") in stations:
+            final[r.key.decode(errors="replace")] = r.value
     for station, state in expected_states.items():
         assert ledger.load_state(final[station]) == state, f"{station} ledger differs"
     assert order_ids  # the burst was real

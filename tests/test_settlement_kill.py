@@ -53,7 +53,7 @@ def sessions_for(market: Market) -> list[list[SignedEvent]]:
 def by_settlement(records: list[Record], prefix: str, kind: str) -> dict[str, list[bytes]]:
     out: dict[str, list[bytes]] = {}
     for r in records:
-        if r.key is not None and r.key.decode().startswith(prefix):
+        if r.key is not None and r.key.decode(errors="replace").startswith(prefix):
             event = r.event()
             if event.event_type.endswith(kind):
                 out.setdefault(event.event_id, []).append(r.value)
