@@ -120,14 +120,20 @@ def settle(tariff: Tariff, energy: list[Segment]) -> tuple[list[dict[str, Any]],
         kind = "ENERGY_REPRICED" if seg.repriced else "ENERGY"
         lines.append(line(kind, f"{seg.energy_wh} Wh at {seg.rate_per_kwh}/kWh", seg.energy_wh,
                           seg.rate_per_kwh, amount, seg.from_ms, seg.until_ms))
-    total_wh = sum(s.energy_wh for s in energy)
+    lines += adder_lines(tariff, sum(s.energy_wh for s in energy))
+    return with_tax(tariff, lines)
+
+
+def adder_lines(tariff: Tariff, energy_wh: int) -> list[dict[str, Any]]:
+    """The tariff's per-kWh adders (congestion fee, renewable content) on ``energy_wh``."""
+    lines = []
     for kind, rate, label in (
             ("CONGESTION_FEE", tariff.congestion_fee_per_kwh, "congestion fee"),
             ("RENEWABLE_CONTENT", tariff.renewable_adder_per_kwh, "renewable-content adder")):
         if rate:
-            amount = tariff.round(Decimal(total_wh) * rate / WH_PER_KWH)
-            lines.append(line(kind, f"{label} {rate}/kWh", total_wh, rate, amount))
-    return with_tax(tariff, lines)
+            amount = tariff.round(Decimal(energy_wh) * rate / WH_PER_KWH)
+            lines.append(line(kind, f"{label} {rate}/kWh", energy_wh, rate, amount))
+    return lines
 
 
 def with_tax(tariff: Tariff, lines: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Decimal]:

@@ -37,7 +37,7 @@ from chargemesh.processors.ledger import (
     _emit,
 )
 from chargemesh.processors.reasons import Rejection
-from chargemesh.processors.settlement import WH_PER_KWH, Tariff, line, with_tax
+from chargemesh.processors.settlement import WH_PER_KWH, Tariff, adder_lines, line, with_tax
 
 SWAP_BAY = "SWAP_BAY"
 PACKS_PER_STATION_MAX = 10_000
@@ -99,12 +99,7 @@ def swap_settlement(tariff: Tariff, rate_per_kwh: Decimal, delivered_wh: int,
         amount = tariff.round(Decimal(delivered_wh) * rate_per_kwh / WH_PER_KWH)
         lines.append(line("ENERGY", f"{delivered_wh} Wh energy difference at "
                           f"{rate_per_kwh}/kWh", delivered_wh, rate_per_kwh, amount, at_ms, at_ms))
-        for kind, rate, label in (
-                ("CONGESTION_FEE", tariff.congestion_fee_per_kwh, "congestion fee"),
-                ("RENEWABLE_CONTENT", tariff.renewable_adder_per_kwh, "renewable-content adder")):
-            if rate:
-                lines.append(line(kind, f"{label} {rate}/kWh", delivered_wh, rate,
-                                  tariff.round(Decimal(delivered_wh) * rate / WH_PER_KWH)))
+        lines += adder_lines(tariff, delivered_wh)
     taxed: tuple[list[dict[str, Any]], Decimal] = with_tax(tariff, lines)
     return taxed
 

@@ -62,7 +62,7 @@ from chargemesh.processors import ledger
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ledger import Command, Decision, GovernanceView, LedgerState, _emit
 from chargemesh.processors.reasons import Rejection
-from chargemesh.processors.settlement import WH_PER_KWH, Tariff, line, with_tax
+from chargemesh.processors.settlement import WH_PER_KWH, Tariff, adder_lines, line, with_tax
 
 EMBODIMENT = "WIRELESS_SEGMENT"
 TRIPS_OPEN_MAX = 2_000
@@ -489,13 +489,7 @@ def trip_lines(trip: dict[str, Any]) -> tuple[list[dict[str, Any]], Decimal]:
                           f"{agg['meter_seconds']} meter-seconds, {agg['energy_wh']} Wh at "
                           f"{rate}/kWh", agg["energy_wh"], rate, amount, agg["from_ms"],
                           agg["until_ms"]))
-    total_wh = trip["energy_wh"]
-    for kind, rate, label in (
-            ("CONGESTION_FEE", tariff.congestion_fee_per_kwh, "congestion fee"),
-            ("RENEWABLE_CONTENT", tariff.renewable_adder_per_kwh, "renewable-content adder")):
-        if rate:
-            amount = tariff.round(Decimal(total_wh) * rate / WH_PER_KWH)
-            lines.append(line(kind, f"{label} {rate}/kWh", total_wh, rate, amount))
+    lines += adder_lines(tariff, trip["energy_wh"])
     taxed: tuple[list[dict[str, Any]], Decimal] = with_tax(tariff, lines)
     return taxed
 
