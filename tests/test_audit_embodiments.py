@@ -21,7 +21,7 @@ from .market import SLOT_MS, open_market
 from .test_audit import _explain
 from .test_sessions_pipeline import Session, settlement_records
 from .test_swap_mobile_pipeline import _open_truck, _swap, _swap_order
-from .test_v2g_fleet_pipeline import MINUTE_MS, TARIFF, Plug
+from .test_v2g_fleet_pipeline import MINUTE_MS, TARIFF, Plug, v2g_operator
 from .wireless_road import PASS_MS, Road
 
 pytestmark = pytest.mark.integration
@@ -53,11 +53,7 @@ def test_audit_recomputes_v2g_two_sided_and_fleet_internal_settlements(mesh: Mes
     name = f"p5e34-{t}"
     authority = rate_authority(mesh, name, t)
     zone = f"zone-{name}"
-    operator = mesh.world.credential(f"op-{name}", ["GRID_OPERATOR"], subject_id=f"op-{name}",
-                                     attributes={"grid_zones": zone})
-    mesh.world.governance.append(sdk.grid_program(
-        operator, grid_zone_id=zone, program="V2G", operator_ids=[operator.credential_id],
-        at_ms=t))
+    operator = v2g_operator(mesh, f"op-{name}", zone, t)
     v2g_market = open_market(mesh, f"{name}-v2g", t, [sdk.connector(
         "c1", 22_000, kind="AC_L2", bidirectional=True)], tariff=TARIFF, grid_zone_id=zone,
         authority=authority)

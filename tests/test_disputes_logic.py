@@ -14,6 +14,7 @@ from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk import Participant
 from chargemesh.streams.topics import MARKET
 
+from .session_world import PureStation
 from .world import T0_MS, make_world
 
 HOUR_MS = 3_600_000
@@ -22,7 +23,7 @@ TARIFF = {"currency": "USD", "ceiling_per_kwh": "0.80", "tax_percent": "8.25",
           "rounding": "HALF_UP", "minor_units": 2}
 
 
-class Disputed:
+class Disputed(PureStation):
     """A station with one settled session ("s1", 20 kWh at 0.30/kWh + 8.25% tax = 6.50 USD) fed
     through the same admission and ledger step as the processors, and the people around it."""
 
@@ -37,15 +38,7 @@ class Disputed:
         self.arbiter = world.credential(f"{name}-arbiter", ["ARBITER"],
                                         subject_id=f"{name}-arbiter")
         self.foreign_arbiter = self._foreign_arbiter()
-        world.governance += [
-            sdk.tariff_filed(world.root, tariff_id=f"{name}-tariff", jurisdiction="US-CA",
-                             at_ms=T0_MS, **TARIFF),
-            sdk.rules_published(world.root, rules_version=f"{name}-rules", jurisdiction="US-CA",
-                                at_ms=T0_MS)]
-        self.store = world.store()
-        self.state = ledger.LedgerState(name)
-        self.offset = 0
-        self.start_ms = T0_MS + HOUR_MS
+        self.open_ledger(TARIFF)
         connector = sdk.connector("c1", 50_000, meter_credential_id=self.meter.credential_id)
         self.feed(sdk.calendar_published(
             self.station, rate_authority_id="auth-root", jurisdiction="US-CA",

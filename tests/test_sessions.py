@@ -6,7 +6,6 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors import ledger
 from chargemesh.processors.ingress import Admitted, admit
 from chargemesh.processors.market import Step, market_step
 from chargemesh.streams import sdk
@@ -14,13 +13,14 @@ from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk import Participant
 from chargemesh.streams.topics import MARKET
 
+from .session_world import PureStation
 from .world import T0_MS, World, make_world
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
 
 
-class Station:
+class Station(PureStation):
     """One station's ledger fed through the same admission and step as the processors."""
 
     def __init__(self, world: World, name: str, connector: dict[str, Any], tariff: dict[str, Any],
@@ -30,15 +30,7 @@ class Station:
         self.meter = world.credential(f"{name}-meter", ["METER"], subject_id=f"{name}-meter")
         connector["meter_credential_id"] = self.meter.credential_id
         self.vehicle = world.credential(f"{name}-ev", ["VEHICLE"], subject_id=f"{name}-ev")
-        world.governance += [
-            sdk.tariff_filed(world.root, tariff_id=f"{name}-tariff", jurisdiction="US-CA",
-                             at_ms=T0_MS, **tariff),
-            sdk.rules_published(world.root, rules_version=f"{name}-rules", jurisdiction="US-CA",
-                                at_ms=T0_MS)]
-        self.store = world.store()
-        self.state = ledger.LedgerState(name)
-        self.offset = 0
-        self.start_ms = T0_MS + HOUR_MS
+        self.open_ledger(tariff)
         self.currency = tariff["currency"]
         self.feed(sdk.calendar_published(
             self.station, rate_authority_id="auth-root", jurisdiction="US-CA",

@@ -9,7 +9,6 @@ from decimal import Decimal
 from importlib import resources
 from typing import Any
 
-from chargemesh.processors import ledger
 from chargemesh.processors.ingress import Admitted, admit
 from chargemesh.processors.market import Step, market_step
 from chargemesh.schemas.codec import SchemaCatalog, catalog, load_schema_json
@@ -18,6 +17,7 @@ from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk import Participant
 from chargemesh.streams.topics import MARKET
 
+from .session_world import PureStation
 from .world import T0_MS, World, make_world
 
 HOUR_MS = 3_600_000
@@ -25,7 +25,7 @@ MINUTE_MS = 60_000
 ZONE = "zone-v2g-pure"
 
 
-class Depot:
+class Depot(PureStation):
     """One station (one connector) and one vehicle; credentials may carry fleet attributes."""
 
     def __init__(self, name: str, *, power_w: int = 11_000, bidirectional: bool = True,
@@ -47,15 +47,7 @@ class Depot:
                 operator_ids=[self.operator.credential_id], at_ms=T0_MS))
         filed = {"currency": "USD", "ceiling_per_kwh": "0.80", "tax_percent": "10",
                  "rounding": "HALF_UP", **(tariff or {})}
-        world.governance += [
-            sdk.tariff_filed(world.root, tariff_id=f"{name}-tariff", jurisdiction="US-CA",
-                             at_ms=T0_MS, **filed),
-            sdk.rules_published(world.root, rules_version=f"{name}-rules", jurisdiction="US-CA",
-                                at_ms=T0_MS)]
-        self.store = world.store()
-        self.state = ledger.LedgerState(name)
-        self.offset = 0
-        self.start_ms = T0_MS + HOUR_MS
+        self.open_ledger(filed)
         connector = sdk.connector("c1", power_w, kind="AC_L2", bidirectional=bidirectional,
                                   meter_credential_id=self.meter.credential_id)
         self.feed(sdk.calendar_published(

@@ -54,15 +54,21 @@ class Plug:
                                     last_reading_seq=self.seq)
 
 
+def v2g_operator(mesh: Mesh, credential_id: str, zone: str, at_ms: int) -> Participant:
+    """A GRID_OPERATOR for ``zone`` and the V2G grid program it runs there (queued, unpublished)."""
+    operator = mesh.world.credential(credential_id, ["GRID_OPERATOR"], subject_id=credential_id,
+                                     attributes={"grid_zones": zone})
+    mesh.world.governance.append(sdk.grid_program(
+        operator, grid_zone_id=zone, program="V2G", operator_ids=[operator.credential_id],
+        at_ms=at_ms))
+    return operator
+
+
 def test_v2g_session_is_pending_until_the_operator_prices_export_then_settles_two_sided(
         mesh: Mesh) -> None:
     t = now_ms()
     zone = f"zone-v2g-{t}"
-    operator = mesh.world.credential(f"op-v2g-{t}", ["GRID_OPERATOR"], subject_id=f"op-v2g-{t}",
-                                     attributes={"grid_zones": zone})
-    mesh.world.governance.append(sdk.grid_program(
-        operator, grid_zone_id=zone, program="V2G", operator_ids=[operator.credential_id],
-        at_ms=t))
+    operator = v2g_operator(mesh, f"op-v2g-{t}", zone, t)
     market = open_market(mesh, f"v2g{t}", t, [sdk.connector("c1", 22_000, kind="AC_L2",
                                                             bidirectional=True)],
                          tariff=TARIFF, grid_zone_id=zone)
