@@ -227,8 +227,9 @@ def _resolve(state: LedgerState, cmd: Command, view: GovernanceView,
         return arbiter
     if p["outcome"] not in OUTCOMES:
         return Rejection("INVALID_OUTCOME", f"{p['outcome']} is not one of {sorted(OUTCOMES)}")
-    if _statement_problem(p["reasoning"]) is not None:
-        return _statement_problem(p["reasoning"])
+    problem = _statement_problem(p["reasoning"])
+    if problem is not None:
+        return problem
     if not d["settlement_id"]:  # an interrupted charge disputed before it settled
         s = sessions.sessions(state).get(d["session_id"])
         if s is not None and s["settlement_id"] and s.get("close_out") is not None:
