@@ -12,9 +12,8 @@ from typing import Any
 
 import click
 from chargemesh.infra.cli import cli, settings_of
+from chargemesh.infra.cli_query import query_rows
 from chargemesh.infra.config import Settings
-from chargemesh.sinks.migrate import clickhouse_client
-from clickhouse_driver import errors as ch_errors
 from rich.console import Console
 from rich.table import Table
 
@@ -53,15 +52,7 @@ class DisputeView:
 
 def _query(settings: Settings, sql: str, params: dict[str, Any],
            columns: tuple[str, ...]) -> list[dict[str, Any]]:
-    client = clickhouse_client(settings, query_timeout_s=QUERY_TIMEOUT_S)
-    try:
-        rows = client.execute(sql, params)
-    except (ch_errors.Error, OSError, EOFError) as exc:
-        host, port = settings.clickhouse_address
-        raise DisputeQueryError(f"ClickHouse at {host}:{port} did not answer: {exc}") from exc
-    finally:
-        client.disconnect()
-    return [dict(zip(columns, row)) for row in rows]
+    return query_rows(settings, sql, params, columns, DisputeQueryError, QUERY_TIMEOUT_S)
 
 
 def load_disputes(settings: Settings, only_open: bool, station_id: str | None,

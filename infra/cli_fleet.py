@@ -11,9 +11,8 @@ from typing import Any
 
 import click
 from chargemesh.infra.cli import cli, settings_of
+from chargemesh.infra.cli_query import query_rows
 from chargemesh.infra.config import Settings
-from chargemesh.sinks.migrate import clickhouse_client
-from clickhouse_driver import errors as ch_errors
 from rich.console import Console
 from rich.table import Table
 
@@ -40,16 +39,9 @@ def load_report(settings: Settings, fleet_id: str, month: str | None) -> list[di
     where = "fleet_id = %(fleet)s" + (" AND month = %(month)s" if month else "")
     sql = (f"SELECT {', '.join(REPORT_COLUMNS)} FROM fleet_esg_monthly WHERE {where} "
            "ORDER BY month, site_id, currency LIMIT %(limit)s")
-    client = clickhouse_client(settings, query_timeout_s=QUERY_TIMEOUT_S)
-    try:
-        rows = client.execute(sql, {"fleet": fleet_id, "month": month or "",
-                                    "limit": REPORT_ROWS_MAX})
-    except (ch_errors.Error, OSError, EOFError) as exc:
-        host, port = settings.clickhouse_address
-        raise FleetReportError(f"ClickHouse at {host}:{port} did not answer: {exc}") from exc
-    finally:
-        client.disconnect()
-    return [dict(zip(REPORT_COLUMNS, row)) for row in rows]
+    return query_rows(settings, sql, {"fleet": fleet_id, "month": month or "",
+                                      "limit": REPORT_ROWS_MAX},
+                      REPORT_COLUMNS, FleetReportError, QUERY_TIMEOUT_S)
 
 
 def _kwh(wh: int) -> str:

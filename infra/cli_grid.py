@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 from chargemesh.infra.cli import cli, settings_of
+from chargemesh.infra.cli_query import named_rows as _rows
 from chargemesh.infra.config import Settings
 from chargemesh.sinks.migrate import clickhouse_client
 from rich.console import Console
@@ -26,11 +27,6 @@ class ObserverView:
     decisions: list[dict[str, Any]]
     equivocations: list[dict[str, Any]]
     refusals: dict[str, int]  # reason code -> attestations refused for it (all zones)
-
-
-def _rows(client: Any, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    rows, columns = client.execute(sql, params, with_column_types=True)
-    return [dict(zip([c[0] for c in columns], row)) for row in rows]
 
 
 def load_observer_view(settings: Settings, zone: str) -> ObserverView:

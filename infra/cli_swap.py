@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from chargemesh.infra.cli import cli, settings_of
+from chargemesh.infra.cli_query import named_rows as _rows
 from chargemesh.infra.config import Settings
 from chargemesh.sinks.migrate import clickhouse_client
 from rich.console import Console
@@ -25,11 +26,6 @@ class PackHistory:
     steps: list[dict[str, Any]]  # oldest first; a swap step carries its settlement, if any
     cycles: int  # times the pack went out on a vehicle
     vehicles: list[str]  # vehicle credentials it went out on, in order
-
-
-def _rows(client: Any, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    rows, columns = client.execute(sql, params, with_column_types=True)
-    return [dict(zip([c[0] for c in columns], row)) for row in rows]
 
 
 def load_pack_history(settings: Settings, pack_id: str) -> PackHistory:
