@@ -28,6 +28,10 @@ HEATMAP_CELLS_MAX = 20_000
 HISTOGRAM_BINS_MAX = 200
 POINTS_MAX = 100_000
 LABEL_CHARS_MAX = 28
+LABEL_CHARS_MIN = 4
+# Widest glyph advance of the 12 px DejaVu Sans tick labels (capitals, digits, '_'), so a label
+# cut to ``width / TICK_CHAR_PX`` characters never runs into its neighbour.
+TICK_CHAR_PX = 8.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +91,9 @@ def tick_label(value: float) -> str:
     return f"{round(value, 6):.6g}"
 
 
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """Round tick values covering [low, high] (at most TICKS_MAX)."""
+def nice_ticks(low: float, high: float, count: int = 5, whole: bool = False) -> list[float]:
+    """Round tick values covering [low, high] (at most TICKS_MAX); ``whole``: whole numbers
+    only, for axes of counts (no tick at 0.5 measurements)."""
     ensure(1 <= count <= TICKS_MAX, f"tick count out of range: {count}")
     if not (math.isfinite(low) and math.isfinite(high)):
         return [0.0]
@@ -96,7 +101,10 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
         high = low + 1.0
     raw = (high - low) / count
     power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    steps = (1, 2, 5, 10) if whole else (1, 2, 2.5, 5, 10)
+    step = next(m * power for m in steps if m * power >= raw)
+    if whole:
+        step = max(1.0, step)
     first = math.floor(low / step) * step
     ticks: list[float] = []
     for i in range(TICKS_MAX + 1):
@@ -261,7 +269,9 @@ def _colour_bar(frame: Frame, top: float, unit: str) -> list[str]:
 def grouped_bars(title: str, categories: Sequence[str], series: Sequence[str],
                  values: Sequence[Sequence[float | None]], x_label: str, y_label: str,
                  frame: Frame | None = None) -> str:
-    """For each category, one bar per series (``None``: no bar). Bars start at zero."""
+    """For each category, one bar per series (``None``: no bar). Bars start at zero; values
+    that are all whole numbers (counts) get whole-number ticks. Category labels are cut to the
+    width of their group (the bars' tooltips keep the full name)."""
     ensure(len(categories) <= CATEGORIES_MAX and len(series) <= SERIES_MAX, "too many bars")
     ensure(len(values) == len(categories), "grouped_bars: one value row per category")
     ensure(all(len(r) == len(series) for r in values), "grouped_bars: one value per series")
@@ -269,10 +279,12 @@ def grouped_bars(title: str, categories: Sequence[str], series: Sequence[str],
     found = [v for r in values for v in r if v is not None]
     if not found:
         return empty_chart(title, frame=frame)
-    ticks = nice_ticks(min(0.0, *found), max(0.0, *found))
+    whole = all(float(v).is_integer() for v in found)
+    ticks = nice_ticks(min(0.0, *found), max(0.0, *found), whole=whole)
     y = _Scale(ticks[0], ticks[-1], frame.top + frame.plot_height, frame.top)
     body = _y_axis(frame, ticks, y, y_label)
     group_w = frame.plot_width / len(categories)
+    label_chars = min(LABEL_CHARS_MAX, max(LABEL_CHARS_MIN, int(group_w / TICK_CHAR_PX)))
     bar_w = min(group_w * 0.8 / max(1, len(series)), 120.0)
     for ci, category in enumerate(categories):
         present = [(si, v) for si, v in enumerate(values[ci]) if v is not None]
@@ -287,7 +299,7 @@ def grouped_bars(title: str, categories: Sequence[str], series: Sequence[str],
         cx = frame.left + (ci + 0.5) * group_w
         below = frame.top + frame.plot_height + 16
         body.append(f"<text class='xtick' x='{_num(cx)}' y='{_num(below)}' "
-                    f"text-anchor='middle'>{escape(short(category, 16))}</text>")
+                    f"text-anchor='middle'>{escape(short(category, label_chars))}</text>")
     body.append(f"<line x1='{frame.left}' y1='{_num(y(0.0))}' x2='{frame.left + frame.plot_width}' "
                 f"y2='{_num(y(0.0))}' stroke='#333'/>")
     if len(series) > 1:
@@ -323,8 +335,11 @@ def timeline(title: str, series: Sequence[Series], x_label: str, y_label: str,
         body.append(f"<line class='vline' x1='{px}' y1='{frame.top}' x2='{px}' "
                     f"y2='{_num(frame.top + frame.plot_height)}' stroke='#C00' "
                     f"stroke-dasharray='5,4'/>")
-        body.append(f"<text x='{px}' y='{frame.top + 12}' fill='#C00' font-size='11' "
-                    f"text-anchor='middle'>{escape(label)}</text>")
+        # Beside the line, not across it, on the side with more room.
+        left_half = x(value) < frame.left + frame.plot_width / 2
+        anchor, dx = ("start", 4) if left_half else ("end", -4)
+        body.append(f"<text x='{_num(x(value) + dx)}' y='{frame.top + 12}' fill='#C00' "
+                    f"font-size='11' text-anchor='{anchor}'>{escape(label)}</text>")
     for si, line in enumerate(series):
         # Earlier series drawn wider, so lines that coincide stay visible as nested bands.
         width = 2 + 2 * min(len(series) - 1 - si, 4)
@@ -382,7 +397,7 @@ def histogram(title: str, values: Sequence[float], x_label: str, y_label: str = 
     if not values:
         return empty_chart(title, frame=frame)
     edges, counts = histogram_bins(values, min(bins, max(1, len(set(values)))))
-    y_ticks = nice_ticks(0.0, float(max(counts)))
+    y_ticks = nice_ticks(0.0, float(max(counts)), whole=True)
     x_ticks = nice_ticks(edges[0], edges[-1], 6)
     y = _Scale(y_ticks[0], y_ticks[-1], frame.top + frame.plot_height, frame.top)
     x = _Scale(x_ticks[0], x_ticks[-1], frame.left, frame.left + frame.plot_width)

@@ -147,6 +147,31 @@ def test_nice_ticks_cover_the_range_with_round_steps() -> None:
     assert charts.tick_label(0.1 + 0.2) == "0.3" and charts.tick_label(1_500_000) == "1.5M"
 
 
+def test_count_axes_have_whole_ticks_only() -> None:
+    assert charts.nice_ticks(0.0, 1.0, whole=True) == [0, 1]
+    assert charts.nice_ticks(0.0, 12.0, whole=True) == [0, 5, 10, 15]
+    assert charts.nice_ticks(0.0, 12.0) == [0, 2.5, 5, 7.5, 10, 12.5]
+    histogram = parse(charts.histogram("h", [1.0, 2.0], x_label="latency (ms)"))
+    bars = parse(charts.grouped_bars("Rejections", ["A", "B"], ["market"], [[1.0], [1.0]],
+                                     x_label="reason", y_label="count"))
+    for root in (histogram, bars):
+        ticks = [e.text or "" for e in root.iter(f"{SVG}text") if e.get("class") == "ytick"]
+        assert ticks == ["0", "1"]
+
+
+def test_bar_labels_are_cut_only_when_their_group_is_too_narrow() -> None:
+    reasons = ["CREDENTIAL_REVOKED", "METER_WENT_BACKWARDS", "REPLAYED_EVENT_ID"]
+    wide = parse(charts.grouped_bars("r", reasons, ["s"], [[1.0]] * 3, x_label="x",
+                                     y_label="y", frame=charts.Frame(width=1300)))
+    assert set(reasons) <= set(texts(wide))
+    narrow = parse(charts.grouped_bars("r", reasons, ["s"], [[1.0]] * 3, x_label="x",
+                                       y_label="y", frame=charts.Frame(width=300)))
+    labels = [e.text or "" for e in narrow.iter(f"{SVG}text") if e.get("class") == "xtick"]
+    assert labels == ["CREDENT…", "METER_W…", "REPLAYE…"]  # 70 px groups: 8 characters
+    titles = [b.find(f"{SVG}title").text for b in marks(narrow, "rect", "bar")]
+    assert titles == [f"{r} / s: 1" for r in reasons]  # the tooltip keeps the full name
+
+
 def test_money_is_exact_decimal_text_with_currency() -> None:
     assert money(Decimal("24.990000"), "EUR") == "24.99 EUR"
     assert money(Decimal("0.123400"), "USD") == "0.1234 USD"
