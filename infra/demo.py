@@ -10,6 +10,7 @@ and settlements, then prints what ClickHouse holds and shuts everything down.
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from decimal import Decimal
@@ -82,6 +83,10 @@ class Drive:
 class Demo:
     def __init__(self, settings: Settings, say: Say) -> None:
         self.settings, self.say = settings, say
+        # Every identifier of this run carries its tag ("" the first time in a state folder,
+        # then "-r1", "-r2", ...), so a demo after a demo or a simulation on the same broker
+        # never collides with earlier ids, and waits only for its own decisions.
+        self.tag = next_demo_tag(settings)
         now = int(time.time() * 1000)
         self.day_ms = (now // HOUR_MS) * HOUR_MS
         self.dep: Deployment = deploy(settings, [j.code for j in JURISDICTIONS],
@@ -92,8 +97,12 @@ class Demo:
         self.operator: Participant | None = None
         self.conns: dict[str, list[tuple[str, int, str]]] = {}
         self._reservation_of: dict[str, str] = {}
+        self.base_name: dict[str, str] = {}
         self.decisions = TopicReader(settings, DECISIONS.name)
         self.settlements = TopicReader(settings, SETTLEMENTS.name)
+
+    def zone(self, j: Jurisdiction) -> str:
+        return j.grid_zone + self.tag
 
     # ---- the world -----------------------------------------------------------------------------
 
@@ -112,17 +121,17 @@ class Demo:
                                                   agreement_id=f"reciprocity:{j.code}", at_ms=at))
             self.authorities[j.code] = authority
             gov.append(sdk.tariff_filed(
-                authority, tariff_id=f"tariff:{j.code}", jurisdiction=j.code, currency=j.currency,
+                authority, tariff_id=f"tariff:{j.code}{self.tag}", jurisdiction=j.code, currency=j.currency,
                 ceiling_per_kwh=j.ceiling, rounding=j.rounding, tax_percent=j.tax_percent,
                 congestion_fee_per_kwh=j.congestion, renewable_adder_per_kwh=j.renewable,
                 at_ms=at))
-            gov.append(sdk.rules_published(authority, rules_version=f"rules:{j.code}:1",
+            gov.append(sdk.rules_published(authority, rules_version=f"rules:{j.code}{self.tag}:1",
                                            jurisdiction=j.code, at_ms=at))
-        operator = dep.participant("grid-op:caiso")
+        operator = dep.participant(f"grid-op:caiso{self.tag}")
         self.operator = operator
         gov.append(dep.issuer.issue_credential(operator, ["GRID_OPERATOR"], "US-CA", attributes={
-            "grid_zones": JURISDICTIONS[0].grid_zone}, at_ms=at))
-        gov.append(sdk.grid_program(operator, grid_zone_id=JURISDICTIONS[0].grid_zone,
+            "grid_zones": self.zone(JURISDICTIONS[0])}, at_ms=at))
+        gov.append(sdk.grid_program(operator, grid_zone_id=self.zone(JURISDICTIONS[0]),
                                     program="DEMAND_RESPONSE",
                                     operator_ids=[operator.credential_id], at_ms=at))
         gov += self._stations_and_vehicles(at)
@@ -136,7 +145,9 @@ class Demo:
         layout = [("US-CA", "sf-mission", [("c1", 150_000, "DC_FAST"), ("c2", 11_000, "AC_L2")]),
                   ("US-CA", "oakland-port", [("c1", 1_000_000, "MCS")]),
                   ("DE-BY", "muenchen-ost", [("c1", 300_000, "DC_FAST"), ("c2", 22_000, "AC_L2")])]
-        for code, name, conns in layout:
+        for code, base, conns in layout:
+            name = base + self.tag
+            self.base_name[name] = base
             j = next(x for x in JURISDICTIONS if x.code == code)
             participant, issued = self.dep.credential(f"station:{name}", ["STATION"], code,
                                                       subject_id=name, at_ms=at)
@@ -152,7 +163,7 @@ class Demo:
         for j in JURISDICTIONS:
             self.vehicles[j.code] = []
             for i in range(3):
-                vid = f"{j.code.lower()}-ev-{i}"
+                vid = f"{j.code.lower()}-ev-{i}{self.tag}"
                 vehicle, issued = self.dep.credential(f"vehicle:{vid}", ["VEHICLE"], j.code,
                                                       subject_id=vid, at_ms=at)
                 self.vehicles[j.code].append(vehicle)
@@ -167,17 +178,18 @@ class Demo:
                           for cid, power, kind in self.conns[st.participant.subject_id]]
             events.append(sdk.calendar_published(
                 st.participant, rate_authority_id=st.authority_id, jurisdiction=j.code,
-                tariff_id=f"tariff:{j.code}", rules_version=f"rules:{j.code}:1",
+                tariff_id=f"tariff:{j.code}{self.tag}",
+                rules_version=f"rules:{j.code}{self.tag}:1",
                 connectors=connectors, slot_duration_ms=SLOT_MS, horizon_start_ms=self.day_ms,
                 horizon_end_ms=self.day_ms + 24 * HOUR_MS, posted_rate_per_kwh=j.posted,
-                currency=j.currency, grid_zone_id=j.grid_zone, at_ms=self.day_ms))
+                currency=j.currency, grid_zone_id=self.zone(j), at_ms=self.day_ms))
         self.dep.publish(events)
         self.say(f"published {len(events)} slot calendars (15-minute slots, 24 h)")
 
     # ---- the day -------------------------------------------------------------------------------
 
     def plan(self) -> list[Drive]:
-        by_name = {st.participant.subject_id: st for st in self.stations}
+        by_name = {self.base_name[st.participant.subject_id]: st for st in self.stations}
         ca, de = self.vehicles["US-CA"], self.vehicles["DE-BY"]
         start = self.day_ms + HOUR_MS
         return [
@@ -194,14 +206,14 @@ class Demo:
         for i, d in enumerate(drives):
             if d.kind != "posted":
                 continue
-            orders.append(self._order(d, f"demo-order-{i}", self.day_ms + 10 * MINUTE_MS))
+            orders.append(self._order(d, f"demo{self.tag}-order-{i}", self.day_ms + 10 * MINUTE_MS))
         self.dep.publish(orders)
         reserved = self._await(self.decisions, lambda r: _short(r) == "SlotReserved",
                                len(orders), "reservations")
         self.say(f"{len(reserved)} reservations on the slot ledgers (posted-price acceptances)")
         walk_ups = [d for d in drives if d.kind == "walk_up"]
         beats = [sdk.heartbeat(d.station.participant, d.start_ms) for d in walk_ups]
-        self.dep.publish(beats + [self._order(d, f"demo-walkup-{i}", d.start_ms)
+        self.dep.publish(beats + [self._order(d, f"demo{self.tag}-walkup-{i}", d.start_ms)
                                   for i, d in enumerate(walk_ups)])
         self._await(self.decisions, lambda r: _short(r) == "SlotReserved"
                     and r.payload()["walk_up"], len(walk_ups), "walk-up authorisations")
@@ -228,18 +240,18 @@ class Demo:
         spike_at = self.day_ms + HOUR_MS + 21 * MINUTE_MS
         ca = JURISDICTIONS[0]
         assert self.operator is not None
-        self.dep.publish([sdk.grid_event(self.operator, grid_event_id="ge:caiso:spike-1",
-                                         grid_zone_id=ca.grid_zone, kind="PRICE_SIGNAL",
+        self.dep.publish([sdk.grid_event(self.operator, grid_event_id=f"ge:caiso{self.tag}:spike-1",
+                                         grid_zone_id=self.zone(ca), kind="PRICE_SIGNAL",
                                          from_ms=spike_at, until_ms=spike_at + 2 * HOUR_MS,
                                          rate_per_kwh="0.61")])
         in_zone = [d for d in drives if d.station.jurisdiction is ca]
         proposed = self._await(self.decisions, lambda r: _short(r) == "RepriceProposed",
                                len(in_zone), "re-price proposals")
-        self.say(f"grid price spike in {ca.grid_zone}: {len(proposed)} active sessions "
+        self.say(f"grid price spike in {self.zone(ca)}: {len(proposed)} active sessions "
                  "re-priced to 0.61 USD/kWh; their vehicles accept (below their ceilings)")
         self.dep.publish([sdk.reprice_accepted(
             d.vehicle, session_id=d.session_id, station_id=d.station.participant.subject_id,
-            grid_event_id="ge:caiso:spike-1", rate_per_kwh="0.61", at_ms=spike_at + MINUTE_MS)
+            grid_event_id=f"ge:caiso{self.tag}:spike-1", rate_per_kwh="0.61", at_ms=spike_at + MINUTE_MS)
             for d in in_zone])
         self.dep.publish([r for d in drives for r in self._readings(d, 3, 4)])
 
@@ -280,7 +292,7 @@ class Demo:
                       for d in drives]
         assert self.operator is not None
         signatures += [sdk.settlement_co_signed(
-            self.operator, closes[d.session_id], grid_zone_id=d.station.jurisdiction.grid_zone,
+            self.operator, closes[d.session_id], grid_zone_id=self.zone(d.station.jurisdiction),
             clearing_price_per_kwh="0.183", at_ms=d.readings[-1][0] + 3 * MINUTE_MS)
             for d in drives if d.station.jurisdiction is JURISDICTIONS[0]]
         self.dep.publish(signatures)
@@ -291,10 +303,13 @@ class Demo:
 
     def _await(self, reader: TopicReader, match: Callable[[Record], bool], count: int,
                what: str) -> list[Record]:
+        own = {st.participant.subject_id.encode() for st in self.stations} | {
+            session.encode() for session in self._reservation_of}
+
         def found(records: list[Record]) -> list[Record]:
             seen: dict[str, Record] = {}
             for r in records:
-                if match(r):
+                if r.key in own and match(r):
                     seen.setdefault(r.event().event_id, r)
             return list(seen.values())
 
@@ -309,6 +324,19 @@ class Demo:
         self.settlements.close()
 
 
+DEMO_RUNS_FILE = "demo-runs.json"
+
+
+def next_demo_tag(settings: Settings) -> str:
+    """"" for the first demo in this state folder, then "-r1", "-r2", ... (recorded there)."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.state_dir / DEMO_RUNS_FILE
+    runs = json.loads(path.read_text()) if path.exists() else []
+    tag = "" if not runs else f"-r{len(runs)}"
+    path.write_text(json.dumps(runs + [{"tag": tag, "at_ms": int(time.time() * 1000)}]))
+    return tag
+
+
 def _short(record: Record) -> str:
     try:
         return record.event().event_type.rsplit(".", 1)[1]
@@ -316,31 +344,47 @@ def _short(record: Record) -> str:
         return ""
 
 
-def summary(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
-    """What an analyst sees in ClickHouse afterwards."""
+@dataclasses.dataclass(frozen=True)
+class DemoScope:
+    """What one demo run wrote: its stations, from its own day (virtual ms) and wall start."""
+
+    station_ids: tuple[str, ...]
+    since_ms: int
+    wall_since_ms: int
+
+
+def summary(settings: Settings, scope: DemoScope) -> dict[str, list[tuple[Any, ...]]]:
+    """What an analyst sees in ClickHouse afterwards about this demo run (earlier runs in the
+    same state folder are left out; the `events` count alone is cumulative and says so)."""
     client = clickhouse_client(settings)
+    params = {"s": scope.station_ids, "t": scope.since_ms, "w": scope.wall_since_ms}
+    mine = "station_id IN %(s)s AND admitted_at_ms >= %(t)s"
     queries = {
         "revenue": "SELECT jurisdiction, currency, count(), sum(energy_import_wh), "
-                   "sum(total_amount) FROM settlements FINAL GROUP BY jurisdiction, currency "
-                   "ORDER BY jurisdiction",
-        "lines": "SELECT kind, count(), sum(amount) FROM settlement_lines FINAL "
-                 "GROUP BY kind ORDER BY kind",
-        "decisions": "SELECT decision_type, count() FROM ledger_decisions FINAL "
+                   f"sum(total_amount) FROM settlements FINAL WHERE {mine} "
+                   "GROUP BY jurisdiction, currency ORDER BY jurisdiction",
+        "lines": "SELECT kind, count(), sum(amount) FROM settlement_lines FINAL WHERE "
+                 "settlement_id IN (SELECT settlement_id FROM settlements FINAL WHERE "
+                 f"{mine}) GROUP BY kind ORDER BY kind",
+        "decisions": "SELECT decision_type, count() FROM ledger_decisions FINAL WHERE "
+                     "station_id IN %(s)s AND occurred_at_ms >= %(t)s "
                      "GROUP BY decision_type ORDER BY decision_type",
-        "reprices": "SELECT stage, count() FROM reprices FINAL GROUP BY stage ORDER BY stage",
-        "finality": "SELECT status, count() FROM settlements_status GROUP BY status "
-                    "ORDER BY status",
-        "rejections": "SELECT reason_code, count() FROM rejections FINAL GROUP BY reason_code "
-                      "ORDER BY reason_code",
+        "reprices": "SELECT stage, count() FROM reprices FINAL WHERE station_id IN %(s)s AND "
+                    "occurred_at_ms >= %(t)s GROUP BY stage ORDER BY stage",
+        "finality": f"SELECT status, count() FROM settlements_status WHERE {mine} "
+                    "GROUP BY status ORDER BY status",
+        "rejections": "SELECT reason_code, count() FROM rejections FINAL WHERE rejected_at_ms "
+                      ">= %(w)s GROUP BY reason_code ORDER BY reason_code",
         "events": "SELECT count() FROM events FINAL",
     }
     try:
-        return {name: list(client.execute(sql)) for name, sql in queries.items()}
+        return {name: list(client.execute(sql, params)) for name, sql in queries.items()}
     finally:
         client.disconnect()
 
 
 def run_demo(settings: Settings, say: Say, keep_running: bool = False) -> dict[str, Any]:
+    wall_started_ms = int(time.time() * 1000)
     stack = EmbeddedStack(settings)
     started = stack.up()
     say(f"stack up: {', '.join(started.started) or 'already running'}")
@@ -361,7 +405,9 @@ def run_demo(settings: Settings, say: Say, keep_running: bool = False) -> dict[s
         demo.book(drives)
         demo.charge(drives)
         demo.settle(drives)
-        return _wait_summary(settings, len(drives))
+        scope = DemoScope(tuple(st.participant.subject_id for st in demo.stations),
+                          demo.day_ms - HOUR_MS, wall_started_ms)
+        return _wait_summary(settings, scope, len(drives))
     finally:
         stop.set()
         if demo is not None:
@@ -376,11 +422,11 @@ def run_demo(settings: Settings, say: Say, keep_running: bool = False) -> dict[s
             say("stack down")
 
 
-def _wait_summary(settings: Settings, settlements: int) -> dict[str, Any]:
+def _wait_summary(settings: Settings, scope: DemoScope, settlements: int) -> dict[str, Any]:
     deadline = time.monotonic() + WAIT_S_MAX
-    result = summary(settings)
+    result = summary(settings, scope)
     while time.monotonic() < deadline:
-        result = summary(settings)
+        result = summary(settings, scope)
         final = sum(n for status, n in result["finality"] if status == "FINAL")
         if sum(row[2] for row in result["revenue"]) >= settlements and final >= settlements:
             break
@@ -428,7 +474,9 @@ def demo(ctx: click.Context, keep_running: bool) -> None:
         for row in result[key]:
             table.add_row(*[money_text(v) if isinstance(v, Decimal) else str(v) for v in row])
         console.print(table)
-    console.print(f"{result['events'][0][0]} signed events in ClickHouse table `events`. "
+    console.print(f"{result['events'][0][0]} signed events in ClickHouse table `events` "
+                  "(cumulative: every run in this state folder; the tables above are this "
+                  "demo's own). "
                   f"Query it yourself: clickhouse-client --port {settings.clickhouse_port} "
                   f"-d {settings.clickhouse_database}" + ("" if keep_running else
                                                           " (after `chargemesh up`)"))

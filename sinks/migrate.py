@@ -178,3 +178,66 @@ def apply_migrations(settings: Settings) -> list[str]:
         return applied
     finally:
         client.disconnect()
+
+
+# ---- SQL this server version stores badly ------------------------------------------------------
+
+_VIEW_NAME = re.compile(r"^\s*CREATE\s+(?:MATERIALIZED\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+                        r"([A-Za-z_][A-Za-z0-9_.]*)", re.IGNORECASE)
+_DROP_NAME = re.compile(r"^\s*DROP\s+(?:TABLE|VIEW)\s+(?:IF\s+EXISTS\s+)?([A-Za-z_][A-Za-z0-9_.]*)",
+                        re.IGNORECASE)
+_ALIAS = re.compile(r"\bAS\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+_SUBQUERY_START = re.compile(r"\(\s*SELECT\b", re.IGNORECASE)
+
+
+def view_name(statement: str) -> str | None:
+    """The view a ``CREATE [MATERIALIZED] VIEW`` statement creates, else None."""
+    match = _VIEW_NAME.match(statement)
+    return match[1] if match else None
+
+
+def dropped_name(statement: str) -> str | None:
+    """The table or view a ``DROP`` statement removes, else None."""
+    match = _DROP_NAME.match(statement)
+    return match[1] if match else None
+
+
+def subquery_alias_collisions(statement: str) -> set[str]:
+    """Aliases given both to a sub-query and to a column in one statement.
+
+    ClickHouse 18.16 writes such a view back with the sub-query replaced by its alias
+    (``FROM accepted``), and after a server restart the view no longer resolves. Parentheses are
+    matched on the statement text (no string literal in our DDL holds one).
+    """
+    openers: list[int] = []
+    match_of: dict[int, int] = {}
+    for index, char in enumerate(statement):
+        if char == "(":
+            openers.append(index)
+        elif char == ")" and openers:
+            match_of[index] = openers.pop()
+    subquery_aliases: set[str] = set()
+    column_aliases: set[str] = set()
+    for found in _ALIAS.finditer(statement):
+        before = statement[: found.start()].rstrip()
+        closing = len(before) - 1
+        opener = match_of.get(closing) if before.endswith(")") else None
+        if opener is not None and _SUBQUERY_START.match(statement, opener):
+            subquery_aliases.add(found[1].lower())
+        else:
+            column_aliases.add(found[1].lower())
+    return subquery_aliases & column_aliases
+
+
+def current_views(migrations: list[Migration]) -> dict[str, str]:
+    """Each view's statement as the migrations leave it (a later DROP or CREATE wins)."""
+    views: dict[str, str] = {}
+    for migration in migrations:
+        for statement in migration.statements:
+            dropped = dropped_name(statement)
+            if dropped is not None:
+                views.pop(dropped, None)
+            created = view_name(statement)
+            if created is not None:
+                views[created] = statement
+    return views
