@@ -466,7 +466,7 @@ def demo(ctx: click.Context, keep_running: bool) -> None:
                                 ("Re-pricing", "reprices", ("stage", "count")),
                                 ("Settlement finality", "finality", ("status", "count")),
                                 ("Rejections", "rejections", ("reason", "count"))):
-        table = Table(title=title)
+        table = Table(title=title, min_width=len(title) + 4)  # a title never wraps
         for header in headers:
             table.add_column(header, justify="left" if header in ("kind", "decision", "reason",
                                                                   "stage", "status")
