@@ -23,7 +23,7 @@ from chargemesh.infra.runtime import TopicReader, WorkerProcess, publisher
 from chargemesh.infra.stack import EmbeddedStack
 from chargemesh.processors.governance import TrustAnchor, TrustStore
 from chargemesh.processors.ingress import admit, admit_governance
-from chargemesh.streams import sdk
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import open_envelope
 from chargemesh.streams.keys import verify_signature
 from chargemesh.streams.topics import DECISIONS, MARKET, SETTLEMENTS

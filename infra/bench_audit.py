@@ -14,8 +14,8 @@ from typing import Any
 
 from chargemesh.infra.cli_audit import clickhouse_source, kafka_source, processor_keys
 from chargemesh.infra.config import Settings, load_settings
-from chargemesh.processors.app import load_anchors
-from chargemesh.processors.audit import measure_replay_rate
+from chargemesh.processors.runtime.app import load_anchors
+from chargemesh.processors.audit.replay import measure_replay_rate
 
 ROUNDS_DEFAULT = 3
 

@@ -40,9 +40,9 @@ from typing import Any
 from chargemesh.infra.bench import HOUR_MS, SLOT_MS, LedgerBench, bench_envelope, percentile
 from chargemesh.infra.config import Settings, load_settings
 from chargemesh.infra.runtime import Record, TopicReader, WorkerProcess, log_tail, publisher
-from chargemesh.streams import sdk
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import Participant
+from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import ADMITTED
 
 # ---- sizes, targets -----------------------------------------------------------------------------
@@ -542,7 +542,7 @@ class SuiteStack(LedgerBench):
                                             started_at_ms=start))
         admitted = TopicReader(self.settings, ADMITTED.name)
         try:
-            from chargemesh.processors.app import decision_id
+            from chargemesh.processors.runtime.app import decision_id
 
             zone_joined = {decision_id(c, 1_000) for c in self._calendar_ids(stations)}
             self.dep.publish(bookings)
@@ -644,7 +644,7 @@ class ProfiledWorker(WorkerProcess):
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cProfile", "-o", str(self.profile_path),
-             "-m", "chargemesh.processors.worker", "--index", str(self.index),
+             "-m", "chargemesh.processors.runtime.worker", "--index", str(self.index),
              "--loglevel", self.loglevel],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
@@ -708,7 +708,7 @@ class PlainLoop:
 
     def __init__(self, settings: Settings, profile: bool,
                  from_offsets: dict[int, int] | None = None) -> None:
-        from chargemesh.processors.app import (
+        from chargemesh.processors.runtime.app import (
             APP_ID,
             ChangelogTable,
             load_anchors,
@@ -747,8 +747,8 @@ class PlainLoop:
 
     async def _restore(self, anchors: list[Any], processors: list[Any], *tables: Any) -> Any:
         from aiokafka import AIOKafkaProducer
-        from chargemesh.processors.app import read_changelog
-        from chargemesh.processors.follower import GovernanceFollower
+        from chargemesh.processors.runtime.app import read_changelog
+        from chargemesh.processors.runtime.follower import GovernanceFollower
         from chargemesh.streams import topics
 
         follower = GovernanceFollower(self.settings.kafka_client_config(), anchors, processors)
@@ -792,10 +792,10 @@ class PlainLoop:
                 self.last_s = time.perf_counter()
 
     def batch(self, msgs: list[Any]) -> None:
-        from chargemesh.processors import ledger
-        from chargemesh.processors.app import DECISION_ROUTES, expected_partition, seal_decision
+        from chargemesh.processors.ledger import state as ledger
+        from chargemesh.processors.runtime.app import DECISION_ROUTES, expected_partition, seal_decision
         from chargemesh.processors.ingress import Admitted, Refused, admit, rejection_record
-        from chargemesh.processors.market import market_step
+        from chargemesh.processors.ledger.step import market_step
         from chargemesh.processors.reasons import Reason, Rejection
         from chargemesh.schemas.codec import catalog
         from chargemesh.streams import topics

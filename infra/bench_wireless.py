@@ -22,9 +22,10 @@ from typing import Any
 from chargemesh.infra.bootstrap import deploy, private_settings
 from chargemesh.infra.runtime import TopicReader, WorkerProcess, publisher
 from chargemesh.infra.stack import EmbeddedStack
-from chargemesh.streams import sdk, wireless
+from chargemesh.streams.sdk import participant as sdk
+from chargemesh.streams.sdk import wireless
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import Participant
+from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import DECISIONS
 
 SEGMENTS = 10

@@ -13,7 +13,7 @@ from chargemesh.infra.config import Settings
 from chargemesh.infra.processes import free_ports
 from chargemesh.infra.runtime import publisher, write_anchors
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import Participant
+from chargemesh.streams.sdk.participant import Participant
 
 ALL_DELEGATED_ROLES = ["STATION", "VEHICLE", "FLEET_AGENT", "METER", "GRID_OPERATOR", "OBSERVER",
                        "ARBITER", "MOBILE_STATION", "RATE_AUTHORITY"]

@@ -297,7 +297,7 @@ def wait_quiet(settings: Settings, say: Say) -> None:
     """Until the workers consumed every input and the sink committed every record of its topics,
     with nothing new appearing between two looks."""
     deadline = time.monotonic() + QUIET_WAIT_S_MAX
-    from chargemesh.processors.app import APP_ID
+    from chargemesh.processors.runtime.app import APP_ID
 
     previous: dict[tuple[str, int], int] | None = None
     while time.monotonic() < deadline:

@@ -22,9 +22,9 @@ from chargemesh.infra.runtime import Record, TopicReader, WorkerProcess
 from chargemesh.infra.stack import EmbeddedStack
 from chargemesh.sinks.clickhouse_sink import ClickHouseSink
 from chargemesh.sinks.migrate import clickhouse_client
-from chargemesh.streams import sdk
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import Participant
+from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import DECISIONS, SETTLEMENTS
 
 HOUR_MS = 3_600_000

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from chargemesh.infra.checks import ensure
+from chargemesh.checks import ensure
 
 LOOPBACK = "127.0.0.1"
 PORT_PROBE_TIMEOUT_S = 0.5

@@ -7,7 +7,7 @@ Runs the bench's ledger scenario (its own embedded stack, one worker at loglevel
 * prints the worker's ``BatchStats`` lines logged during the throughput run (events per batch
   and per-phase seconds: verify, decide, publish, encode, tables, gap between batches);
 * with ``--cprofile``, runs the worker under cProfile for the throughput run only (toggled by
-  PROFILE_SIGNAL, see ``processors/worker.py``) and prints the top functions by cumulative and own time;
+  PROFILE_SIGNAL, see ``processors/runtime/worker.py``) and prints the top functions by cumulative and own time;
 * with ``--py-spy``, samples the worker with py-spy (if installed) into a flame graph SVG.
 
 A program that prints figures; nothing here asserts on time.
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from chargemesh.infra.bench import LedgerBench
-from chargemesh.processors.worker import PROFILE_ENV, PROFILE_SIGNAL
+from chargemesh.processors.runtime.worker import PROFILE_ENV, PROFILE_SIGNAL
 
 STATS_LINE = re.compile(r"market: .*")
 

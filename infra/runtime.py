@@ -19,7 +19,7 @@ from chargemesh.infra.config import Settings
 from chargemesh.schemas.codec import catalog
 from chargemesh.schemas import registry
 from chargemesh.streams.envelope import SignedEvent, open_envelope, open_payload
-from chargemesh.streams.sdk import Participant, Publisher
+from chargemesh.streams.sdk.participant import Participant, Publisher
 
 WAIT_S_MAX = 60.0
 POLL_S = 0.2
@@ -44,7 +44,7 @@ class WorkerProcess:
         env = dict(os.environ, **self.settings.as_environ())
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chargemesh.processors.worker", "--index", str(self.index),
+            [sys.executable, "-m", "chargemesh.processors.runtime.worker", "--index", str(self.index),
              "--loglevel", self.loglevel],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self

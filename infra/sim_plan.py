@@ -19,9 +19,11 @@ import random
 from typing import Any
 
 from chargemesh.infra.bootstrap import ALL_DELEGATED_ROLES
-from chargemesh.streams import sdk, swap_mobile, wireless
+from chargemesh.streams.sdk import participant as sdk
+from chargemesh.streams.sdk import swap_mobile
+from chargemesh.streams.sdk import wireless
 from chargemesh.streams.envelope import SignedEvent, deterministic_event_ids
-from chargemesh.streams.sdk import Participant
+from chargemesh.streams.sdk.participant import Participant
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000

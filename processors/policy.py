@@ -123,7 +123,7 @@ POLICIES: dict[str, EventPolicy] = {
     "chargemesh.audit.v1.LogCheckpoint": _p(topics.CHECKPOINTS.name, frozenset({"PROCESSOR"}),
                                             key_path="log_id"),
     # E2 battery swap: the station's signed pack inventory, and the swap itself (pack out, pack
-    # in), signed by the station and co-signed by the vehicle (processors/swap.py).
+    # in), signed by the station and co-signed by the vehicle (processors/embodiments/swap.py).
     "chargemesh.capacity.v1.PackRegistered": _p(
         MKT, STATION_ROLES, key_path="station_id", author_subject_path="station_id"
     ),
@@ -132,13 +132,13 @@ POLICIES: dict[str, EventPolicy] = {
         author_subject_path="identity.station_id",
         cosigner_paths=("identity.vehicle_credential_id",),
     ),
-    # E5 mobile charger: only an itinerant (MOBILE_STATION) credential moves (processors/mobile.py).
+    # E5 mobile charger: only an itinerant (MOBILE_STATION) credential moves (processors/embodiments/mobile.py).
     "chargemesh.capacity.v1.MobileStationRelocated": _p(
         MKT, frozenset({"MOBILE_STATION"}), key_path="station_id",
         author_subject_path="station_id",
     ),
     # Disputes (P2): decided by the station's ledger, which knows the session's parties and
-    # settlement (processors/disputes.py checks who may act on which dispute).
+    # settlement (processors/ledger/disputes.py checks who may act on which dispute).
     "chargemesh.dispute.v1.DisputeOpened": _p(MKT, PARTY_ROLES, key_path="station_id"),
     "chargemesh.dispute.v1.DisputeEvidenceSubmitted": _p(
         MKT, PARTY_ROLES | ARBITER_ROLES, key_path="station_id"

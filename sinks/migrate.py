@@ -19,7 +19,7 @@ from importlib import resources
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
-from chargemesh.infra.checks import ensure
+from chargemesh.checks import ensure
 from chargemesh.infra.config import Settings
 
 MIGRATIONS_PACKAGE = "chargemesh.sinks"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from chargemesh.processors import ledger
-from chargemesh.streams import sdk
+from chargemesh.processors.ledger import state as ledger
+from chargemesh.streams.sdk import participant as sdk
 
 from .world import T0_MS, World
 

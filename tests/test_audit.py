@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 from chargemesh.infra import cli_audit
 from chargemesh.infra.runtime import Record, TopicReader
-from chargemesh.processors.audit import AuditReport
+from chargemesh.processors.audit.replay import AuditReport
 from chargemesh.schemas.codec import catalog
-from chargemesh.streams import merkle, sdk
+from chargemesh.streams import merkle
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent, open_envelope
-from chargemesh.streams.sdk import Participant, now_ms
+from chargemesh.streams.sdk.participant import Participant, now_ms
 from chargemesh.streams.topics import SETTLEMENTS
 
 from .conftest import Mesh

@@ -12,9 +12,10 @@ from decimal import Decimal
 
 import pytest
 from chargemesh.infra import cli_audit
-from chargemesh.processors.audit import ALL_TIME_MS, AuditReport
-from chargemesh.streams import sdk, swap_mobile
-from chargemesh.streams.sdk import Participant, now_ms
+from chargemesh.processors.audit.replay import ALL_TIME_MS, AuditReport
+from chargemesh.streams.sdk import participant as sdk
+from chargemesh.streams.sdk import swap_mobile
+from chargemesh.streams.sdk.participant import Participant, now_ms
 
 from .conftest import Mesh
 from .market import SLOT_MS, open_market

@@ -53,10 +53,10 @@ from chargemesh.processors.governance import TrustAnchor
 from chargemesh.schemas.codec import catalog
 from chargemesh.sinks.clickhouse_sink import ClickHouseSink
 from chargemesh.sinks.migrate import clickhouse_client
-from chargemesh.streams import sdk
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import REJECTED_SCHEMA
 from chargemesh.streams.keys import Signer
-from chargemesh.streams.sdk import now_ms
+from chargemesh.streams.sdk.participant import now_ms
 from chargemesh.streams.topics import DECISIONS, REJECTIONS
 
 from .conftest import Mesh
@@ -201,7 +201,7 @@ def test_stop_never_signals_a_process_that_is_not_the_recorded_one(tmp_path: Pat
     settings = Settings(state_dir=tmp_path)
     sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
     try:
-        worker_argv = (sys.executable, "-m", "chargemesh.processors.worker", "--index", "0")
+        worker_argv = (sys.executable, "-m", "chargemesh.processors.runtime.worker", "--index", "0")
         reused = ManagedProcess(  # same command, but the pid was reused by a later process
             ProcessRecord("worker-0", sleepers[0].pid, "sleep", {}, "w.log", 0),
             ("sleep", "60"), _proc_start_ticks(sleepers[0].pid) - 1)

@@ -22,7 +22,7 @@ from chargemesh.schemas.codec import catalog
 from chargemesh.schemas.json_avro import PayloadError, from_json
 from chargemesh.streams.envelope import open_envelope
 from chargemesh.streams.keys import Signer
-from chargemesh.streams.sdk import Participant, heartbeat, now_ms
+from chargemesh.streams.sdk.participant import Participant, heartbeat, now_ms
 from click.testing import CliRunner, Result
 
 from .conftest import Mesh

@@ -11,9 +11,9 @@ import pytest
 from chargemesh.infra import cli_disputes  # noqa: F401 - registers `disputes`
 from chargemesh.infra.cli import cli
 from chargemesh.infra.runtime import Record, TopicReader
-from chargemesh.streams import sdk
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import Participant, now_ms
+from chargemesh.streams.sdk.participant import Participant, now_ms
 from chargemesh.streams.topics import DISPUTES, REJECTIONS, SETTLEMENTS
 from click.testing import CliRunner
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors import ledger
+from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.ingress import Admitted, Refused, admit
-from chargemesh.processors.market import Step, market_step
-from chargemesh.streams import sdk
+from chargemesh.processors.ledger.step import Step, market_step
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import Participant
+from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import MARKET
 
 from .session_world import PureStation

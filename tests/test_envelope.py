@@ -122,7 +122,7 @@ def test_garbage_is_a_decode_error_not_a_crash() -> None:
 
 def test_the_sdk_publishes_every_type_to_the_topic_its_policy_accepts_it_on() -> None:
     from chargemesh.processors.policy import POLICIES
-    from chargemesh.streams.sdk import topic_for
+    from chargemesh.streams.sdk.participant import topic_for
 
     for event_type, policy in POLICIES.items():
         assert topic_for(event_type) == policy.topic, event_type

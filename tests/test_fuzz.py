@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any
 
 import pytest
-from chargemesh.processors import ledger
+from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.governance import GOVERNANCE_EVENT_TYPES, TrustStore
 from chargemesh.processors.ingress import (
     Admitted,
@@ -29,13 +29,14 @@ from chargemesh.processors.ingress import (
     admit_governance,
     rejection_record,
 )
-from chargemesh.processors.market import market_step
+from chargemesh.processors.ledger.step import market_step
 from chargemesh.processors.policy import POLICIES
 from chargemesh.processors.reasons import Reason
 from chargemesh.schemas import registry
 from chargemesh.schemas.codec import DecodeError, catalog
-from chargemesh.sinks.projections import REJECTIONS, SourceMessage, project
-from chargemesh.streams import sdk, topics
+from chargemesh.sinks.projections.core import REJECTIONS, SourceMessage, project
+from chargemesh.streams import topics
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import (
     ENVELOPE_BYTES_MAX,
     REJECTED_SCHEMA,

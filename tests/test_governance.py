@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ingress import Admitted, Refused
-from chargemesh.streams.sdk import Participant
+from chargemesh.streams.sdk.participant import Participant
 
 from .world import T0_MS, make_world, verdict_of
 

@@ -24,14 +24,15 @@ import pytest
 from chargemesh.infra.runtime import TopicReader
 from chargemesh.processors.reasons import Reason
 from chargemesh.schemas.codec import catalog
-from chargemesh.streams import sdk, topics
+from chargemesh.streams import topics
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import (
     ENVELOPE_BYTES_MAX,
     SignedEvent,
     _encode_body,
     open_envelope,
 )
-from chargemesh.streams.sdk import Participant, now_ms
+from chargemesh.streams.sdk.participant import Participant, now_ms
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from .conftest import Mesh

@@ -7,7 +7,7 @@ import pytest
 
 from chargemesh.streams.envelope import EventBody, SignedEvent, _encode_body, new_event_id
 from chargemesh.streams.keys import Signer
-from chargemesh.streams.sdk import Participant, now_ms
+from chargemesh.streams.sdk.participant import Participant, now_ms
 from chargemesh.streams.topics import ADMITTED, GOVERNANCE, MARKET, REJECTIONS
 
 from .conftest import Mesh

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chargemesh.processors import ledger
+from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.governance import TrustStore
 from chargemesh.streams.envelope import SignedEvent, open_payload
-from chargemesh.streams.sdk import (
+from chargemesh.streams.sdk.participant import (
     Participant,
     calendar_published,
     capacity_changed,

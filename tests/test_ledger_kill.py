@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from chargemesh.processors import ledger
-from chargemesh.processors.app import load_processor_signer, seal_decision
+from chargemesh.processors.ledger import state as ledger
+from chargemesh.processors.runtime.app import load_processor_signer, seal_decision
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ingress import Admitted, admit, admit_governance
-from chargemesh.processors.market import market_step
-from chargemesh.streams import sdk
-from chargemesh.streams.sdk import now_ms
+from chargemesh.processors.ledger.step import market_step
+from chargemesh.streams.sdk import participant as sdk
+from chargemesh.streams.sdk.participant import now_ms
 from chargemesh.streams.topics import DECISIONS, GOVERNANCE, MARKET
 
 from .conftest import Mesh

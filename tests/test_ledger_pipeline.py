@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from chargemesh.streams import sdk
-from chargemesh.streams.sdk import now_ms
+from chargemesh.streams.sdk import participant as sdk
+from chargemesh.streams.sdk.participant import now_ms
 from chargemesh.streams.topics import DECISIONS, REJECTIONS
 
 from .conftest import Mesh

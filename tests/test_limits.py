@@ -7,13 +7,15 @@ the governance follower's verdicts (a hostile record is not kept in memory).
 from __future__ import annotations
 
 import pytest
-from chargemesh.processors import ledger, market
-from chargemesh.processors.follower import GovernanceFollower
+from chargemesh.processors.ledger import state as ledger
+from chargemesh.processors.ledger import step as market
+from chargemesh.processors.runtime.follower import GovernanceFollower
 from chargemesh.processors.ingress import Admitted, Refused
-from chargemesh.processors.market import market_step
-from chargemesh.streams import sdk, topics
+from chargemesh.processors.ledger.step import market_step
+from chargemesh.streams import topics
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import open_payload
-from chargemesh.streams.sdk import Participant
+from chargemesh.streams.sdk.participant import Participant
 
 from .test_fuzz import fixture
 from .world import T0_MS, make_world

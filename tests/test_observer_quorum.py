@@ -8,13 +8,13 @@ import itertools
 from typing import Any
 
 import pytest
-from chargemesh.processors import observers
+from chargemesh.processors.grid import observers
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ingress import Admitted, Refused
-from chargemesh.streams import sdk
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.observer_decision import decision_digest
-from chargemesh.streams.sdk import Participant
+from chargemesh.streams.sdk.observer_decision import decision_digest
+from chargemesh.streams.sdk.participant import Participant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 from chargemesh.infra.cli_grid import load_observer_view, observer_tables
-from chargemesh.streams import sdk
-from chargemesh.streams.observer_decision import decision_digest
-from chargemesh.streams.sdk import Participant, now_ms
+from chargemesh.streams.sdk import participant as sdk
+from chargemesh.streams.sdk.observer_decision import decision_digest
+from chargemesh.streams.sdk.participant import Participant, now_ms
 from rich.console import Console
 
 from .conftest import Mesh

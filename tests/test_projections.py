@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from chargemesh.schemas.codec import catalog
-from chargemesh.sinks.projections import (
+from chargemesh.sinks.projections.core import (
     EVENTS,
     LEDGER_DECISIONS,
     PROJECTORS,

@@ -23,7 +23,7 @@ from chargemesh.infra.stack import EmbeddedStack
 from chargemesh.schemas import registry
 from chargemesh.schemas.codec import CONFLUENT_MAGIC, DecodeError, confluent_frame
 from chargemesh.sinks.clickhouse_sink import ClickHouseSink
-from chargemesh.streams import sdk
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import open_envelope
 from chargemesh.streams.topics import DECISIONS, MARKET, REJECTIONS
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from chargemesh.infra import svg_charts as charts
-from chargemesh.infra.checks import InvariantError
+from chargemesh.checks import InvariantError
 from chargemesh.infra.report import build_report, money, render_html
 from chargemesh.sinks.migrate import clickhouse_client
-from chargemesh.streams import sdk
-from chargemesh.streams.sdk import now_ms
+from chargemesh.streams.sdk import participant as sdk
+from chargemesh.streams.sdk.participant import now_ms
 
 from .conftest import Mesh
 from .market import SLOT_MS, open_market

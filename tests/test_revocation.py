@@ -11,8 +11,8 @@ import time
 import pytest
 
 from chargemesh.infra.runtime import Record, TopicReader
-from chargemesh.streams import sdk
-from chargemesh.streams.sdk import Participant, now_ms
+from chargemesh.streams.sdk import participant as sdk
+from chargemesh.streams.sdk.participant import Participant, now_ms
 from chargemesh.streams.topics import DECISIONS, REJECTIONS
 
 from .conftest import Mesh

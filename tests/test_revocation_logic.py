@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from chargemesh.processors import ledger
-from chargemesh.processors import revocation  # noqa: F401 - registers RevocationRouted
-from chargemesh.streams.sdk import connector
+from chargemesh.processors.ledger import state as ledger
+from chargemesh.processors.ledger import revocation  # noqa: F401 - registers RevocationRouted
+from chargemesh.streams.sdk.participant import connector
 
 from .test_ledger import POWER_W, Market, kinds, market, reason, slot
 

@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 
 from chargemesh.infra.runtime import Record, TopicReader
-from chargemesh.processors.ledger import roaming_problem
-from chargemesh.streams import sdk
-from chargemesh.streams.sdk import Participant, now_ms
+from chargemesh.processors.ledger.state import roaming_problem
+from chargemesh.streams.sdk import participant as sdk
+from chargemesh.streams.sdk.participant import Participant, now_ms
 from chargemesh.streams.topics import ADMITTED, DECISIONS
 
 from .conftest import Mesh

@@ -7,10 +7,10 @@ from decimal import Decimal
 from typing import Any
 
 from chargemesh.processors.ingress import Admitted, admit
-from chargemesh.processors.market import Step, market_step
-from chargemesh.streams import sdk
+from chargemesh.processors.ledger.step import Step, market_step
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import Participant
+from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import MARKET
 
 from .session_world import PureStation

@@ -9,9 +9,9 @@ import pytest
 
 from chargemesh.infra.runtime import Record, TopicReader
 from chargemesh.processors.settlement import Reading, Reprice, Tariff, segments, settle
-from chargemesh.streams import sdk
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import Participant, now_ms
+from chargemesh.streams.sdk.participant import Participant, now_ms
 from chargemesh.streams.topics import DECISIONS, REJECTIONS, SETTLEMENTS
 
 from .conftest import Mesh

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from chargemesh.infra.runtime import Record, TopicReader
-from chargemesh.streams import sdk
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import now_ms
+from chargemesh.streams.sdk.participant import now_ms
 from chargemesh.streams.topics import SETTLEMENTS
 
 from .conftest import Mesh
@@ -110,7 +110,7 @@ def test_sigkill_during_close_out_loses_and_doubles_no_settlement(mesh: Mesh) ->
 def _explain(mesh: Mesh, reader: TopicReader) -> None:
     import collections
 
-    from chargemesh.processors import ledger
+    from chargemesh.processors.ledger import state as ledger
     from chargemesh.streams.topics import REJECTIONS
     print("admitted", len(by_settlement(reader.records, "skill", "SettlementAdmitted")),
           "final", len(by_settlement(reader.records, "skill", "SettlementFinalised")))

@@ -30,7 +30,7 @@ from chargemesh.processors.reasons import Reason
 from chargemesh.schemas.codec import catalog
 from chargemesh.sinks.clickhouse_sink import ClickHouseSink
 from chargemesh.sinks.migrate import clickhouse_client, load_migrations
-from chargemesh.sinks.projections import (
+from chargemesh.sinks.projections.core import (
     EVENTS,
     REJECTIONS,
     SESSION_LIFECYCLE,

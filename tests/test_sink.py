@@ -29,7 +29,7 @@ from chargemesh.infra.stack import CLICKHOUSE, EmbeddedStack
 from chargemesh.schemas.codec import catalog
 from chargemesh.sinks.clickhouse_sink import ClickHouseSink, ClickHouseUnavailableError
 from chargemesh.sinks.migrate import clickhouse_client
-from chargemesh.sinks.projections import SINK_UNDECODABLE, sink_rejection_id
+from chargemesh.sinks.projections.core import SINK_UNDECODABLE, sink_rejection_id
 from chargemesh.streams.envelope import REJECTED_SCHEMA, SignedEvent, seal
 from chargemesh.streams.keys import Signer
 from chargemesh.streams.topics import DECISIONS, MARKET, REJECTIONS

@@ -6,13 +6,16 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors import ledger, swap
+from chargemesh.processors.ledger import state as ledger
+
+from chargemesh.processors.embodiments import swap
 from chargemesh.processors.ingress import Admitted, Refused, admit
-from chargemesh.processors.market import Step, market_step
+from chargemesh.processors.ledger.step import Step, market_step
 from chargemesh.processors.settlement import Tariff
-from chargemesh.streams import sdk, swap_mobile
+from chargemesh.streams.sdk import participant as sdk
+from chargemesh.streams.sdk import swap_mobile
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import Participant
+from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import MARKET
 
 from .world import T0_MS, World, make_world

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from chargemesh.infra.cli import _register_command_modules, cli
-from chargemesh.streams import sdk, swap_mobile
-from chargemesh.streams.sdk import Participant, now_ms
+from chargemesh.streams.sdk import participant as sdk
+from chargemesh.streams.sdk import swap_mobile
+from chargemesh.streams.sdk.participant import Participant, now_ms
 from click.testing import CliRunner
 
 from .conftest import Mesh

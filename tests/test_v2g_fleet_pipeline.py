@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 from chargemesh.infra.cli_fleet import load_report, report_table
-from chargemesh.streams import sdk
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import Participant, now_ms
+from chargemesh.streams.sdk.participant import Participant, now_ms
 
 from .conftest import Mesh
 from .market import SLOT_MS, Market, open_market

@@ -7,8 +7,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from chargemesh.streams import wireless as sdk_wireless
-from chargemesh.streams.sdk import Participant, now_ms
+from chargemesh.streams.sdk import wireless as sdk_wireless
+from chargemesh.streams.sdk.participant import Participant, now_ms
 
 from .conftest import Mesh
 from .wireless_road import DELIVERED_WH, PASS_MS, RATES, Road, expected_total

@@ -7,9 +7,11 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors import ledger, wireless
+from chargemesh.processors.ledger import state as ledger
+
+from chargemesh.processors.embodiments import wireless
 from chargemesh.processors.ingress import Admitted, Refused, admit
-from chargemesh.processors.market import Step, market_step
+from chargemesh.processors.ledger.step import Step, market_step
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.topics import MARKET, MESSAGE_BYTES_MAX
 
@@ -174,7 +176,7 @@ def test_a_segment_of_another_operator_is_refused_whole() -> None:
     drive.open()
     entered = drive.t0 + MINUTE_MS
     foreign = other_road.segments[0]
-    from chargemesh.streams import wireless as sdk_wireless
+    from chargemesh.streams.sdk import wireless as sdk_wireless
     event = sdk_wireless.segment_passes(
         foreign, road_operator_id=drive.road.operator_id, batch_id="b",
         passes=[drive.road.pass_of(drive.ev, "trip-1", 0, entered)], at_ms=entered + PASS_MS)
@@ -189,7 +191,7 @@ def test_a_forged_batch_is_refused_at_the_door() -> None:
     entered = drive.t0 + MINUTE_MS
     impostor = type(drive.road.segments[0]).seeded(drive.road.segments[0].credential_id,
                                                      drive.road.segment_ids[0], secret="forger")
-    from chargemesh.streams import wireless as sdk_wireless
+    from chargemesh.streams.sdk import wireless as sdk_wireless
     forged = sdk_wireless.segment_passes(
         impostor, road_operator_id=drive.road.operator_id, batch_id="forged",
         passes=[drive.road.pass_of(drive.ev, "trip-1", 0, entered)], at_ms=entered + PASS_MS)

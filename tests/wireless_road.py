@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from chargemesh.streams import sdk, wireless
+from chargemesh.streams.sdk import participant as sdk
+
+from chargemesh.streams.sdk import wireless
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import Participant
-from chargemesh.streams.wireless import SegmentPass
+from chargemesh.streams.sdk.participant import Participant
+from chargemesh.streams.sdk.wireless import SegmentPass
 
 from .world import T0_MS, World
 

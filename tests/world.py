@@ -8,7 +8,7 @@ from chargemesh.processors.governance import TrustAnchor, TrustStore
 from chargemesh.processors.governance import GOVERNANCE_EVENT_TYPES
 from chargemesh.processors.ingress import Admitted, Refused, admit, admit_governance
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import Participant, topic_for
+from chargemesh.streams.sdk.participant import Participant, topic_for
 
 T0_MS = 1_790_000_000_000  # 2026-09-21, an arbitrary fixed epoch for reproducible tests
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.infra.checks import InvariantError, ensure
+from chargemesh.checks import InvariantError, ensure
 from chargemesh.processors.reasons import Rejection
 from chargemesh.processors.settlement import WH_PER_KWH, Tariff, line
 

@@ -29,8 +29,14 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors import checkpointer, fleet, swap, v2g
-from chargemesh.processors.checkpointer import Checkpoint, LogRecord
+from chargemesh.processors.audit import checkpoints as checkpointer
+
+from chargemesh.processors.embodiments import fleet
+
+from chargemesh.processors.embodiments import swap
+
+from chargemesh.processors.embodiments import v2g
+from chargemesh.processors.audit.checkpoints import Checkpoint, LogRecord
 from chargemesh.processors.governance import (
     GOVERNANCE_EVENT_TYPES,
     TrustAnchor,

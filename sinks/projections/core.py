@@ -32,7 +32,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.infra.checks import InvariantError, ensure
+from chargemesh.checks import InvariantError, ensure
 from chargemesh.schemas import registry
 from chargemesh.schemas.codec import DecodeError, catalog, render_json
 from chargemesh.streams.envelope import REJECTED_SCHEMA, SignedEvent, open_envelope, open_payload
@@ -500,10 +500,10 @@ def _settlement_finalised(ctx: ProjectionContext) -> Rows:
 
 
 # Projections of later capabilities register themselves on import (keep these last).
-from chargemesh.sinks import projections_revocation  # noqa: E402, F401
-from chargemesh.sinks import projections_observers  # noqa: E402, F401
-from chargemesh.sinks import projections_audit  # noqa: E402, F401
-from chargemesh.sinks import projections_disputes  # noqa: E402, F401
-from chargemesh.sinks import projections_wireless  # noqa: E402, F401
-from chargemesh.sinks import projections_v2g_fleet  # noqa: E402, F401
-from chargemesh.sinks import projections_swap_mobile  # noqa: E402, F401
+from chargemesh.sinks.projections import revocation as projections_revocation  # noqa: E402, F401
+from chargemesh.sinks.projections import observers as projections_observers  # noqa: E402, F401
+from chargemesh.sinks.projections import audit as projections_audit  # noqa: E402, F401
+from chargemesh.sinks.projections import disputes as projections_disputes  # noqa: E402, F401
+from chargemesh.sinks.projections import wireless as projections_wireless  # noqa: E402, F401
+from chargemesh.sinks.projections import v2g_fleet as projections_v2g_fleet  # noqa: E402, F401
+from chargemesh.sinks.projections import swap_mobile as projections_swap_mobile  # noqa: E402, F401

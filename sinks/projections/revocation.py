@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chargemesh.sinks.projections import (
+from chargemesh.sinks.projections.core import (
     TABLE_COLUMNS,
     ProjectionContext,
     Rows,

@@ -2,7 +2,7 @@
 
 The records a swap station, a vehicle at its bay and a dispatched charging truck sign. They go
 on the market topic keyed by the station, like every other input of the station's ledger
-(``capacity`` and ``session`` domains: :func:`chargemesh.streams.sdk.topic_for`).
+(``capacity`` and ``session`` domains: :func:`chargemesh.streams.sdk.participant.topic_for`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import Participant, money
+from chargemesh.streams.sdk.participant import Participant, money
 
 PACK_REGISTERED = "chargemesh.capacity.v1.PackRegistered"
 PACK_SWAP_COMPLETED = "chargemesh.session.v1.PackSwapCompleted"

@@ -22,9 +22,11 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors import ledger, sessions
+from chargemesh.processors.ledger import state as ledger
+
+from chargemesh.processors.ledger import sessions
 from chargemesh.processors.governance import TrustStore
-from chargemesh.processors.ledger import (
+from chargemesh.processors.ledger.state import (
     Command,
     Decision,
     GovernanceView,

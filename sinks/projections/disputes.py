@@ -7,7 +7,7 @@ Correcting settlements need no projector of their own: they are ``SettlementAdmi
 
 from __future__ import annotations
 
-from chargemesh.sinks.projections import (
+from chargemesh.sinks.projections.core import (
     DETAIL_CHARS_MAX,
     TABLE_COLUMNS,
     ProjectionContext,

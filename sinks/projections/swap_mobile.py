@@ -7,7 +7,7 @@ land in ``settlements`` / ``settlement_lines`` (a swap's ``session_id`` is its s
 
 from __future__ import annotations
 
-from chargemesh.sinks.projections import (
+from chargemesh.sinks.projections.core import (
     TABLE_COLUMNS,
     ProjectionContext,
     Row,

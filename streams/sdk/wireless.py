@@ -1,7 +1,7 @@
 """E1 wireless dynamic charging: the records a road operator, its segments and vehicles sign.
 
 All three go on the market topic keyed by the road operator (``road_operator_id``), whose
-single-writer ledger aggregates each trip (see ``chargemesh.processors.wireless``). Publish them
+single-writer ledger aggregates each trip (see ``chargemesh.processors.embodiments.wireless``). Publish them
 with ``Publisher.publish(event, topic=WIRELESS_TOPIC)``.
 """
 
@@ -11,9 +11,11 @@ import dataclasses
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.streams import sdk, topics
+from chargemesh.streams import topics
+
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.sdk import Participant
+from chargemesh.streams.sdk.participant import Participant
 
 WIRELESS_TOPIC = topics.MARKET.name
 TRIP_AUTHORISED = "chargemesh.wireless.v1.TripAuthorised"

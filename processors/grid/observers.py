@@ -33,14 +33,15 @@ import dataclasses
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.infra.checks import ensure
-from chargemesh.processors import ledger, sessions  # noqa: F401 - sessions registers re-pricing
+from chargemesh.checks import ensure
+from chargemesh.processors.ledger import state as ledger  # noqa: F401 - sessions registers re-pricing
+from chargemesh.processors.ledger import sessions
 from chargemesh.processors.governance import ChainOk, TrustStore
 from chargemesh.processors.ingress import decode
 from chargemesh.processors.reasons import Rejection
 from chargemesh.streams import topics
 from chargemesh.streams.envelope import SignedEvent
-from chargemesh.streams.observer_decision import decision_digest
+from chargemesh.streams.sdk.observer_decision import decision_digest
 
 SET_DECLARED = "chargemesh.grid.v1.ObserverSetDeclared"
 ATTESTATION = "chargemesh.grid.v1.ObserverAttestation"

@@ -33,8 +33,10 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors import ledger, sessions
-from chargemesh.processors.ledger import Command, Decision, GovernanceView, LedgerState, _emit
+from chargemesh.processors.ledger import state as ledger
+
+from chargemesh.processors.ledger import sessions
+from chargemesh.processors.ledger.state import Command, Decision, GovernanceView, LedgerState, _emit
 from chargemesh.processors.reasons import Rejection
 from chargemesh.processors.settlement import Tariff, line, with_tax
 

@@ -58,9 +58,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors import ledger
+from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.governance import TrustStore
-from chargemesh.processors.ledger import Command, Decision, GovernanceView, LedgerState, _emit
+from chargemesh.processors.ledger.state import Command, Decision, GovernanceView, LedgerState, _emit
 from chargemesh.processors.reasons import Rejection
 from chargemesh.processors.settlement import WH_PER_KWH, Tariff, adder_lines, line, with_tax
 

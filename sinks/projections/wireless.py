@@ -4,7 +4,7 @@ migration 0010). The trip's billing record needs no projector of its own: it is 
 
 from __future__ import annotations
 
-from chargemesh.sinks.projections import (
+from chargemesh.sinks.projections.core import (
     DETAIL_CHARS_MAX,
     TABLE_COLUMNS,
     ProjectionContext,

@@ -20,7 +20,7 @@ from chargemesh.schemas.registry import SchemaRegistryFraming
 from chargemesh.streams import topics
 from chargemesh.streams.envelope import SignedEvent, seal
 from chargemesh.streams.keys import Signer
-from chargemesh.streams.observer_decision import decision_digest as observer_decision_digest
+from chargemesh.streams.sdk.observer_decision import decision_digest as observer_decision_digest
 
 FOREVER_MS = 2**62
 PRODUCER_QUEUE_MESSAGES_MAX = 100_000
@@ -36,7 +36,7 @@ TOPIC_OF_DOMAIN = {
     "grid": topics.GRID.name,
     "dispute": topics.DISPUTES.name,
     "audit": topics.CHECKPOINTS.name,
-    "wireless": topics.MARKET.name,  # E1: keyed by the road operator (streams/wireless.py)
+    "wireless": topics.MARKET.name,  # E1: keyed by the road operator (streams/sdk/wireless.py)
 }
 
 

@@ -1,4 +1,4 @@
-"""Run one processor worker: ``python -m chargemesh.processors.worker [--index N]``.
+"""Run one processor worker: ``python -m chargemesh.processors.runtime.worker [--index N]``.
 
 Settings come from the environment (``CHARGEMESH_*``), like every chargemesh process.
 """
@@ -14,7 +14,7 @@ import signal
 from faust import Worker
 
 from chargemesh.infra.config import load_settings
-from chargemesh.processors.app import Processors
+from chargemesh.processors.runtime.app import Processors
 
 
 PROFILE_ENV = "CHARGEMESH_WORKER_PROFILE"

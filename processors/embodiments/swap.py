@@ -27,8 +27,10 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors import ledger, sessions
-from chargemesh.processors.ledger import (
+from chargemesh.processors.ledger import state as ledger
+
+from chargemesh.processors.ledger import sessions
+from chargemesh.processors.ledger.state import (
     LIVE,
     Command,
     Decision,

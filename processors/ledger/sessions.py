@@ -10,8 +10,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors import fleet, ledger, v2g
-from chargemesh.processors.ledger import Command, Decision, GovernanceView, LedgerState, _emit
+from chargemesh.processors.embodiments import fleet
+
+from chargemesh.processors.ledger import state as ledger
+
+from chargemesh.processors.embodiments import v2g
+from chargemesh.processors.ledger.state import Command, Decision, GovernanceView, LedgerState, _emit
 from chargemesh.processors.reasons import Rejection
 from chargemesh.processors.settlement import Reading, Reprice, Tariff, segments, settle
 

@@ -10,12 +10,15 @@ import dataclasses
 
 from typing import Any
 
-from chargemesh.processors import ledger, sessions  # noqa: F401 - sessions registers commands
-from chargemesh.processors import disputes  # noqa: F401 - registers P2 dispute commands
-from chargemesh.processors import revocation  # noqa: F401 - registers RevocationRouted
-from chargemesh.processors import observers  # noqa: F401 - registers ObserverDecisionRouted
-from chargemesh.processors import wireless  # noqa: F401 - registers E1 trips and segment passes
-from chargemesh.processors import swap, mobile  # noqa: F401 - registers E2 swap, E5 mobile
+from chargemesh.processors.ledger import state as ledger  # noqa: F401 - sessions registers commands
+
+from chargemesh.processors.ledger import sessions
+from chargemesh.processors.ledger import disputes  # noqa: F401 - registers P2 dispute commands
+from chargemesh.processors.ledger import revocation  # noqa: F401 - registers RevocationRouted
+from chargemesh.processors.grid import observers  # noqa: F401 - registers ObserverDecisionRouted
+from chargemesh.processors.embodiments import wireless  # noqa: F401 - registers E1 trips and segment passes
+from chargemesh.processors.embodiments import swap  # noqa: F401 - registers E2 swap, E5 mobile
+from chargemesh.processors.embodiments import mobile
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ingress import Admitted, decode
 from chargemesh.processors.reasons import Reason, Rejection

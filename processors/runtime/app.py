@@ -29,12 +29,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from chargemesh.infra.config import Settings
-from chargemesh.processors import ledger
-from chargemesh.processors import observers
-from chargemesh.processors.follower import GovernanceFollower
+from chargemesh.processors.ledger import state as ledger
+from chargemesh.processors.grid import observers
+from chargemesh.processors.runtime.follower import GovernanceFollower
 from chargemesh.processors.governance import TrustAnchor
 from chargemesh.processors.ingress import Admitted, Refused, admit, rejection_record
-from chargemesh.processors.market import Step, grid_replay, market_step
+from chargemesh.processors.ledger.step import Step, grid_replay, market_step
 from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.schemas import registry
 from chargemesh.schemas.codec import catalog

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 
-from chargemesh.sinks.projections import (
+from chargemesh.sinks.projections.core import (
     TABLE_COLUMNS,
     ProjectionContext,
     Rows,

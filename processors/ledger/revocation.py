@@ -1,7 +1,7 @@
 """P4: a revoked credential propagates into every station ledger that rested on it. Pure.
 
 The governance processor fans each admitted ``CredentialRevoked`` out to every partition of the
-market topic as a ``RevocationRouted`` record (``processors/app.py``); each station ledger on that
+market topic as a ``RevocationRouted`` record (``processors/runtime/app.py``); each station ledger on that
 partition then re-evaluates, in its own single-writer order, everything whose admissibility rested
 on one of the revoked credentials (the revoked one and everything that chained through it):
 
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from chargemesh.processors import ledger
-from chargemesh.processors.ledger import (
+from chargemesh.processors.ledger import state as ledger
+from chargemesh.processors.ledger.state import (
     Command,
     Decision,
     GovernanceView,
@@ -35,7 +35,7 @@ from chargemesh.processors.ledger import (
     _released,
 )
 from chargemesh.processors.reasons import Rejection
-from chargemesh.processors.sessions import sessions
+from chargemesh.processors.ledger.sessions import sessions
 
 REVOCATION_ROUTED = "chargemesh.ledger.v1.RevocationRouted"
 REVOKED = "CREDENTIAL_REVOKED"

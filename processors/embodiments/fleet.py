@@ -27,7 +27,7 @@ from decimal import Decimal
 from typing import Any
 
 from chargemesh.processors.governance import TrustStore
-from chargemesh.processors.ledger import GovernanceView
+from chargemesh.processors.ledger.state import GovernanceView
 from chargemesh.processors.settlement import Tariff, line
 
 FLEET_ATTRIBUTE = "fleet_id"
