@@ -11,12 +11,15 @@
         ...
 
 and list their module in ``COMMAND_MODULES`` so ``main`` imports (and so registers) them.
+
+A command does not catch what it cannot fix: the group (:mod:`chargemesh.infra.cli_errors`)
+turns an expected failure (a service down, a port in use, a missing file, a chargemesh
+``...Error``) into one line on stderr and exit 1; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +29,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from chargemesh.infra.cli_errors import DEBUG_ENV, ChargemeshGroup, configure_logging
 from chargemesh.infra.config import ENV_PREFIX, Settings, load_settings
 from chargemesh.infra.stack import ComponentStatus, EmbeddedStack, StackError
 from chargemesh.streams.topics import ALL_TOPICS, RETENTION_FOREVER_MS, partitions_for
@@ -45,9 +49,6 @@ COMMAND_MODULES: tuple[str, ...] = ("chargemesh.infra.cli_ops", "chargemesh.infr
 # More rows for `status`, appended by command modules (e.g. the processes `start` launched).
 STATUS_EXTENSIONS: list[Callable[[Settings], list[ComponentStatus]]] = []
 
-# Client libraries that log (with tracebacks) every refused connection while we poll for
-# readiness or probe health; the CLI reports those outcomes itself.
-_NOISY_LOGGERS = ("clickhouse_driver",)
 _MS_PER_DAY = 86_400_000
 _console = Console()
 
@@ -60,7 +61,7 @@ def settings_of(ctx: click.Context) -> Settings:
     return settings
 
 
-@click.group(name="chargemesh")
+@click.group(name="chargemesh", cls=ChargemeshGroup)
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -68,11 +69,16 @@ def settings_of(ctx: click.Context) -> Settings:
     help="Where the embedded stack keeps stack.json, logs and data "
     f"(default: ${ENV_PREFIX}STATE_DIR or .chargemesh).",
 )
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar=DEBUG_ENV,
+    help=f"On failure, print the traceback too; let client libraries log (or ${DEBUG_ENV}=1).",
+)
 @click.pass_context
-def cli(ctx: click.Context, state_dir: Path | None) -> None:
+def cli(ctx: click.Context, state_dir: Path | None, debug: bool) -> None:
     """chargemesh: signed EV charging events on Kafka, history in ClickHouse."""
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).addHandler(logging.NullHandler())
+    configure_logging(debug)
     environ = dict(os.environ)
     if state_dir is not None:
         # Through the environment mapping, so <state_dir>/chargemesh.toml is found as well.

@@ -17,6 +17,7 @@ from typing import Any
 import click
 from chargemesh.infra.cli import cli, settings_of
 from chargemesh.infra.config import Settings
+from chargemesh.infra.preflight import require_broker, require_clickhouse
 from chargemesh.infra.runtime import publisher
 from chargemesh.processors import checkpointer
 from chargemesh.processors.app import PROCESSOR_CREDENTIAL_ID, load_anchors, load_processor_signer
@@ -47,6 +48,7 @@ _console = Console(stderr=True)
 
 def read_topics(settings: Settings, names: list[str]) -> list[LogRecord]:
     """Every record of ``names`` from offset 0, read until the topics stay empty."""
+    require_broker(settings)
     registry.from_settings(settings)  # decode Confluent-framed values when configured
     consumer = Consumer(dict(settings.kafka_client_config(), **{
         "group.id": "chargemesh-audit-reader", "enable.auto.commit": False,
@@ -87,6 +89,7 @@ def clickhouse_source(settings: Settings) -> AuditSource:
     the governance topic's order)."""
     from chargemesh.sinks.migrate import clickhouse_client
 
+    require_clickhouse(settings)
     client = clickhouse_client(settings)
     try:
         rows = client.execute(

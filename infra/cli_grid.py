@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 from chargemesh.infra.cli import cli, settings_of
+from chargemesh.infra.cli_query import cli_client
 from chargemesh.infra.cli_query import named_rows as _rows
 from chargemesh.infra.config import Settings
-from chargemesh.sinks.migrate import clickhouse_client
 from rich.console import Console
 from rich.table import Table
 
@@ -30,7 +30,7 @@ class ObserverView:
 
 
 def load_observer_view(settings: Settings, zone: str) -> ObserverView:
-    client = clickhouse_client(settings)
+    client = cli_client(settings)
     try:
         params = {"z": zone}
         sets = _rows(client, "SELECT observer_set_version, observer_credential_ids, threshold_k, "

@@ -57,6 +57,7 @@ from chargemesh.infra import processes
 from chargemesh.infra.checks import ensure
 from chargemesh.infra.cli import STATUS_EXTENSIONS, cli, settings_of
 from chargemesh.infra.config import Settings, load_settings
+from chargemesh.infra.preflight import require_broker, require_clickhouse
 from chargemesh.infra.processes import LOOPBACK, ProcessRecord
 from chargemesh.infra.stack import BROKER, CLICKHOUSE, ComponentStatus, EmbeddedStack, StackError
 from chargemesh.processors.governance import TrustAnchor
@@ -736,6 +737,7 @@ def worker(ctx: click.Context, index: int, loglevel: str) -> None:
         check_anchors(settings)
     except OpsError as exc:
         raise click.ClickException(str(exc)) from exc
+    require_broker(settings)
     # The worker reads its settings from CHARGEMESH_*, like every chargemesh process.
     os.environ.update(settings.with_overrides(state_dir=settings.state_dir.resolve()).as_environ())
     logging.basicConfig(level=loglevel.upper())
@@ -748,7 +750,10 @@ def worker(ctx: click.Context, index: int, loglevel: str) -> None:
 @click.pass_context
 def sink(ctx: click.Context, group_id: str | None, loglevel: str) -> None:
     """Run the ClickHouse sink in the foreground (until SIGINT/SIGTERM)."""
-    run_sink_foreground(settings_of(ctx), group_id, loglevel)
+    settings = settings_of(ctx)
+    require_broker(settings)
+    require_clickhouse(settings)
+    run_sink_foreground(settings, group_id, loglevel)
 
 
 def run_sink_foreground(settings: Settings, group_id: str | None, loglevel: str) -> None:
@@ -1048,6 +1053,7 @@ def build_day(station_id: str, day: dt.date, calendar: Calendar | None,
 
 def load_ledger_day(settings: Settings, station_id: str, day: dt.date | None,
                     now_ms: int) -> LedgerDay:
+    require_clickhouse(settings)
     client = clickhouse_client(settings, query_timeout_s=LEDGER_QUERY_TIMEOUT_S)
     try:
         calendar = read_calendar(client, station_id)
@@ -1444,6 +1450,7 @@ def _partition_of(message: Message) -> int:
 
 def tail_records(settings: Settings, plan: TailPlan, emit: Callable[[Message], None]) -> int:
     """Emit the records the plan asks for, in order; returns how many were emitted."""
+    require_broker(settings)
     registry.from_settings(settings)  # decode Confluent-framed values when configured
     tail = TopicTail(settings, plan)
     emitted = 0

@@ -31,6 +31,7 @@ from chargemesh.infra.checks import ensure
 from chargemesh.infra.cli import cli, settings_of
 from chargemesh.infra.cli_ops import OpsError, TailPlan, events, resolve_topic, tail_records
 from chargemesh.infra.config import Settings
+from chargemesh.infra.preflight import require_broker
 from chargemesh.infra.runtime import publisher
 from chargemesh.processors.governance import ChainOk, TrustAnchor, TrustStore
 from chargemesh.processors.ingress import Refused, admit_governance
@@ -550,6 +551,7 @@ def seal_payload(author: Participant, raw: Any, options: SealOptions) -> SignedE
 
 def _publish_all(settings: Settings, records: list[tuple[str, str, bytes]]) -> None:
     """Publish (topic, key, value) records in order with a progress bar past one record."""
+    require_broker(settings)
     pub = publisher(settings)
     if len(records) == 1:
         pub.publish_raw(*records[0])

@@ -11,9 +11,10 @@ from typing import Any
 
 import click
 from chargemesh.infra.cli import cli, settings_of
+from chargemesh.infra.cli_query import cli_client
+from chargemesh.infra.cli_query import cli_client
 from chargemesh.infra.cli_query import named_rows as _rows
 from chargemesh.infra.config import Settings
-from chargemesh.sinks.migrate import clickhouse_client
 from rich.console import Console
 from rich.table import Table
 
@@ -29,7 +30,7 @@ class PackHistory:
 
 
 def load_pack_history(settings: Settings, pack_id: str) -> PackHistory:
-    client = clickhouse_client(settings)
+    client = cli_client(settings)
     try:
         steps = _rows(client, "SELECT at_ms, action, station_id, session_id, "
                       "vehicle_credential_id, vehicle_id, chemistry, state_of_health_permille, "

@@ -11,12 +11,22 @@ nothing embedded for that component.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
 ENV_PREFIX = "CHARGEMESH_"
+# librdkafka writes its log lines (every failed connect, many a second) straight to stderr unless
+# given a Python logger; through this one they stay silent unless the process configures
+# logging (a foreground sink, `chargemesh --debug`).
+KAFKA_CLIENT_LOGGER = logging.getLogger("chargemesh.kafka")
+KAFKA_CLIENT_LOGGER.addHandler(logging.NullHandler())
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +84,7 @@ class Settings:
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.kafka_security_protocol,
+            "logger": KAFKA_CLIENT_LOGGER,
         }
         if self.kafka_sasl_mechanism:
             conf["sasl.mechanism"] = self.kafka_sasl_mechanism
@@ -100,10 +111,14 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
+def _coerce(field: dataclasses.Field[Any], raw: Any, source: str) -> Any:
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
     if kind == "int":
-        return int(raw)
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source} = {raw!r} is not an integer: set a number, or unset it"
+                              ) from None
     if kind == "Path":
         return Path(str(raw))
     return str(raw)
@@ -123,12 +138,21 @@ def load_settings(
     if path is None and (state_dir / "chargemesh.toml").is_file():
         path = state_dir / "chargemesh.toml"
     if path is not None:
-        with open(path, "rb") as handle:
-            for key, raw in tomllib.load(handle).items():
-                if key in fields:
-                    values[key] = _coerce(fields[key], raw)
+        for key, raw in _read_toml(path).items():
+            if key in fields:
+                values[key] = _coerce(fields[key], raw, f"{key} in {path}")
     for name, field in fields.items():
         raw_env = env.get(ENV_PREFIX + name.upper())
         if raw_env is not None:
-            values[name] = _coerce(field, raw_env)
+            values[name] = _coerce(field, raw_env, ENV_PREFIX + name.upper())
     return Settings(**values)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the settings file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the settings file {path} is not TOML: {exc}") from exc

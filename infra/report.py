@@ -31,6 +31,7 @@ from chargemesh.infra import svg_charts as charts
 from chargemesh.infra.checks import ensure
 from chargemesh.infra.cli import cli, settings_of
 from chargemesh.infra.config import Settings
+from chargemesh.infra.preflight import require_clickhouse
 from chargemesh.sinks.migrate import clickhouse_client
 
 HOUR_MS = 3_600_000
@@ -570,6 +571,7 @@ def _file_safe(name: str) -> str:
 def report(ctx: click.Context, run_id: str | None, out_dir: Path | None) -> None:
     """Write the HTML report (inline SVG plots) and its JSON figures, read from ClickHouse."""
     settings = settings_of(ctx)
+    require_clickhouse(settings)
     path = build_report(settings, out_dir or settings.state_dir / "reports", run_id)
     click.echo(f"report: {path}")
     click.echo(f"figures: {path.with_suffix('.json')}")
