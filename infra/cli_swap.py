@@ -12,7 +12,6 @@ from typing import Any
 import click
 from chargemesh.infra.cli import cli, settings_of
 from chargemesh.infra.cli_query import cli_client
-from chargemesh.infra.cli_query import cli_client
 from chargemesh.infra.cli_query import named_rows as _rows
 from chargemesh.infra.config import Settings
 from rich.console import Console
