@@ -20,8 +20,9 @@ from typing import Any, Iterator
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-SINGLE_OBJECT_MAGIC = b"\xc3\x01"
-CONFLUENT_MAGIC = b"\x00"
+# DecodeError and SINGLE_OBJECT_MAGIC are defined in framing and stay importable from here.
+from chargemesh.schemas.framing import SINGLE_OBJECT_MAGIC, DecodeError, normalise
+
 FINGERPRINT_BYTES = 8
 PAYLOAD_BYTES_MAX = 512 * 1024
 _CRC64_EMPTY = 0xC15D213AA4D7A795
@@ -29,15 +30,6 @@ _CRC64_EMPTY = 0xC15D213AA4D7A795
 
 class SchemaError(Exception):
     """A schema could not be found or does not fit the data."""
-
-
-class DecodeError(Exception):
-    """Bytes that do not decode under the declared schema."""
-
-    def __init__(self, reason_code: str, detail: str) -> None:
-        super().__init__(f"{reason_code}: {detail}")
-        self.reason_code = reason_code
-        self.detail = detail
 
 
 def _crc64_table() -> list[int]:
@@ -168,24 +160,11 @@ class SchemaCatalog:
         return SINGLE_OBJECT_MAGIC + fingerprint + body
 
     def single_object_decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
-        from chargemesh.schemas.registry import normalise
-
-        data = normalise(data)
+        data = normalise(data)  # Confluent-framed -> single-object, when a registry is installed
         if len(data) < 10 or data[:2] != SINGLE_OBJECT_MAGIC:
             raise DecodeError("MALFORMED_ENVELOPE",
                               "not Avro single-object encoded (no C3 01 header)")
         return self.decode(bytes(data[2:10]), bytes(data[10:]))
-
-
-def confluent_frame(schema_id: int, body: bytes) -> bytes:
-    """Confluent Schema Registry framing: magic 0, 4-byte big-endian schema id, Avro binary."""
-    return CONFLUENT_MAGIC + schema_id.to_bytes(4, "big") + body
-
-
-def confluent_unframe(data: bytes) -> tuple[int, bytes]:
-    if len(data) < 5 or data[:1] != CONFLUENT_MAGIC:
-        raise DecodeError("MALFORMED_ENVELOPE", "not Confluent-framed (no magic byte 0)")
-    return int.from_bytes(data[1:5], "big"), bytes(data[5:])
 
 
 def to_jsonable(value: Any) -> Any:

@@ -23,14 +23,17 @@ from typing import Any
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-from chargemesh.schemas.codec import (
+from chargemesh.schemas.codec import catalog, crc64_avro
+# install/installed: the process's unframer lives in framing (the codec reads it from there
+# without importing this module); they stay importable here, where deployments configure it.
+from chargemesh.schemas.framing import (
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,
     DecodeError,
-    catalog,
     confluent_frame,
     confluent_unframe,
-    crc64_avro,
+    install,
+    installed,
 )
 
 # Ids resolved (or refused) are remembered; a hostile stream of random ids costs one registry
@@ -121,38 +124,15 @@ class SchemaRegistryFraming:
         return SINGLE_OBJECT_MAGIC + self.fingerprint_of(schema_id) + body
 
 
-_INSTALLED: SchemaRegistryFraming | None = None
-
-
-def install(framing: SchemaRegistryFraming | None) -> None:
-    """Make this process's decoders accept Confluent-framed values (None: refuse them)."""
-    global _INSTALLED
-    _INSTALLED = framing
-
-
-def installed() -> SchemaRegistryFraming | None:
-    return _INSTALLED
-
-
 def from_settings(settings: Any) -> SchemaRegistryFraming | None:
     """The framing for a deployment's settings, installed for decoding; None when unset."""
     url = getattr(settings, "schema_registry_url", "")
     if not url:
         return None
     current = installed()
-    if current is not None and current.url == url:
+    if isinstance(current, SchemaRegistryFraming) and current.url == url:
         return current
     framing = SchemaRegistryFraming(url)
     install(framing)
     return framing
 
-
-def normalise(value: bytes) -> bytes:
-    """Any accepted wire form -> Avro single-object bytes (what signatures and decoders use)."""
-    if value[:1] != CONFLUENT_MAGIC:
-        return value
-    framing = _INSTALLED
-    if framing is None:
-        raise DecodeError("MALFORMED_ENVELOPE",
-                          "Confluent-framed value but no schema registry is configured")
-    return framing.to_single_object(value)

@@ -41,7 +41,7 @@ from confluent_kafka import (
 )
 
 from chargemesh.checks import InvariantError, ensure
-from chargemesh.infra.config import Settings, load_settings
+from chargemesh.ports import KafkaSettings, SinkSettings
 from chargemesh.schemas import registry
 from chargemesh.sinks.migrate import clickhouse_client
 from chargemesh.sinks.projections.core import TABLE_COLUMNS, Row, Rows, SourceMessage, project
@@ -114,7 +114,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
+def consumer_config(settings: KafkaSettings, group_id: str) -> dict[str, Any]:
     """librdkafka settings: manual commits only, from the start when the group is new."""
     ensure(CYCLE_S_MAX * 1000 < MAX_POLL_INTERVAL_MS, "a sink cycle outlasts max.poll.interval")
     return {
@@ -148,7 +148,7 @@ class ClickHouseSink:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: SinkSettings,
         group_id: str = GROUP_ID_DEFAULT,
         topics: Sequence[str] = SINK_TOPICS,
         rejections_topic: str = REJECTIONS.name,
@@ -328,7 +328,7 @@ class ClickHouseSink:
                 self._client = None
 
 
-def run_sink(settings: Settings, group_id: str = GROUP_ID_DEFAULT) -> None:
+def run_sink(settings: SinkSettings, group_id: str = GROUP_ID_DEFAULT) -> None:
     """Run the sink in the foreground until SIGINT or SIGTERM (for the CLI)."""
     stop = threading.Event()
 
@@ -345,7 +345,3 @@ def run_sink(settings: Settings, group_id: str = GROUP_ID_DEFAULT) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run_sink(load_settings())

@@ -20,7 +20,7 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
 from chargemesh.checks import ensure
-from chargemesh.infra.config import Settings
+from chargemesh.ports import ClickHouseSettings
 
 MIGRATIONS_PACKAGE = "chargemesh.sinks"
 MIGRATIONS_DIR = "migrations"
@@ -55,7 +55,7 @@ class Migration:
 
 
 def clickhouse_client(
-    settings: Settings, database: bool = True, query_timeout_s: float = QUERY_TIMEOUT_S
+    settings: ClickHouseSettings, database: bool = True, query_timeout_s: float = QUERY_TIMEOUT_S
 ) -> Client:
     """A native-protocol client; ``database=False`` connects to ``default`` (before it exists).
 
@@ -116,14 +116,14 @@ def load_migrations() -> list[Migration]:
     return migrations
 
 
-def _database_name(settings: Settings) -> str:
+def _database_name(settings: ClickHouseSettings) -> str:
     name = settings.clickhouse_database
     if IDENTIFIER.match(name) is None:
         raise MigrationError(f"clickhouse_database {name!r} is not a plain identifier")
     return name
 
 
-def applied_migrations(settings: Settings) -> list[str]:
+def applied_migrations(settings: ClickHouseSettings) -> list[str]:
     """Names recorded in ``schema_migrations``; empty if the database or table does not exist."""
     database = _database_name(settings)
     client = clickhouse_client(settings, database=False)
@@ -154,7 +154,7 @@ def _apply_one(client: Client, migration: Migration) -> None:
     )
 
 
-def apply_migrations(settings: Settings) -> list[str]:
+def apply_migrations(settings: ClickHouseSettings) -> list[str]:
     """Create the database, then apply every shipped migration not yet recorded, in order.
 
     Returns the names applied by this call (empty when the schema was already current).

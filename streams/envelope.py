@@ -23,7 +23,7 @@ from typing import Any
 
 import fastavro
 
-from chargemesh.schemas import registry
+from chargemesh.schemas import framing
 from chargemesh.schemas.codec import SINGLE_OBJECT_MAGIC, DecodeError, SchemaCatalog, catalog
 from chargemesh.streams.keys import Signer, verify_signature
 
@@ -221,7 +221,7 @@ def open_envelope(data: bytes) -> SignedEvent:
     """
     if len(data) > ENVELOPE_BYTES_MAX:
         raise DecodeError("OVERSIZED", f"envelope of {len(data)} bytes > {ENVELOPE_BYTES_MAX}")
-    data = registry.normalise(data)  # Confluent-framed -> single-object, when configured
+    data = framing.normalise(data)  # Confluent-framed -> single-object, when configured
     parts = _parts()
     if len(data) < 10 or data[:2] != SINGLE_OBJECT_MAGIC:
         raise DecodeError("MALFORMED_ENVELOPE", "not Avro single-object encoded (no C3 01 header)")

@@ -32,7 +32,7 @@ from chargemesh.processors.ingress import (
 from chargemesh.processors.ledger.step import market_step
 from chargemesh.processors.policy import POLICIES
 from chargemesh.processors.reasons import Reason
-from chargemesh.schemas import registry
+from chargemesh.schemas import framing
 from chargemesh.schemas.codec import DecodeError, catalog
 from chargemesh.sinks.projections.core import REJECTIONS, SourceMessage, project
 from chargemesh.streams import topics
@@ -297,7 +297,7 @@ def check_refused_or_admitted(verdict: Admitted | Refused) -> None:
 
 def through_decoders(raw: bytes) -> None:
     """single_object_decode, normalise, open_envelope and open_payload on ``raw``."""
-    for decode in (catalog().single_object_decode, registry.normalise):
+    for decode in (catalog().single_object_decode, framing.normalise):
         try:
             decode(raw)
         except DecodeError as exc:
