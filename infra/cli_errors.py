@@ -48,19 +48,26 @@ UNPROPAGATED_LOGGERS = ("clickhouse_driver",)
 QUIET_LOGGERS = (*UNPROPAGATED_LOGGERS, "chargemesh.kafka")
 # Project errors that mean "a bug", not "the world is not as the command needs it".
 _INTERNAL_PROJECT_ERRORS = ("InvariantError",)
+DEBUG_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_DEBUG_HANDLER = "chargemesh_debug_handler"
 
 
 def configure_logging(debug: bool) -> None:
     """Without --debug, client libraries print nothing (the command reports failures itself);
-    with it, their warnings go to stderr."""
-    if debug:
-        logging.basicConfig(level=logging.WARNING,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with it, their warnings go to stderr. The root logger is left alone either way: a command
+    that configures logging (the foreground worker and sink) still does."""
     for name in QUIET_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
             logger.addHandler(logging.NullHandler())  # so not `logging.lastResort` either
-        logger.propagate = debug or name not in UNPROPAGATED_LOGGERS
+        logger.propagate = name not in UNPROPAGATED_LOGGERS
+        if debug and not any(getattr(h, _DEBUG_HANDLER, False) for h in logger.handlers):
+            handler = logging.StreamHandler()
+            handler.setLevel(logging.WARNING)
+            handler.setFormatter(logging.Formatter(DEBUG_LOG_FORMAT))
+            setattr(handler, _DEBUG_HANDLER, True)
+            logger.addHandler(handler)
+            logger.propagate = False  # printed here, not twice
 
 
 class ChargemeshGroup(click.Group):
