@@ -2,8 +2,8 @@
 Merkle checkpoints it checks.
 
 Everything here only moves data: topic and archive reads, the processors' public key, output.
-The audit itself is :mod:`chargemesh.processors.audit`; checkpoints are
-:mod:`chargemesh.processors.checkpointer`.
+The audit itself is :mod:`chargemesh.processors.audit.replay`; checkpoints are
+:mod:`chargemesh.processors.audit.checkpoints`.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from chargemesh.infra.cli import cli, settings_of
 from chargemesh.infra.config import Settings
 from chargemesh.infra.preflight import require_broker, require_clickhouse
 from chargemesh.infra.runtime import publisher
-from chargemesh.processors import checkpointer
-from chargemesh.processors.app import PROCESSOR_CREDENTIAL_ID, load_anchors, load_processor_signer
-from chargemesh.processors.audit import AuditReport, AuditSource, audit
-from chargemesh.processors.checkpointer import Checkpoint, LogRecord
+from chargemesh.processors.audit import checkpoints as checkpointer
+from chargemesh.processors.runtime.app import PROCESSOR_CREDENTIAL_ID, load_anchors, load_processor_signer
+from chargemesh.processors.audit.replay import AuditReport, AuditSource, audit
+from chargemesh.processors.audit.checkpoints import Checkpoint, LogRecord
 from chargemesh.processors.governance import GOVERNANCE_EVENT_TYPES, TrustAnchor
 from chargemesh.schemas import registry
 from chargemesh.streams import topics
 from chargemesh.streams.envelope import open_envelope, open_payload
 from chargemesh.streams.keys import Signer
-from chargemesh.streams.sdk import now_ms
+from chargemesh.streams.sdk.participant import now_ms
 from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -179,8 +179,8 @@ def findings_table(report: AuditReport) -> Table:
 def record_findings(settings: Settings, report: AuditReport, audited_at_ms: int) -> str:
     """Write the report's findings to ClickHouse ``audit_findings``; returns the audit id."""
     from chargemesh.sinks.migrate import clickhouse_client
-    from chargemesh.sinks.projections import seconds
-    from chargemesh.sinks.projections_audit import AUDIT_FINDINGS, TABLE_COLUMNS
+    from chargemesh.sinks.projections.core import seconds
+    from chargemesh.sinks.projections.audit import AUDIT_FINDINGS, TABLE_COLUMNS
 
     audit_id = f"{report.authority_id}/{audited_at_ms}"
     rows = [(audit_id, report.authority_id, audited_at_ms, seconds(audited_at_ms), report.source,

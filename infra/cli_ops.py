@@ -54,7 +54,7 @@ from rich.table import Table
 from rich.text import Text
 
 from chargemesh.infra import processes
-from chargemesh.infra.checks import ensure
+from chargemesh.checks import ensure
 from chargemesh.infra.cli import STATUS_EXTENSIONS, cli, settings_of
 from chargemesh.infra.config import Settings, load_settings
 from chargemesh.infra.preflight import require_broker, require_clickhouse
@@ -229,7 +229,7 @@ PROCESSORS_STATE_VERSION = 1
 SINK = "sink"
 WORKER_PREFIX = "worker-"
 WORKERS_MAX = 16
-WORKER_MODULE = "chargemesh.processors.worker"
+WORKER_MODULE = "chargemesh.processors.runtime.worker"
 SINK_MODULE = "chargemesh.infra.cli_ops"
 # Faust retitles its worker when setproctitle is installed: "[Faust:Worker] -running- ...".
 FAUST_PROCESS_TITLE = "[Faust:Worker]"
@@ -730,7 +730,7 @@ def ps(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def worker(ctx: click.Context, index: int, loglevel: str) -> None:
     """Run one processor worker in the foreground (until SIGINT/SIGTERM)."""
-    from chargemesh.processors.worker import run_worker
+    from chargemesh.processors.runtime.worker import run_worker
 
     settings = settings_of(ctx)
     try:

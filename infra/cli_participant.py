@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
-from chargemesh.infra.checks import ensure
+from chargemesh.checks import ensure
 from chargemesh.infra.cli import cli, settings_of
 from chargemesh.infra.cli_ops import OpsError, TailPlan, events, resolve_topic, tail_records
 from chargemesh.infra.config import Settings
@@ -40,7 +40,7 @@ from chargemesh.schemas.codec import DecodeError, SchemaError, catalog, to_jsona
 from chargemesh.schemas.json_avro import from_json
 from chargemesh.streams.envelope import ENVELOPE_BYTES_MAX, SignedEvent, event_view, open_payload
 from chargemesh.streams.keys import PUBLIC_KEY_BYTES, Signer, verify_signature
-from chargemesh.streams.sdk import FOREVER_MS, Participant, now_ms, topic_for
+from chargemesh.streams.sdk.participant import FOREVER_MS, Participant, now_ms, topic_for
 from chargemesh.streams.topics import GOVERNANCE
 from confluent_kafka import Message
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
