@@ -2,7 +2,7 @@
 
 One cycle (:meth:`ClickHouseSink.drain_once`) reads a batch for up to ``FLUSH_INTERVAL_S`` or
 ``MESSAGES_PER_BATCH_MAX`` messages, projects every message into rows
-(:mod:`chargemesh.sinks.projections.core`), inserts them table by table (at most
+(:mod:`chargemesh.sinks.projections`), inserts them table by table (at most
 ``ROWS_PER_INSERT_MAX`` rows per insert, so about one insert per table per second) and commits
 the batch's offsets only once every insert was acknowledged. Kafka is at-least-once and so is
 this sink; every table is a ``ReplacingMergeTree`` keyed by an id taken from the event, so a
@@ -44,7 +44,8 @@ from chargemesh.checks import InvariantError, ensure
 from chargemesh.ports import KafkaSettings, SinkSettings
 from chargemesh.schemas import registry
 from chargemesh.sinks.migrate import clickhouse_client
-from chargemesh.sinks.projections.core import TABLE_COLUMNS, Row, Rows, SourceMessage, project
+from chargemesh.sinks.projections import TABLES, project
+from chargemesh.sinks.projections.core import Row, Rows, SourceMessage
 from chargemesh.streams.topics import (
     ADMITTED, CHECKPOINTS, DECISIONS, DISPUTES, REJECTIONS, SETTLEMENTS,
 )
@@ -287,7 +288,7 @@ class ClickHouseSink:
                 backoff_s = min(backoff_s * 2, INSERT_BACKOFF_MAX_S)
 
     def _insert_table(self, table: str, rows: list[Row]) -> None:
-        columns = TABLE_COLUMNS[table]
+        columns = TABLES[table]
         statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
         client = self._connect()
         for start in range(0, len(rows), ROWS_PER_INSERT_MAX):

@@ -34,7 +34,8 @@ from chargemesh.processors.policy import POLICIES
 from chargemesh.processors.reasons import Reason
 from chargemesh.schemas import framing
 from chargemesh.schemas.codec import DecodeError, catalog
-from chargemesh.sinks.projections.core import REJECTIONS, SourceMessage, project
+from chargemesh.sinks.projections import project
+from chargemesh.sinks.projections.core import REJECTIONS, SourceMessage
 from chargemesh.streams import topics
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import (

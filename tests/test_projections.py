@@ -12,22 +12,18 @@ from decimal import Decimal
 from typing import Any
 
 from chargemesh.schemas.codec import catalog
+from chargemesh.sinks.projections import PROJECTORS, TABLES, project
 from chargemesh.sinks.projections.core import (
     EVENTS,
-    LEDGER_DECISIONS,
-    PROJECTORS,
     REJECTIONS,
     SINK_PROJECTION_FAILED,
     SINK_UNDECODABLE,
-    SLOT_LEDGER,
-    TABLE_COLUMNS,
     Rows,
     SourceMessage,
-    ledger_version,
-    project,
     seconds,
     sink_rejection_id,
 )
+from chargemesh.sinks.projections.ledger import LEDGER_DECISIONS, SLOT_LEDGER, ledger_version
 from chargemesh.streams.envelope import SignedEvent, seal
 from chargemesh.streams.keys import Signer
 from chargemesh.streams.topics import DECISIONS
@@ -56,12 +52,12 @@ def on_decisions(value: bytes, offset: int = 41) -> SourceMessage:
 def rows_of(message: SourceMessage) -> Rows:
     rows = project(message, REJECTIONS_TOPIC.name, INGESTED_MS)
     for table, table_rows in rows.items():
-        assert all(len(row) == len(TABLE_COLUMNS[table]) for row in table_rows), table
+        assert all(len(row) == len(TABLES[table]) for row in table_rows), table
     return rows
 
 
 def as_dict(table: str, row: tuple[Any, ...]) -> dict[str, Any]:
-    return dict(zip(TABLE_COLUMNS[table], row, strict=True))
+    return dict(zip(TABLES[table], row, strict=True))
 
 
 def test_a_reservation_gives_an_events_row_a_slot_state_and_a_decision() -> None:

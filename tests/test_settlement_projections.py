@@ -30,18 +30,16 @@ from chargemesh.processors.reasons import Reason
 from chargemesh.schemas.codec import catalog
 from chargemesh.sinks.clickhouse_sink import ClickHouseSink
 from chargemesh.sinks.migrate import clickhouse_client, load_migrations
+from chargemesh.sinks.projections import TABLES, project
 from chargemesh.sinks.projections.core import (
     EVENTS,
     REJECTIONS,
-    SESSION_LIFECYCLE,
-    SETTLEMENT_LINES,
-    SETTLEMENTS,
     SINK_PROJECTION_FAILED,
-    TABLE_COLUMNS,
     Rows,
     SourceMessage,
-    project,
 )
+from chargemesh.sinks.projections.sessions import SESSION_LIFECYCLE
+from chargemesh.sinks.projections.settlements import SETTLEMENT_LINES, SETTLEMENTS
 from chargemesh.streams.envelope import REJECTED_SCHEMA, SignedEvent, open_payload, seal
 from chargemesh.streams.keys import Signer
 from chargemesh.streams.topics import ADMITTED, DECISIONS, MARKET
@@ -187,12 +185,12 @@ def rows_of(topic: str, event: SignedEvent) -> Rows:
     message = SourceMessage(topic, 0, 5, event.encode(), timestamp_ms=BASE_MS)
     rows = project(message, REJECTIONS_TOPIC.name, BASE_MS)
     for table, table_rows in rows.items():
-        assert all(len(row) == len(TABLE_COLUMNS[table]) for row in table_rows), table
+        assert all(len(row) == len(TABLES[table]) for row in table_rows), table
     return rows
 
 
 def as_dict(table: str, row: tuple[Any, ...]) -> dict[str, Any]:
-    return dict(zip(TABLE_COLUMNS[table], row, strict=True))
+    return dict(zip(TABLES[table], row, strict=True))
 
 
 def test_lifecycle_rows_carry_what_their_event_says_and_later_steps_rank_higher() -> None:

@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 from chargemesh.sinks.projections.core import (
-    TABLE_COLUMNS,
     ProjectionContext,
+    Projector,
     Rows,
-    projects,
     seconds,
 )
 
 LOG_CHECKPOINTS = "log_checkpoints"
 AUDIT_FINDINGS = "audit_findings"
 
-TABLE_COLUMNS.update({
+# Insert columns per table, in row-tuple order.
+TABLES: dict[str, tuple[str, ...]] = {
     LOG_CHECKPOINTS: (
         "event_id", "log_id", "log_topic", "log_partition", "tree_size", "root_hash",
         "first_offset", "last_offset", "previous_tree_size", "previous_root_hash",
@@ -25,10 +25,9 @@ TABLE_COLUMNS.update({
         "audit_id", "authority_id", "audited_at_ms", "audited_at", "source", "code", "event_id",
         "event_type", "location", "session_id", "detail",
     ),
-})
+}
 
 
-@projects("chargemesh.audit.v1.LogCheckpoint")
 def _log_checkpoint(ctx: ProjectionContext) -> Rows:
     p = ctx.payload
     row = (
@@ -39,3 +38,8 @@ def _log_checkpoint(ctx: ProjectionContext) -> Rows:
         ctx.event.body.author_credential_id,
     )
     return {LOG_CHECKPOINTS: [row]}
+
+
+PROJECTORS: dict[str, Projector] = {
+    "chargemesh.audit.v1.LogCheckpoint": _log_checkpoint,
+}

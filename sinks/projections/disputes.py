@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from chargemesh.sinks.projections.core import (
     DETAIL_CHARS_MAX,
-    TABLE_COLUMNS,
     ProjectionContext,
+    Projector,
     Rows,
     money,
-    projects,
     seconds,
 )
 
 DISPUTES = "disputes"
 STATEMENT_CHARS_MAX = 4 * DETAIL_CHARS_MAX
 
-TABLE_COLUMNS.update({
+# Insert columns per table, in row-tuple order.
+TABLES: dict[str, tuple[str, ...]] = {
     DISPUTES: (
         "event_id", "dispute_id", "session_id", "station_id", "settlement_id", "kind", "change",
         "status", "seq", "opened_by_credential_id", "actor_credential_id", "cause_event_id",
@@ -28,10 +28,9 @@ TABLE_COLUMNS.update({
         "adjustment_settlement_id", "adjustment_total", "currency", "opened_at_ms", "opened_at",
         "recorded_at_ms", "recorded_at",
     ),
-})
+}
 
 
-@projects("chargemesh.dispute.v1.DisputeRecorded")
 def _dispute_recorded(ctx: ProjectionContext) -> Rows:
     p = ctx.payload
     return {DISPUTES: [(
@@ -43,3 +42,8 @@ def _dispute_recorded(ctx: ProjectionContext) -> Rows:
         money(p["adjustment_total"]), p["currency"], p["opened_at_ms"],
         seconds(p["opened_at_ms"]), p["recorded_at_ms"], seconds(p["recorded_at_ms"]),
     )]}
+
+
+PROJECTORS: dict[str, Projector] = {
+    "chargemesh.dispute.v1.DisputeRecorded": _dispute_recorded,
+}

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from chargemesh.sinks.projections.core import (
-    TABLE_COLUMNS,
     ProjectionContext,
+    Projector,
     Rows,
     money,
-    projects,
     seconds,
 )
 from chargemesh.streams.envelope import open_envelope
@@ -18,7 +17,8 @@ OBSERVER_ATTESTATIONS = "observer_attestations"
 GRID_QUORUM_DECISIONS = "grid_quorum_decisions"
 OBSERVER_EQUIVOCATIONS = "observer_equivocations"
 
-TABLE_COLUMNS.update({
+# Insert columns per table, in row-tuple order.
+TABLES: dict[str, tuple[str, ...]] = {
     OBSERVER_SETS: (
         "grid_zone_id", "observer_set_version", "observer_credential_ids", "threshold_k",
         "faults_tolerated_f", "interval_ms", "effective_from_ms", "declared_by_authority_id",
@@ -41,10 +41,9 @@ TABLE_COLUMNS.update({
         "first_attestation_event_id", "second_attestation_event_id", "interval_decided",
         "detected_at_ms", "detected_at",
     ),
-})
+}
 
 
-@projects(GRID + "ObserverSetDeclared")
 def _set_declared(ctx: ProjectionContext) -> Rows:
     p = ctx.payload
     return {OBSERVER_SETS: [(
@@ -55,7 +54,6 @@ def _set_declared(ctx: ProjectionContext) -> Rows:
     )]}
 
 
-@projects(GRID + "ObserverAttestation")
 def _attestation(ctx: ProjectionContext) -> Rows:
     d = ctx.payload["decision"]
     order = [f"{s['station_id']}/{s['connector_id']}" for s in d["curtailments"]]
@@ -67,7 +65,6 @@ def _attestation(ctx: ProjectionContext) -> Rows:
     )]}
 
 
-@projects(GRID + "ObserverQuorumReached")
 def _quorum(ctx: ProjectionContext) -> Rows:
     p = ctx.payload
     return {GRID_QUORUM_DECISIONS: [(
@@ -79,7 +76,6 @@ def _quorum(ctx: ProjectionContext) -> Rows:
     )]}
 
 
-@projects(GRID + "ObserverEquivocation")
 def _equivocation(ctx: ProjectionContext) -> Rows:
     p = ctx.payload
     first = open_envelope(p["first_attestation"]).event_id
@@ -90,3 +86,11 @@ def _equivocation(ctx: ProjectionContext) -> Rows:
         p["second_decision_digest"].hex(), first, second, int(p["interval_decided"]),
         ctx.occurred_at_ms, seconds(ctx.occurred_at_ms),
     )]}
+
+
+PROJECTORS: dict[str, Projector] = {
+    GRID + "ObserverSetDeclared": _set_declared,
+    GRID + "ObserverAttestation": _attestation,
+    GRID + "ObserverQuorumReached": _quorum,
+    GRID + "ObserverEquivocation": _equivocation,
+}

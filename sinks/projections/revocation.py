@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 from chargemesh.sinks.projections.core import (
-    TABLE_COLUMNS,
     ProjectionContext,
+    Projector,
     Rows,
-    projects,
     seconds,
 )
 
 CREDENTIAL_REEVALUATIONS = "credential_reevaluations"
 
-TABLE_COLUMNS.update({
+# Insert columns per table, in row-tuple order.
+TABLES: dict[str, tuple[str, ...]] = {
     CREDENTIAL_REEVALUATIONS: (
         "event_id", "revoked_credential_id", "subject_kind", "subject_id", "station_id",
         "outcome", "revoked_at_ms", "reevaluated_at_ms", "reevaluated_at", "ingested_at",
     ),
-})
+}
 
 
-@projects("chargemesh.ledger.v1.CredentialReevaluated")
 def _credential_reevaluated(ctx: ProjectionContext) -> Rows:
     p = ctx.payload
     return {CREDENTIAL_REEVALUATIONS: [(
@@ -28,3 +27,8 @@ def _credential_reevaluated(ctx: ProjectionContext) -> Rows:
         p["station_id"], p["outcome"], p["revoked_at_ms"], ctx.occurred_at_ms,
         seconds(ctx.occurred_at_ms), seconds(ctx.ingested_at_ms),
     )]}
+
+
+PROJECTORS: dict[str, Projector] = {
+    "chargemesh.ledger.v1.CredentialReevaluated": _credential_reevaluated,
+}

@@ -8,12 +8,11 @@ land in ``settlements`` / ``settlement_lines`` (a swap's ``session_id`` is its s
 from __future__ import annotations
 
 from chargemesh.sinks.projections.core import (
-    TABLE_COLUMNS,
     ProjectionContext,
+    Projector,
     Row,
     Rows,
     money,
-    projects,
     seconds,
 )
 
@@ -23,7 +22,8 @@ REGISTERED = "REGISTERED"
 SWAPPED_OUT = "SWAPPED_OUT"
 RETURNED = "RETURNED"
 
-TABLE_COLUMNS.update({
+# Insert columns per table, in row-tuple order.
+TABLES: dict[str, tuple[str, ...]] = {
     PACK_HISTORY: (
         "pack_id", "event_id", "action", "station_id", "session_id", "reservation_id",
         "vehicle_credential_id", "vehicle_id", "chemistry", "state_of_health_permille",
@@ -34,7 +34,7 @@ TABLE_COLUMNS.update({
         "jurisdiction", "rate_authority_id", "tariff_id", "posted_rate_per_kwh",
         "author_credential_id", "relocated_at_ms", "relocated_at",
     ),
-})
+}
 
 
 def _pack_row(ctx: ProjectionContext, pack_id: str, action: str, at_ms: int, **f: object) -> Row:
@@ -47,7 +47,6 @@ def _pack_row(ctx: ProjectionContext, pack_id: str, action: str, at_ms: int, **f
     )
 
 
-@projects("chargemesh.capacity.v1.PackRegistered")
 def _pack_registered(ctx: ProjectionContext) -> Rows:
     p = ctx.payload
     return {PACK_HISTORY: [_pack_row(
@@ -56,7 +55,6 @@ def _pack_registered(ctx: ProjectionContext) -> Rows:
         capacity_wh=p["capacity_wh"], charge_wh=p["charge_wh"])]}
 
 
-@projects("chargemesh.session.v1.PackSwapCompleted")
 def _pack_swapped(ctx: ProjectionContext) -> Rows:
     p, ident = ctx.payload, ctx.payload["identity"]
     common = {"station_id": ident["station_id"], "session_id": p["session_id"],
@@ -74,7 +72,6 @@ def _pack_swapped(ctx: ProjectionContext) -> Rows:
     return {PACK_HISTORY: rows}
 
 
-@projects("chargemesh.capacity.v1.MobileStationRelocated")
 def _mobile_relocated(ctx: ProjectionContext) -> Rows:
     p = ctx.payload
     return {MOBILE_STATION_LOCATIONS: [(
@@ -83,3 +80,10 @@ def _mobile_relocated(ctx: ProjectionContext) -> Rows:
         money(p["posted_rate_per_kwh"]), ctx.event.body.author_credential_id,
         p["relocated_at_ms"], seconds(p["relocated_at_ms"]),
     )]}
+
+
+PROJECTORS: dict[str, Projector] = {
+    "chargemesh.capacity.v1.PackRegistered": _pack_registered,
+    "chargemesh.session.v1.PackSwapCompleted": _pack_swapped,
+    "chargemesh.capacity.v1.MobileStationRelocated": _mobile_relocated,
+}

@@ -12,17 +12,17 @@ from __future__ import annotations
 import datetime
 
 from chargemesh.sinks.projections.core import (
-    TABLE_COLUMNS,
     ProjectionContext,
+    Projector,
     Rows,
     money,
-    projects,
     seconds,
 )
 
 FLEET_ACCOUNTING = "fleet_accounting"
 
-TABLE_COLUMNS.update({
+# Insert columns per table, in row-tuple order.
+TABLES: dict[str, tuple[str, ...]] = {
     FLEET_ACCOUNTING: (
         "settlement_id", "session_id", "fleet_id", "site_id", "station_id", "connector_id",
         "station_credential_id", "vehicle_credential_id", "rate_authority_id", "jurisdiction",
@@ -30,7 +30,7 @@ TABLE_COLUMNS.update({
         "delivered_from_ms", "delivered_until_ms", "delivered_at", "month", "recorded_at_ms",
         "event_id",
     ),
-})
+}
 
 
 def utc_month(at_ms: int) -> str:
@@ -38,7 +38,6 @@ def utc_month(at_ms: int) -> str:
     return datetime.datetime.fromtimestamp(seconds(at_ms), tz=datetime.UTC).strftime("%Y-%m")
 
 
-@projects("chargemesh.settlement.v1.FleetAccountingRecorded")
 def _fleet_accounting_recorded(ctx: ProjectionContext) -> Rows:
     p = ctx.payload
     until_ms = int(p["delivered_until_ms"])
@@ -50,3 +49,8 @@ def _fleet_accounting_recorded(ctx: ProjectionContext) -> Rows:
         p["delivered_from_ms"], until_ms, seconds(until_ms), utc_month(until_ms),
         p["recorded_at_ms"], ctx.event.event_id,
     )]}
+
+
+PROJECTORS: dict[str, Projector] = {
+    "chargemesh.settlement.v1.FleetAccountingRecorded": _fleet_accounting_recorded,
+}

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 from chargemesh.sinks.projections.core import (
     DETAIL_CHARS_MAX,
-    TABLE_COLUMNS,
     ProjectionContext,
+    Projector,
     Rows,
     money,
-    projects,
     seconds,
 )
 
 WIRELESS_PASSES = "wireless_passes"
 WIRELESS_TRIPS = "wireless_trips"
 
-TABLE_COLUMNS.update({
+# Insert columns per table, in row-tuple order.
+TABLES: dict[str, tuple[str, ...]] = {
     WIRELESS_PASSES: (
         "batch_event_id", "pass_index", "pass_id", "trip_id", "road_operator_id", "segment_id",
         "segment_credential_id", "vehicle_credential_id", "geofence_id", "entered_at_ms",
@@ -30,10 +30,9 @@ TABLE_COLUMNS.update({
         "closed_at_ms", "closed_at", "close_reason", "passes_accepted", "passes_refused",
         "segments", "meter_seconds", "energy_wh", "total_amount", "event_id",
     ),
-})
+}
 
 
-@projects("chargemesh.wireless.v1.SegmentPassesApplied")
 def _passes_applied(ctx: ProjectionContext) -> Rows:
     p = ctx.payload
     return {WIRELESS_PASSES: [(
@@ -46,7 +45,6 @@ def _passes_applied(ctx: ProjectionContext) -> Rows:
     ) for index, o in enumerate(p["outcomes"])]}
 
 
-@projects("chargemesh.wireless.v1.TripSettled")
 def _trip_settled(ctx: ProjectionContext) -> Rows:
     p = ctx.payload
     return {WIRELESS_TRIPS: [(
@@ -56,3 +54,9 @@ def _trip_settled(ctx: ProjectionContext) -> Rows:
         p["passes_accepted"], p["passes_refused"], p["segments"], p["meter_seconds"],
         p["energy_wh"], money(p["total_amount"]), ctx.event.event_id,
     )]}
+
+
+PROJECTORS: dict[str, Projector] = {
+    "chargemesh.wireless.v1.SegmentPassesApplied": _passes_applied,
+    "chargemesh.wireless.v1.TripSettled": _trip_settled,
+}
