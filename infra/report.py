@@ -4,9 +4,12 @@
 external JS, CSS or fonts) and ``report-<run>.json`` (the same figures as data) into
 ``out_dir`` and returns the HTML path. ``chargemesh report [--run-id ID] [--out DIR]`` runs it.
 
-Scope: the simulator's tables (``simulation_runs``, ``simulation_latencies``) are filtered by
-run id (default: the latest run in ``simulation_runs``; with none, every latency row). Every
-other table carries no run id, so those sections cover the whole database.
+Scope: the run given, else the latest in ``simulation_runs``. Every section reads that run's
+rows only (identifiers carrying its prefix, rejections within its wall-clock window, latencies
+by run id: ``infra/report_queries.py``), and says so; with no run recorded (say after
+``chargemesh demo`` only) every section is cumulative over the whole database, i.e. every run
+in the state folder, and the header and each section say that instead. The JSON figures carry
+the same ``scope`` ("run <id>" or "cumulative") in ``meta`` and in every section.
 
 Money stays ``Decimal`` end to end and is shown as a Decimal string with its currency; sums
 are per currency, never across currencies.
@@ -25,27 +28,36 @@ from pathlib import Path
 from typing import Any
 
 import click
-from clickhouse_driver import Client
 
 from chargemesh.infra import svg_charts as charts
-from chargemesh.infra.checks import ensure
+from chargemesh.checks import ensure
 from chargemesh.infra.cli import cli, settings_of
 from chargemesh.infra.config import Settings
 from chargemesh.infra.preflight import require_clickhouse
+from chargemesh.infra.report_queries import (
+    CUMULATIVE,
+    HEATMAP_HOURS_MAX,
+    HEATMAP_STATIONS_MAX,
+    REPRICE_SESSIONS_MAX,
+    JsonDict,
+    Reader,
+    energy_revenue,
+    latencies,
+    meta,
+    query_command,
+    rejections,
+    reprice,
+    resolve_run,
+    utilisation,
+)
 from chargemesh.sinks.migrate import clickhouse_client
 
-HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
-HEATMAP_STATIONS_MAX = 40
-HEATMAP_HOURS_MAX = 168
-REPRICE_SESSIONS_MAX = 8
 REPRICE_WINDOW_BEFORE_MS = 30 * MINUTE_MS
 REPRICE_WINDOW_AFTER_MS = 60 * MINUTE_MS
 REJECTION_REASONS_MAX = 30
-LATENCY_ROWS_MAX = 500_000
 TABLE_ROWS_MAX = 50
 HISTOGRAM_BINS = 30
-JsonDict = dict[str, Any]
 
 
 # ---- formatting ---------------------------------------------------------------------------------
@@ -75,156 +87,6 @@ def _json_default(value: object) -> str:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-# ---- reading ------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class _Reader:
-    client: Client
-
-    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in self.client.execute(sql, params or {})]
-
-    def scalar(self, sql: str, params: dict[str, Any] | None = None) -> Any:
-        found = self.rows(sql, params)
-        return found[0][0] if found else None
-
-
-def _meta(db: _Reader, settings: Settings, run_id: str | None) -> JsonDict:
-    if run_id is None:
-        run_id = db.scalar("SELECT run_id FROM simulation_runs FINAL "
-                           "ORDER BY started_at_ms DESC, run_id LIMIT 1")
-    run: JsonDict | None = None
-    if run_id is not None:
-        found = db.rows("SELECT seed, started_at_ms, finished_at_ms, params_json, summary_json "
-                        "FROM simulation_runs FINAL WHERE run_id = %(run)s", {"run": run_id})
-        if found:
-            seed, started, finished, params, summary = found[0]
-            run = {"seed": seed, "started_at_ms": started, "finished_at_ms": finished,
-                   "params": _loads(params), "summary": _loads(summary)}
-    first, last, events = db.rows("SELECT min(occurred_at_ms), max(occurred_at_ms), count() "
-                                  "FROM events FINAL")[0]
-    query = query_command(settings)
-    return {"run_id": run_id, "run": run, "events": events,
-            "first_event_at_ms": first if events else None,
-            "last_event_at_ms": last if events else None,
-            "generated_at_ms": int(dt.datetime.now(tz=dt.UTC).timestamp() * 1000),
-            "query_command": query, "database": settings.clickhouse_database}
-
-
-def query_command(settings: Settings) -> str:
-    """The clickhouse-client command line that opens this deployment's database."""
-    host, port = settings.clickhouse_address
-    where = "" if settings.clickhouse_embedded else f"--host {host} "
-    return f"clickhouse-client {where}--port {port} -d {settings.clickhouse_database}"
-
-
-def _loads(text: str) -> Any:
-    try:
-        return json.loads(text) if text else {}
-    except ValueError:
-        return {"unparsed": text}
-
-
-def _utilisation(db: _Reader) -> JsonDict:
-    """Reserved share of each station's connector-hours, per UTC hour."""
-    connectors = dict(db.rows("SELECT station_id, uniqExact(connector_id) FROM slot_ledger FINAL "
-                              "GROUP BY station_id"))
-    rows = db.rows("SELECT station_id, toInt64(toUnixTimestamp(hour_start)) * 1000 AS hour_ms, "
-                   "sum(reserved_ms), sum(energy_wh) FROM slot_utilisation_hourly "
-                   "GROUP BY station_id, hour_ms ORDER BY station_id, hour_ms")
-    busy: dict[str, int] = defaultdict(int)
-    for station, _, reserved_ms, _ in rows:
-        busy[station] += reserved_ms
-    stations = sorted(busy, key=lambda s: (-busy[s], s))[:HEATMAP_STATIONS_MAX]
-    hours: list[int] = []
-    if rows:
-        first = min(r[1] for r in rows)
-        last = min(max(r[1] for r in rows), first + (HEATMAP_HOURS_MAX - 1) * HOUR_MS)
-        hours = list(range(first, last + HOUR_MS, HOUR_MS))
-    cells: dict[tuple[str, int], float] = {}
-    energy: dict[tuple[str, int], int] = {}
-    for station, hour_ms, reserved_ms, energy_wh in rows:
-        share = reserved_ms / (HOUR_MS * max(1, connectors.get(station, 1)))
-        cells[(station, hour_ms)] = round(100.0 * share, 2)
-        energy[(station, hour_ms)] = energy_wh
-    return {"stations": stations, "hours_ms": hours,
-            "connectors": {s: connectors.get(s, 0) for s in stations},
-            "utilisation_percent": [[cells.get((s, h), 0.0) for h in hours] for s in stations],
-            "reserved_energy_wh": [[energy.get((s, h), 0) for h in hours] for s in stations],
-            "hours_truncated": bool(rows) and max(r[1] for r in rows) > hours[-1]}
-
-
-def _energy_revenue(db: _Reader) -> JsonDict:
-    rows = db.rows("SELECT jurisdiction, currency, sum(settlements), sum(energy_import_wh), "
-                   "sum(total_amount) FROM revenue_daily GROUP BY jurisdiction, currency "
-                   "ORDER BY jurisdiction, currency")
-    by_currency: dict[str, Decimal] = defaultdict(Decimal)
-    for _, currency, _, _, amount in rows:
-        by_currency[currency] += amount
-    return {
-        "by_jurisdiction": [{"jurisdiction": j, "currency": c, "settlements": n,
-                             "energy_import_wh": wh, "revenue": str(amount)}
-                            for j, c, n, wh, amount in rows],
-        "revenue_by_currency": {c: str(v) for c, v in sorted(by_currency.items())},
-    }
-
-
-def _reprice(db: _Reader) -> JsonDict:
-    """The grid event that re-priced the most sessions, and those sessions' rates around it."""
-    busiest = db.rows("SELECT grid_event_id, count() AS sessions, min(proposed_at_ms) "
-                      "FROM reprices_current GROUP BY grid_event_id "
-                      "ORDER BY sessions DESC, grid_event_id LIMIT 1")
-    if not busiest:
-        return {"grid_event_id": None, "sessions": [], "grid_events": 0}
-    event_id, count, event_at = busiest[0]
-    rows = db.rows(
-        "SELECT r.session_id, r.station_id, r.effective_from_ms, r.rate_per_kwh, "
-        "r.proposed_at_ms, r.accepted, r.accepted_at_ms, s.started_at_ms, s.closed_at_ms, "
-        "s.reservation_id FROM (SELECT * FROM reprices_current WHERE grid_event_id = %(g)s) AS r "
-        "ANY LEFT JOIN (SELECT station_id, session_id, started_at_ms, closed_at_ms, "
-        "reservation_id FROM sessions_current) AS s USING (station_id, session_id) "
-        "ORDER BY r.proposed_at_ms, r.session_id LIMIT %(n)s", {"g": event_id,
-                                                               "n": REPRICE_SESSIONS_MAX})
-    reservations = tuple(r[9] for r in rows) or ("",)
-    base = dict(db.rows("SELECT reservation_id, rate_per_kwh FROM slot_ledger FINAL "
-                        "WHERE reservation_id IN %(ids)s", {"ids": reservations}))
-    currency = dict(db.rows("SELECT session_id, any(currency) FROM settlements FINAL "
-                            "WHERE session_id IN %(ids)s GROUP BY session_id",
-                            {"ids": tuple(r[0] for r in rows) or ("",)}))
-    sessions = [{"session_id": sid, "station_id": st, "effective_from_ms": eff,
-                 "proposed_rate_per_kwh": str(rate), "proposed_at_ms": prop,
-                 "accepted": bool(acc), "accepted_at_ms": acc_at if acc else None,
-                 "base_rate_per_kwh": str(base[res]) if res in base else None,
-                 "started_at_ms": start or None, "closed_at_ms": closed or None,
-                 "currency": currency.get(sid, "")}
-                for sid, st, eff, rate, prop, acc, acc_at, start, closed, res in rows]
-    grid_events = db.scalar("SELECT uniqExact(grid_event_id) FROM reprices_current")
-    return {"grid_event_id": event_id, "grid_event_at_ms": event_at, "sessions_repriced": count,
-            "sessions": sessions, "grid_events": grid_events}
-
-
-def _rejections(db: _Reader) -> JsonDict:
-    rows = db.rows("SELECT reason_code, source_topic, count() FROM rejections FINAL "
-                   "GROUP BY reason_code, source_topic ORDER BY reason_code, source_topic")
-    return {"by_reason_and_topic": [{"reason_code": r, "source_topic": t, "count": n}
-                                    for r, t, n in rows]}
-
-
-def _latencies(db: _Reader, run_id: str | None) -> JsonDict:
-    where, params = ("WHERE run_id = %(run)s", {"run": run_id}) if run_id else ("", {})
-    stats = db.rows("SELECT kind, count(), quantileExact(0.5)(latency_ms), "
-                    f"quantileExact(0.99)(latency_ms), max(latency_ms) "
-                    f"FROM simulation_latencies FINAL {where} GROUP BY kind ORDER BY kind",
-                    params)
-    values: dict[str, list[float]] = defaultdict(list)
-    for kind, latency in db.rows(f"SELECT kind, latency_ms FROM simulation_latencies FINAL "
-                                 f"{where} LIMIT {LATENCY_ROWS_MAX}", params):
-        values[kind].append(float(latency))
-    return {"scope": f"run {run_id}" if run_id else "all runs",
-            "kinds": [{"kind": k, "count": n, "p50_ms": p50, "p99_ms": p99, "max_ms": top,
-                       "values_ms": values.get(k, [])} for k, n, p50, p99, top in stats]}
-
-
 # ---- compact tables -----------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +95,8 @@ class TableSpec:
     title: str
     source: str
     headers: tuple[str, ...]
-    sql: str
+    scoped_by: str  # the id column that carries a run's prefix
+    sql: str  # "{scope}" is the run's condition on scoped_by
     cells: Callable[[tuple[Any, ...]], list[str]]
 
 
@@ -244,89 +107,95 @@ def _s(value: Any) -> str:
 TABLES: tuple[TableSpec, ...] = (
     TableSpec("settlements_status", "Settlements by status and currency", "settlements_status",
               ("status", "currency", "settlements", "total", "oldest pending age (s)"),
-              "SELECT status, currency, count(), sum(total_amount), "
+              "settlement_id", "SELECT status, currency, count(), sum(total_amount), "
               "maxIf(pending_age_ms, status = 'PENDING') FROM settlements_status "
-              "GROUP BY status, currency ORDER BY status, currency",
+              "WHERE {scope} GROUP BY status, currency ORDER BY status, currency",
               lambda r: [r[0], r[1], _s(r[2]), money(r[3], r[1]),
                          _s(r[4] // 1000) if r[0] == "PENDING" else "–"]),
     TableSpec("disputes", "Disputes", "disputes_current",
               ("dispute", "station", "session", "kind", "status", "outcome", "evidence",
-               "adjustment"),
+               "adjustment"), "dispute_id",
               "SELECT dispute_id, station_id, session_id, kind, status, outcome, evidence_count, "
-              "adjustment_total, currency FROM disputes_current ORDER BY opened_at_ms, dispute_id",
+              "adjustment_total, currency FROM disputes_current WHERE {scope} "
+              "ORDER BY opened_at_ms, dispute_id",
               lambda r: [*map(_s, r[:7]), money(r[7], r[8]) if r[8] else "–"]),
     TableSpec("credential_reevaluations", "Revocation re-evaluations",
               "credential_reevaluations",
               ("revoked credential", "subject kind", "outcome", "count"),
+              "revoked_credential_id",
               "SELECT revoked_credential_id, subject_kind, outcome, count() "
-              "FROM credential_reevaluations FINAL GROUP BY revoked_credential_id, subject_kind, "
-              "outcome ORDER BY revoked_credential_id, subject_kind, outcome",
+              "FROM credential_reevaluations FINAL WHERE {scope} "
+              "GROUP BY revoked_credential_id, subject_kind, outcome "
+              "ORDER BY revoked_credential_id, subject_kind, outcome",
               lambda r: list(map(_s, r))),
     TableSpec("v2g_settlements", "E3 V2G settlements", "v2g_settlements",
               ("settlement", "station", "import (kWh)", "export (kWh)", "import charge",
-               "export credit", "clearing price (per kWh)", "net"),
+               "export credit", "clearing price (per kWh)", "net"), "settlement_id",
               "SELECT settlement_id, station_id, energy_import_wh, energy_export_wh, "
               "import_amount, export_credit, clearing_price_per_kwh, total_amount, currency "
-              "FROM v2g_settlements ORDER BY admitted_at_ms, settlement_id",
+              "FROM v2g_settlements WHERE {scope} ORDER BY admitted_at_ms, settlement_id",
               lambda r: [r[0], r[1], kwh(r[2]), kwh(r[3]), money(r[4], r[8]),
                          money(r[5], r[8]), money(r[6], r[8]), money(r[7], r[8])]),
     TableSpec("fleet_esg_monthly", "E4 fleet depots (ESG, monthly)", "fleet_esg_monthly",
               ("fleet", "site", "month", "sessions", "final", "import (kWh)", "renewable (kWh)",
-               "renewable share (%)", "internal amount"),
+               "renewable share (%)", "internal amount"), "site_id",
               "SELECT fleet_id, site_id, month, sessions, final_sessions, energy_import_wh, "
               "renewable_wh, renewable_share, internal_amount, currency FROM fleet_esg_monthly "
-              "ORDER BY fleet_id, site_id, month",
+              "WHERE {scope} ORDER BY fleet_id, site_id, month",
               lambda r: [r[0], r[1], r[2], _s(r[3]), _s(r[4]), kwh(r[5]), kwh(r[6]),
                          f"{100 * float(r[7]):.1f}", money(r[8], r[9])]),
     TableSpec("pack_history", "E2 battery packs", "pack_history_valid",
               ("pack", "action", "station", "vehicle credential", "chemistry",
-               "state of health (‰)", "charge (kWh)", "at"),
+               "state of health (‰)", "charge (kWh)", "at"), "pack_id",
               "SELECT pack_id, action, station_id, vehicle_credential_id, chemistry, "
               "state_of_health_permille, charge_wh, at_ms FROM pack_history_valid "
-              "ORDER BY pack_id, at_ms, action",
+              "WHERE {scope} ORDER BY pack_id, at_ms, action",
               lambda r: [*map(_s, r[:6]), kwh(r[6]), utc(r[7])]),
     TableSpec("wireless_trips", "E1 wireless road trips", "wireless_trips",
               ("trip", "road operator", "segments", "passes accepted", "passes refused",
-               "energy (kWh)", "total", "closed because"),
+               "energy (kWh)", "total", "closed because"), "trip_id",
               "SELECT trip_id, road_operator_id, segments, passes_accepted, passes_refused, "
               "energy_wh, total_amount, currency, close_reason FROM wireless_trips FINAL "
-              "ORDER BY closed_at_ms, trip_id",
+              "WHERE {scope} ORDER BY closed_at_ms, trip_id",
               lambda r: [*map(_s, r[:5]), kwh(r[5]), money(r[6], r[7]), r[8]]),
     TableSpec("mobile_station_locations", "E5 mobile charger locations",
               "mobile_station_locations_valid",
               ("station", "jurisdiction", "latitude (°)", "longitude (°)", "tariff",
-               "posted rate (per kWh)", "relocated at"),
+               "posted rate (per kWh)", "relocated at"), "station_id",
               "SELECT station_id, jurisdiction, latitude_microdeg, longitude_microdeg, tariff_id, "
               "posted_rate_per_kwh, relocated_at_ms FROM mobile_station_locations_valid "
-              "ORDER BY relocated_at_ms, station_id",
+              "WHERE {scope} ORDER BY relocated_at_ms, station_id",
               lambda r: [r[0], r[1], f"{r[2] / 1e6:.6f}", f"{r[3] / 1e6:.6f}", r[4],
                          _s(r[5]), utc(r[6])]),
 )
 
 
-def _tables(db: _Reader) -> list[JsonDict]:
-    """Each compact table that has rows (at most TABLE_ROWS_MAX shown, with the total)."""
+def _tables(db: Reader) -> list[JsonDict]:
+    """Each compact table with rows in scope (at most TABLE_ROWS_MAX shown, with the total)."""
     out = []
     for spec in TABLES:
-        total = db.scalar(f"SELECT count() FROM ({spec.sql})")
+        sql = spec.sql.format(scope=db.scope.ids_in(spec.scoped_by))
+        total = db.scalar(f"SELECT count() FROM ({sql})")
         if not total:
             continue
-        rows = db.rows(f"{spec.sql} LIMIT {TABLE_ROWS_MAX}")
+        rows = db.rows(f"{sql} LIMIT {TABLE_ROWS_MAX}")
         out.append({"key": spec.key, "title": spec.title, "source": spec.source,
+                    "scope": db.scope.label, "scoped_by": spec.scoped_by,
                     "headers": list(spec.headers), "rows": [spec.cells(r) for r in rows],
                     "total_rows": total})
     return out
 
 
 def collect_figures(settings: Settings, run_id: str | None = None) -> JsonDict:
-    """Every figure of the report, as JSON-ready data (money as Decimal strings)."""
+    """Every figure of the report, as JSON-ready data (money as Decimal strings), scoped to
+    ``run_id`` (default: the latest run; cumulative when none is recorded)."""
     client = clickhouse_client(settings)
     try:
-        db = _Reader(client)
-        meta = _meta(db, settings, run_id)
-        return {"meta": meta, "utilisation": _utilisation(db),
-                "energy_revenue": _energy_revenue(db), "reprice": _reprice(db),
-                "rejections": _rejections(db), "latencies": _latencies(db, meta["run_id"]),
+        scope, run = resolve_run(Reader(client), run_id)
+        db = Reader(client, scope)
+        return {"meta": meta(db, settings, run), "utilisation": utilisation(db),
+                "energy_revenue": energy_revenue(db), "reprice": reprice(db),
+                "rejections": rejections(db), "latencies": latencies(db),
                 "tables": _tables(db)}
     finally:
         client.disconnect()
@@ -461,23 +330,52 @@ def _td(cell: str) -> str:
 
 
 def _header_html(meta: JsonDict) -> str:
-    run = meta["run"]
-    items = [("run id", meta["run_id"] or "(no simulation run recorded)")]
+    run, scoped = meta["run"], meta["scope"] != CUMULATIVE
+    items = [("run id", meta["run_id"] or "(no simulation run recorded)"),
+             ("scope", f"{meta['scope']}: identifiers carrying the prefix {meta['id_prefix']}"
+              if scoped else f"cumulative: {meta['cumulative_reason']}")]
     if run:
         items += [("seed", str(run["seed"])),
                   ("parameters", json.dumps(run["params"], sort_keys=True)),
                   ("run time", f"{utc(run['started_at_ms'])} – {utc(run['finished_at_ms'])}")]
     if meta["events"]:
-        items.append(("events in ClickHouse", (f"{meta['events']} admitted, "
+        of = f" of this run ({meta['events_in_database']} in the database)" if scoped else ""
+        items.append(("events in ClickHouse", (f"{meta['events']} admitted{of}, "
                       f"{utc(meta['first_event_at_ms'])} – {utc(meta['last_event_at_ms'])}")))
     items.append(("generated", utc(meta["generated_at_ms"])))
     rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items)
+    where = f" WHERE match(station_id, '{meta['id_pattern']}')" if scoped else ""
     return (f"<h1>chargemesh report</h1><dl>{rows}</dl>"
             f"<p class='note'>Query ClickHouse directly: <code>{html.escape(meta['query_command'])}"
-            f"</code>, e.g. <code>SELECT * FROM revenue_daily</code> or <code>SELECT * FROM "
-            f"simulation_latencies FINAL WHERE run_id = '…'</code>. Scope: latencies and the run "
-            f"header are filtered by run id; every other section covers the whole database "
-            f"<code>{html.escape(meta['database'])}</code> (those tables carry no run id).</p>")
+            f"</code>, e.g. <code>{html.escape(f'SELECT * FROM revenue_daily{where}')}</code> or "
+            "<code>SELECT * FROM simulation_latencies FINAL WHERE run_id = '…'</code>. "
+            + _scope_html(meta) + "</p>")
+
+
+def _scope_html(meta: JsonDict) -> str:
+    database = f"<code>{html.escape(meta['database'])}</code>"
+    if meta["scope"] == CUMULATIVE:
+        sections = "every section but the latencies (filtered by run id)" if meta[
+            "run_id"] else "every section"
+        return (f"<strong>Scope: cumulative</strong> ({html.escape(meta['cumulative_reason'])}"
+                f"): {sections} covers every row of the database {database}, i.e. every run "
+                "in this state folder, plus any demo.")
+    prefix = html.escape(meta["id_prefix"])
+    return (f"<strong>Scope: {html.escape(meta['scope'])}</strong>. The market's tables carry "
+            f"no run id, but every identifier this run created carries its prefix "
+            f"<code>{prefix}</code> as a whole token (<code>{prefix}-…</code>, "
+            f"<code>…:{prefix}-…</code>, <code>…:{prefix}:…</code>, <code>…:{prefix}</code>), "
+            "so every section below reads this run's rows only, as its note says; rejections "
+            "carry no such id and are the run's by its wall-clock window, latencies by run id. "
+            f"Nothing in this report is cumulative over the database {database}.")
+
+
+def _scoped(scope: str, rows: str) -> str:
+    """How a section's note ends: which rows it counts."""
+    if scope == CUMULATIVE:
+        return (" <strong>Cumulative</strong>: every row in the database (every run in this "
+                "state folder, plus any demo).")
+    return f" Scope: {html.escape(scope)} only ({rows})."
 
 
 def _energy_html(fig: JsonDict) -> str:
@@ -489,7 +387,9 @@ def _energy_html(fig: JsonDict) -> str:
     return ("<h2>Energy and revenue by jurisdiction and currency</h2>"
             "<p class='note'>From <code>revenue_daily</code> (admitted settlements, FINAL or "
             "PENDING, corrections counted with their own sign; internal fleet accounting "
-            "excluded). Amounts are per currency, never added across currencies.</p>"
+            "excluded). Amounts are per currency, never added across currencies."
+            + _scoped(fig["scope"], "settled at stations or road operators whose id carries "
+                      "the run's prefix") + "</p>"
             f"<div class='row'>{charts_html}</div><div class='row'><div>"
             + _table(["jurisdiction", "currency", "settlements", "energy (kWh)", "revenue"], rows)
             + "</div><div>" + _table(["currency", "total revenue"], totals)
@@ -501,7 +401,8 @@ def _latency_html(fig: JsonDict) -> str:
     out = [f"<h2>Latencies ({html.escape(fig['scope'])})</h2>",
            ("<p class='note'>From <code>simulation_latencies</code>, measured by the simulator's "
            "participants (request published → decision consumed). Percentiles are ClickHouse's "
-           "<code>quantileExact</code>.</p>")]
+           "<code>quantileExact</code>."
+            + _scoped(fig["scope"], "measured by this run, by its run id") + "</p>")]
     if not kinds:
         return "".join(out) + "<p>No latencies recorded for this scope.</p>"
     out.append(_table(["kind", "measurements", "p50 (ms)", "p99 (ms)", "max (ms)"],
@@ -520,18 +421,24 @@ def render_html(figures: JsonDict) -> str:
         "reserved connector-time per station and UTC hour, as a share of the connectors that "
         "station has taken reservations on (<code>slot_ledger</code>); RESERVED and REALLOCATED "
         f"slots. {len(util['stations'])} stations (the busiest {HEATMAP_STATIONS_MAX} at most), "
-        f"at most {HEATMAP_HOURS_MAX} hours.</p>"), utilisation_svg(util),
+        f"at most {HEATMAP_HOURS_MAX} hours."
+        + _scoped(util["scope"], "stations whose id carries the run's prefix") + "</p>"),
+        utilisation_svg(util),
         _energy_html(figures["energy_revenue"]),
         ("<h2>Re-pricing timeline</h2><p class='note'>From <code>reprices_current</code>: the "
         f"grid event that re-priced the most sessions ({reprice.get('sessions_repriced', 0)} "
-        f"sessions; {reprice['grid_events']} grid events in all; at most "
+        f"sessions; {reprice['grid_events']} grid events in this scope; at most "
         f"{REPRICE_SESSIONS_MAX} drawn). Line: the rate in force (booked rate from "
         "<code>slot_ledger</code>, then the re-priced rate from its effective time once the "
         "vehicle accepted); open circle: proposal, filled: acceptance. Sessions with the "
-        "same rates overlap: earlier ones are drawn wider underneath.</p>"),
+        "same rates overlap: earlier ones are drawn wider underneath."
+        + _scoped(reprice["scope"], "sessions at the run's stations") + "</p>"),
         reprice_svg(reprice),
         (f"<h2>Rejections</h2><p class='note'>From <code>rejections</code>: {rejections} events "
-        "not admitted, by reason code and the topic they arrived on.</p>"),
+        "not admitted, by reason code and the topic they arrived on."
+        + _scoped(figures["rejections"]["scope"], "rejected between the run's start and finish "
+                  "by the wall clock; a rejection carries no run id, so anything else this "
+                  "stack rejected in that window counts too") + "</p>"),
         rejections_svg(figures["rejections"]) if rejections else "<p>No rejections.</p>",
         _latency_html(figures["latencies"]),
     ]
@@ -539,7 +446,9 @@ def render_html(figures: JsonDict) -> str:
         shown = len(table["rows"])
         more = f" (first {shown} of {table['total_rows']})" if table["total_rows"] > shown else ""
         parts.append(f"<h2>{html.escape(table['title'])}</h2><p class='note'>From <code>"
-                     f"{html.escape(table['source'])}</code>{more}.</p>"
+                     f"{html.escape(table['source'])}</code>{more}."
+                     + _scoped(table["scope"], f"rows whose <code>{table['scoped_by']}</code> "
+                               "carries the run's prefix") + "</p>"
                      + _table(table["headers"], table["rows"]))
     title = f"chargemesh report {figures['meta']['run_id'] or ''}".strip()
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>"

@@ -180,24 +180,36 @@ def test_money_is_exact_decimal_text_with_currency() -> None:
         money(1.5, "USD")  # type: ignore[arg-type]
 
 
-def test_rendered_html_is_self_contained_and_every_plot_is_valid_svg() -> None:
-    figures = {
-        "meta": {"run_id": "r1", "run": None, "events": 0, "first_event_at_ms": None,
-                 "last_event_at_ms": None, "generated_at_ms": 0,
+def sample_figures(scope: str) -> dict[str, Any]:
+    """Figures as ``collect_figures`` returns them, every section in ``scope``."""
+    scoped = scope != "cumulative"
+    return {
+        "meta": {"run_id": "r1" if scoped else None, "run": None, "events": 0,
+                 "events_in_database": 0, "first_event_at_ms": None, "last_event_at_ms": None,
+                 "generated_at_ms": 0, "scope": scope, "id_prefix": "s1" if scoped else None,
+                 "id_pattern": "(^|:)s1([-:]|$)" if scoped else None,
+                 "cumulative_reason": None if scoped else "no simulation run is recorded",
                  "query_command": "clickhouse-client --port 1 -d chargemesh",
                  "database": "chargemesh"},
-        "utilisation": {"stations": ["s"], "hours_ms": [0], "utilisation_percent": [[50.0]]},
-        "energy_revenue": {"by_jurisdiction": [
+        "utilisation": {"scope": scope, "stations": ["s"], "hours_ms": [0],
+                        "utilisation_percent": [[50.0]]},
+        "energy_revenue": {"scope": scope, "by_jurisdiction": [
             {"jurisdiction": "US-CA", "currency": "USD", "settlements": 1,
              "energy_import_wh": 1500, "revenue": "1.230000"}],
             "revenue_by_currency": {"USD": "1.230000"}},
-        "reprice": {"grid_event_id": None, "sessions": [], "grid_events": 0},
-        "rejections": {"by_reason_and_topic": [{"reason_code": "BAD_SIGNATURE",
-                                                "source_topic": "chargemesh.market.v1",
-                                                "count": 2}]},
-        "latencies": {"scope": "run r1", "kinds": []},
-        "tables": [],
+        "reprice": {"scope": scope, "grid_event_id": None, "sessions": [], "grid_events": 0},
+        "rejections": {"scope": scope, "by_reason_and_topic": [
+            {"reason_code": "BAD_SIGNATURE", "source_topic": "chargemesh.market.v1",
+             "count": 2}]},
+        "latencies": {"scope": scope, "kinds": []},
+        "tables": [{"key": "disputes", "title": "Disputes", "source": "disputes_current",
+                    "scope": scope, "scoped_by": "dispute_id", "headers": ["dispute"],
+                    "rows": [["s1-dispute-1"]], "total_rows": 1}],
     }
+
+
+def test_rendered_html_is_self_contained_and_every_plot_is_valid_svg() -> None:
+    figures = sample_figures("run r1")
     page = render_html(figures)
     assert "<script" not in page and "src=" not in page and "<link" not in page
     svgs = Page.of(page).svgs
@@ -205,6 +217,17 @@ def test_rendered_html_is_self_contained_and_every_plot_is_valid_svg() -> None:
     for svg in svgs:
         parse(svg)
     assert "1.23 USD" in page and "1.500" in page
+
+
+def test_every_section_says_whether_it_reads_one_run_or_every_run() -> None:
+    sections = 7  # utilisation, revenue, re-pricing, rejections, latencies, one table, header
+    run = render_html(sample_figures("run r1"))
+    assert run.count("Scope: run r1") == sections and "<strong>Cumulative" not in run
+    assert "match(station_id, &#x27;(^|:)s1([-:]|$)&#x27;)" in run  # the query to see it
+    everything = render_html(sample_figures("cumulative"))
+    assert "Scope: cumulative</strong> (no simulation run is recorded)" in everything
+    assert everything.count("<strong>Cumulative</strong>: every row") == sections - 1
+    assert "Scope: run" not in everything
 
 
 # ---- the report on the real stack ---------------------------------------------------------------
