@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from chargemesh.infra.config import Settings, load_settings
-from chargemesh.infra.processes import free_ports
-from chargemesh.infra.stack import EmbeddedStack
+from chargemesh.infra.stack.supervisor import free_ports
+from chargemesh.infra.stack.embedded import EmbeddedStack
 
 EXTERNAL_ENV = "CHARGEMESH_TEST_EXTERNAL"
 # Consumer-group joins cost about half the session timeout on the embedded broker (STACK.md).
@@ -72,7 +72,7 @@ def new_stack_settings(tmp_path: Path) -> Callable[[], Settings]:
 
 import dataclasses as _dc  # noqa: E402
 
-from chargemesh.infra.runtime import TopicReader, WorkerProcess, publisher, write_anchors  # noqa: E402
+from chargemesh.infra.stack.worker import TopicReader, WorkerProcess, publisher, write_anchors  # noqa: E402
 from .world import World, make_world  # noqa: E402
 
 

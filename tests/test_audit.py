@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chargemesh.infra import cli_audit
-from chargemesh.infra.runtime import Record, TopicReader
+from chargemesh.infra.cli import audit as cli_audit
+from chargemesh.infra.stack.worker import Record, TopicReader
 from chargemesh.processors.audit.replay import AuditReport
 from chargemesh.schemas.codec import catalog
 from chargemesh.streams import merkle

@@ -11,7 +11,7 @@ import dataclasses
 from decimal import Decimal
 
 import pytest
-from chargemesh.infra import cli_audit
+from chargemesh.infra.cli import audit as cli_audit
 from chargemesh.processors.audit.replay import ALL_TIME_MS, AuditReport
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk import swap_mobile

@@ -11,8 +11,8 @@ import math
 import pstats
 
 import pytest
-from chargemesh.infra import bench_suite as suite
-from chargemesh.infra.cli import _register_command_modules, cli
+from chargemesh.infra.bench import suite
+from chargemesh.infra.cli.root import _register_command_modules, cli
 from click.testing import CliRunner
 
 WORKER_LOG = """\

@@ -1,4 +1,4 @@
-"""The fault-injection suite (issue 9, ``infra/chaos.py``).
+"""The fault-injection suite (issue 9, ``infra/sim/chaos.py``).
 
 The CI slice: one faulted run of a small seeded market (a worker SIGKILLed and restarted, the
 ClickHouse server killed and restarted, a second worker joining and one of the two killed),
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from chargemesh.infra.chaos import FAULT_KINDS, ChaosSummary, fault_schedule, run_chaos
+from chargemesh.infra.sim.chaos import FAULT_KINDS, ChaosSummary, fault_schedule, run_chaos
 
 from .conftest import external_stack
 

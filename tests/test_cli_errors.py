@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chargemesh.infra import preflight
-from chargemesh.infra.cli import COMMAND_MODULES, cli
+from chargemesh.infra.stack import preflight
+from chargemesh.infra.cli.root import COMMAND_MODULES, cli
 from chargemesh.infra.config import Settings
 from chargemesh.sinks.migrate import clickhouse_client
 from click.testing import CliRunner, Result
@@ -260,7 +260,7 @@ def test_a_bug_is_an_internal_error_with_its_traceback(
     def broken(_settings: Settings, _zone: str) -> None:
         raise KeyError("observer_set_version")
 
-    monkeypatch.setattr("chargemesh.infra.cli_grid.load_observer_view", broken)
+    monkeypatch.setattr("chargemesh.infra.cli.grid.load_observer_view", broken)
     result = invoke(absent, "grid", "observers", "zone-1")
     assert result.exit_code == 1
     first = result.stderr.splitlines()[0]

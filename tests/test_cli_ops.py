@@ -28,9 +28,9 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import NewTopic
 from rich.console import Console
 
-from chargemesh.infra import cli_ops
-from chargemesh.infra.cli import cli
-from chargemesh.infra.cli_ops import (
+from chargemesh.infra.cli import ops as cli_ops
+from chargemesh.infra.cli.root import cli
+from chargemesh.infra.cli.ops import (
     Booking,
     Calendar,
     ConnectorInfo,
@@ -45,10 +45,10 @@ from chargemesh.infra.cli_ops import (
     summary_lines,
 )
 from chargemesh.infra.config import Settings
-from chargemesh.infra.kafka_admin import admin_client
-from chargemesh.infra.processes import ProcessRecord
-from chargemesh.infra.runtime import TopicReader
-from chargemesh.infra.stack import EmbeddedStack
+from chargemesh.infra.stack.kafka_admin import admin_client
+from chargemesh.infra.stack.supervisor import ProcessRecord
+from chargemesh.infra.stack.worker import TopicReader
+from chargemesh.infra.stack.embedded import EmbeddedStack
 from chargemesh.processors.governance import TrustAnchor
 from chargemesh.schemas.codec import catalog
 from chargemesh.sinks.clickhouse_sink import ClickHouseSink
@@ -201,7 +201,7 @@ def test_stop_never_signals_a_process_that_is_not_the_recorded_one(tmp_path: Pat
     settings = Settings(state_dir=tmp_path)
     sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
     try:
-        worker_argv = (sys.executable, "-m", "chargemesh.processors.runtime.worker", "--index", "0")
+        worker_argv = (sys.executable, "-m", "chargemesh.infra.stack.worker_main", "--index", "0")
         reused = ManagedProcess(  # same command, but the pid was reused by a later process
             ProcessRecord("worker-0", sleepers[0].pid, "sleep", {}, "w.log", 0),
             ("sleep", "60"), _proc_start_ticks(sleepers[0].pid) - 1)

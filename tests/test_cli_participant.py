@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chargemesh.infra.cli import cli
-from chargemesh.infra.cli_participant import write_key_file
+from chargemesh.infra.cli.root import cli
+from chargemesh.infra.cli.participant import write_key_file
 from chargemesh.infra.config import Settings
 from chargemesh.schemas.codec import catalog
 from chargemesh.schemas.json_avro import PayloadError, from_json

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from chargemesh.infra.bootstrap import DEV_GOVERNANCE_DIR, DEV_ISSUER_ID, DEV_ROOT_ID
+from chargemesh.infra.stack.bootstrap import DEV_GOVERNANCE_DIR, DEV_ISSUER_ID, DEV_ROOT_ID
 from chargemesh.infra.config import Settings
-from chargemesh.infra.runtime import TopicReader
+from chargemesh.infra.stack.worker import TopicReader
 from chargemesh.processors.governance import TrustAnchor, TrustStore
 from chargemesh.processors.ingress import Admitted, admit_governance
 from chargemesh.streams.topics import GOVERNANCE

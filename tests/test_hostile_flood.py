@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from chargemesh.infra.runtime import TopicReader
+from chargemesh.infra.stack.worker import TopicReader
 from chargemesh.processors.reasons import Reason
 from chargemesh.schemas.codec import catalog
 from chargemesh.streams import topics

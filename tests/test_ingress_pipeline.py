@@ -11,7 +11,7 @@ from chargemesh.streams.sdk.participant import Participant, now_ms
 from chargemesh.streams.topics import ADMITTED, GOVERNANCE, MARKET, REJECTIONS
 
 from .conftest import Mesh
-from chargemesh.infra.runtime import event_ids, log_tail
+from chargemesh.infra.stack.worker import event_ids, log_tail
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ def test_bad_input_is_rejected_with_its_reason_and_valid_traffic_flows(mesh: Mes
                 *list(hostile.values())[4:], valid[3], replayed, valid[4], valid[5]]
     mesh.publish(*sequence)
     pub_garbage = b"\x00garbage that is not Avro at all"
-    from chargemesh.infra.runtime import publisher
+    from chargemesh.infra.stack.worker import publisher
 
     pub = publisher(mesh.settings)
     pub.publish_raw(MARKET.name, "t3-station", pub_garbage)

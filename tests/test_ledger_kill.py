@@ -20,7 +20,7 @@ from chargemesh.streams.topics import DECISIONS, GOVERNANCE, MARKET
 
 from .conftest import Mesh
 from .market import SLOT_MS, Market, open_market
-from chargemesh.infra.runtime import Record, TopicReader
+from chargemesh.infra.stack.worker import Record, TopicReader
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from chargemesh.streams.topics import DECISIONS, REJECTIONS
 
 from .conftest import Mesh
 from .market import HOUR_MS, SLOT_MS, Market, open_market
-from chargemesh.infra.runtime import Record, TopicReader
+from chargemesh.infra.stack.worker import Record, TopicReader
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ equivocation with its evidence, and every refusal with its reason.
 from __future__ import annotations
 
 import pytest
-from chargemesh.infra.cli_grid import load_observer_view, observer_tables
+from chargemesh.infra.cli.grid import load_observer_view, observer_tables
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk.observer_decision import decision_digest
 from chargemesh.streams.sdk.participant import Participant, now_ms

@@ -1,6 +1,6 @@
 """Confluent Schema Registry framing, the optional wire format (issue 3).
 
-The registry here is ``chargemesh.infra.registry_server`` (the REST subset the Confluent clients
+The registry here is ``chargemesh.infra.stack.registry_server`` (the REST subset the Confluent clients
 use); the client side is confluent-kafka's own ``SchemaRegistryClient`` and, for the interop check,
 its own ``AvroDeserializer``.
 """
@@ -17,9 +17,9 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from chargemesh.infra.config import Settings
-from chargemesh.infra.registry_server import RegistryServer
-from chargemesh.infra.runtime import TopicReader, WorkerProcess, publisher, write_anchors
-from chargemesh.infra.stack import EmbeddedStack
+from chargemesh.infra.stack.registry_server import RegistryServer
+from chargemesh.infra.stack.worker import TopicReader, WorkerProcess, publisher, write_anchors
+from chargemesh.infra.stack.embedded import EmbeddedStack
 from chargemesh.schemas import framing, registry
 from chargemesh.schemas.framing import CONFLUENT_MAGIC, DecodeError, confluent_frame
 from chargemesh.sinks.clickhouse_sink import ClickHouseSink

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from chargemesh.infra import svg_charts as charts
+from chargemesh.infra.report import svg_charts as charts
 from chargemesh.checks import InvariantError
-from chargemesh.infra.report import build_report, money, render_html
+from chargemesh.infra.report.html import build_report, money, render_html
 from chargemesh.sinks.migrate import clickhouse_client
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk.participant import now_ms

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chargemesh.infra.bootstrap import DEV_ROOT_ID
+from chargemesh.infra.stack.bootstrap import DEV_ROOT_ID
 from chargemesh.infra.config import Settings
 from chargemesh.sinks.migrate import clickhouse_client
 

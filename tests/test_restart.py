@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from chargemesh.infra.config import Settings
-from chargemesh.infra.sim_plan import SimConfig, plan_market
+from chargemesh.infra.sim.plan import SimConfig, plan_market
 from chargemesh.sinks.migrate import clickhouse_client
 
 from .conftest import private_settings

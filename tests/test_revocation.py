@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from chargemesh.infra.runtime import Record, TopicReader
+from chargemesh.infra.stack.worker import Record, TopicReader
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk.participant import Participant, now_ms
 from chargemesh.streams.topics import DECISIONS, REJECTIONS

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from chargemesh.infra.runtime import Record, TopicReader
+from chargemesh.infra.stack.worker import Record, TopicReader
 from chargemesh.processors.ledger.state import roaming_problem
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk.participant import Participant, now_ms

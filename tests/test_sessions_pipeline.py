@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from chargemesh.infra.runtime import Record, TopicReader
+from chargemesh.infra.stack.worker import Record, TopicReader
 from chargemesh.processors.settlement import Reading, Reprice, Tariff, segments, settle
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent

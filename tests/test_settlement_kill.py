@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from chargemesh.infra.runtime import Record, TopicReader
+from chargemesh.infra.stack.worker import Record, TopicReader
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import now_ms

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from chargemesh.infra.config import Settings
-from chargemesh.infra.sim_plan import SimConfig, plan_market
+from chargemesh.infra.sim.plan import SimConfig, plan_market
 from chargemesh.sinks.migrate import clickhouse_client
 
 CHARGEMESH = str(Path(sys.executable).parent / "chargemesh")

@@ -24,8 +24,8 @@ from clickhouse_driver import errors as ch_errors
 from confluent_kafka import OFFSET_INVALID, Consumer, Message, Producer, TopicPartition
 
 from chargemesh.infra.config import Settings
-from chargemesh.infra.processes import ProcessRecord, pid_alive
-from chargemesh.infra.stack import CLICKHOUSE, EmbeddedStack
+from chargemesh.infra.stack.supervisor import ProcessRecord, pid_alive
+from chargemesh.infra.stack.embedded import CLICKHOUSE, EmbeddedStack
 from chargemesh.schemas.codec import catalog
 from chargemesh.sinks.clickhouse_sink import ClickHouseSink, ClickHouseUnavailableError
 from chargemesh.sinks.migrate import clickhouse_client

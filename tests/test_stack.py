@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer
 
-from chargemesh.infra.cli import cli
+from chargemesh.infra.cli.root import cli
 from chargemesh.infra.config import Settings
-from chargemesh.infra.processes import ProcessRecord, pid_alive
-from chargemesh.infra.stack import BROKER, CLICKHOUSE, EmbeddedStack, StackError
+from chargemesh.infra.stack.supervisor import ProcessRecord, pid_alive
+from chargemesh.infra.stack.embedded import BROKER, CLICKHOUSE, EmbeddedStack, StackError
 from chargemesh.sinks.migrate import apply_migrations, clickhouse_client
 from chargemesh.streams.topics import MARKET
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from chargemesh.infra.cli import _register_command_modules, cli
+from chargemesh.infra.cli.root import _register_command_modules, cli
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk import swap_mobile
 from chargemesh.streams.sdk.participant import Participant, now_ms

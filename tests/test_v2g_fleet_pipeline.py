@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from chargemesh.infra.cli_fleet import load_report, report_table
+from chargemesh.infra.cli.fleet import load_report, report_table
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import Participant, now_ms

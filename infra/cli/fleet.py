@@ -1,0 +1,98 @@
+"""``chargemesh fleet report FLEET [--month YYYY-MM] [--json]`` (E4): a fleet's tax/ESG report
+(energy, renewable share and internal cost by depot site and month), read from ClickHouse
+(``fleet_esg_monthly`` of migration 0008)."""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+import click
+from chargemesh.infra.cli.root import cli, settings_of
+from chargemesh.infra.cli.query import query_rows
+from chargemesh.infra.config import Settings
+from rich.console import Console
+from rich.table import Table
+
+QUERY_TIMEOUT_S = 30.0
+REPORT_ROWS_MAX = 10_000
+FLEET_ID_CHARS_MAX = 200
+MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+REPORT_COLUMNS = (
+    "site_id", "month", "currency", "sessions", "final_sessions", "energy_import_wh",
+    "energy_export_wh", "renewable_wh", "renewable_share", "internal_amount",
+)
+
+
+class FleetReportError(RuntimeError):
+    """ClickHouse could not answer the report."""
+
+
+def load_report(settings: Settings, fleet_id: str, month: str | None) -> list[dict[str, Any]]:
+    """One row per (site, month, currency) of ``fleet_id``, months in order."""
+    if not fleet_id or len(fleet_id) > FLEET_ID_CHARS_MAX:
+        raise FleetReportError(f"fleet id must be 1..{FLEET_ID_CHARS_MAX} characters")
+    if month is not None and MONTH.match(month) is None:
+        raise FleetReportError(f"--month {month!r} is not YYYY-MM")
+    where = "fleet_id = %(fleet)s" + (" AND month = %(month)s" if month else "")
+    sql = (f"SELECT {', '.join(REPORT_COLUMNS)} FROM fleet_esg_monthly WHERE {where} "
+           "ORDER BY month, site_id, currency LIMIT %(limit)s")
+    return query_rows(settings, sql, {"fleet": fleet_id, "month": month or "",
+                                      "limit": REPORT_ROWS_MAX},
+                      REPORT_COLUMNS, FleetReportError, QUERY_TIMEOUT_S)
+
+
+def _kwh(wh: int) -> str:
+    return f"{Decimal(wh) / 1000:.3f}"
+
+
+def _share(share: float) -> str:
+    return f"{share * 100:.1f} %"
+
+
+def report_table(fleet_id: str, rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"fleet {fleet_id}: energy, renewable share and internal cost")
+    for column in ("month", "site", "sessions", "final", "import (kWh)", "export (kWh)",
+                   "renewable (kWh)", "renewable share", "internal cost"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(r["month"], r["site_id"], str(r["sessions"]), str(r["final_sessions"]),
+                      _kwh(r["energy_import_wh"]), _kwh(r["energy_export_wh"]),
+                      _kwh(r["renewable_wh"]), _share(r["renewable_share"]),
+                      f"{Decimal(r['internal_amount']).normalize():f} {r['currency']}")
+    return table
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+@cli.group()
+def fleet() -> None:
+    """Fleet depots (E4): internal accounting entries and the tax/ESG report."""
+
+
+@fleet.command("report")
+@click.argument("fleet_id")
+@click.option("--month", default=None, help="Only this UTC month (YYYY-MM).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def fleet_report(ctx: click.Context, fleet_id: str, month: str | None, as_json: bool) -> None:
+    """Energy, renewable share and internal cost of FLEET_ID by depot site and month."""
+    try:
+        rows = load_report(settings_of(ctx), fleet_id, month)
+    except FleetReportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"fleet_id": fleet_id, "month": month, "rows": rows}, indent=2,
+                              sort_keys=True, default=_jsonable))
+        return
+    if not rows:
+        click.echo(f"no internal accounting entries for fleet {fleet_id!r}"
+                   + (f" in {month}" if month else ""))
+        return
+    Console(highlight=False).print(report_table(fleet_id, rows))

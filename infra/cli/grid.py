@@ -1,0 +1,111 @@
+"""``chargemesh grid observers ZONE``: a zone's observer set, its quorum decisions and the
+observers caught equivocating (P3), read back from ClickHouse."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import click
+from chargemesh.infra.cli.root import cli, settings_of
+from chargemesh.infra.cli.query import cli_client
+from chargemesh.infra.cli.query import named_rows as _rows
+from chargemesh.infra.config import Settings
+from rich.console import Console
+from rich.table import Table
+
+DECISIONS_SHOWN_MAX = 20
+EQUIVOCATIONS_SHOWN_MAX = 20
+DIGEST_CHARS_SHOWN = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class ObserverView:
+    zone: str
+    observer_set: dict[str, Any] | None
+    decisions: list[dict[str, Any]]
+    equivocations: list[dict[str, Any]]
+    refusals: dict[str, int]  # reason code -> attestations refused for it (all zones)
+
+
+def load_observer_view(settings: Settings, zone: str) -> ObserverView:
+    client = cli_client(settings)
+    try:
+        params = {"z": zone}
+        sets = _rows(client, "SELECT observer_set_version, observer_credential_ids, threshold_k, "
+                     "faults_tolerated_f, interval_ms, effective_from_ms, "
+                     "declared_by_authority_id, grid_operator_credential_id FROM observer_sets "
+                     "FINAL WHERE grid_zone_id = %(z)s ORDER BY observer_set_version DESC "
+                     "LIMIT 1", params)
+        decisions = _rows(client, "SELECT interval_start_at_ms, interval_end_at_ms, "
+                          "decision_digest, signer_credential_ids, curtailment_order, "
+                          "rate_per_kwh, station_ids FROM grid_quorum_decisions FINAL "
+                          "WHERE grid_zone_id = %(z)s ORDER BY interval_start_at_ms DESC "
+                          f"LIMIT {DECISIONS_SHOWN_MAX}", params)
+        equivocations = _rows(client, "SELECT observer_credential_id, interval_start_at_ms, "
+                              "first_attestation_event_id, second_attestation_event_id, "
+                              "interval_decided FROM observer_equivocations FINAL "
+                              "WHERE grid_zone_id = %(z)s ORDER BY interval_start_at_ms DESC "
+                              f"LIMIT {EQUIVOCATIONS_SHOWN_MAX}", params)
+        # Refused attestations never reach the events table (a forged one may not even name a
+        # real observer), and a rejection keeps no partition key: these are for all zones.
+        refused = client.execute(
+            "SELECT reason_code, count() FROM rejections FINAL WHERE event_type = "
+            "'chargemesh.grid.v1.ObserverAttestation' GROUP BY reason_code")
+    finally:
+        client.disconnect()
+    return ObserverView(zone, sets[0] if sets else None, decisions, equivocations,
+                        {str(reason): int(n) for reason, n in refused})
+
+
+def observer_tables(view: ObserverView) -> list[Table]:
+    s = view.observer_set
+    head = Table(title=f"grid zone {view.zone}: observer set")
+    for column in ("version", "k of n (f)", "observers", "interval", "declared by / operator"):
+        head.add_column(column)
+    if s is not None:
+        head.add_row(str(s["observer_set_version"]), f"{s['threshold_k']} of "
+                     f"{len(s['observer_credential_ids'])} ({s['faults_tolerated_f']})",
+                     ", ".join(s["observer_credential_ids"]), f"{s['interval_ms'] // 1000} s",
+                     f"{s['declared_by_authority_id']} / {s['grid_operator_credential_id']}")
+    decided = Table(title="quorum decisions (latest first)")
+    for column in ("interval start ms", "digest", "signers", "curtailment order", "rate/kWh"):
+        decided.add_column(column)
+    for d in view.decisions:
+        decided.add_row(str(d["interval_start_at_ms"]), d["decision_digest"][:DIGEST_CHARS_SHOWN],
+                        ", ".join(d["signer_credential_ids"]), " > ".join(d["curtailment_order"]),
+                        str(d["rate_per_kwh"]))
+    caught = Table(title="equivocations")
+    for column in ("observer", "interval start ms", "evidence (event ids)", "after quorum"):
+        caught.add_column(column)
+    for e in view.equivocations:
+        caught.add_row(e["observer_credential_id"], str(e["interval_start_at_ms"]),
+                       f"{e['first_attestation_event_id']}\n{e['second_attestation_event_id']}",
+                       "yes" if e["interval_decided"] else "no")
+    refusals = Table(title="refused attestations (all zones)")
+    refusals.add_column("reason")
+    refusals.add_column("count", justify="right")
+    for reason, n in sorted(view.refusals.items()):
+        refusals.add_row(reason, str(n))
+    return [head, decided, caught, refusals]
+
+
+@cli.group()
+def grid() -> None:
+    """Grid zones: observer sets and their co-signed decisions (P3)."""
+
+
+@grid.command("observers")
+@click.argument("zone")
+@click.option("--json", "as_json", is_flag=True, help="Print the view as JSON.")
+@click.pass_context
+def grid_observers(ctx: click.Context, zone: str, as_json: bool) -> None:
+    """A zone's observer set, recent quorum decisions, equivocations and refusals."""
+    view = load_observer_view(settings_of(ctx), zone)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(view), indent=2, sort_keys=True, default=str))
+        return
+    console = Console()
+    for table in observer_tables(view):
+        console.print(table)
