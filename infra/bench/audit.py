@@ -27,7 +27,7 @@ def bench_audit(settings: Settings, authority_id: str, source_name: str = "kafka
         settings)
     read_s = time.perf_counter() - read_started
     figures = measure_replay_rate(source, load_anchors(settings), processor_keys(settings, ""),
-                                  authority_id, rounds)
+                                  authority_id, time.perf_counter, rounds)
     return {"what": "audit replay rate (records/s)", "source": source_name,
             "authority_id": authority_id, "read_s": round(read_s, 2), **figures}
 
