@@ -1,9 +1,10 @@
-"""Participant SDK: hold keys and credentials, sign, publish and read chargemesh events.
+"""Participant SDK: hold keys and credentials and sign chargemesh events.
 
 A vehicle, station, meter, grid operator, issuer or authority is a :class:`Participant` (a signer
-plus the subject it stands for). :class:`Publisher` writes signed events to the right topic with
-the partition key Kafka's Java clients and Faust use (murmur2), so every worker agrees on which
-partition holds a station.
+plus the subject it stands for); the functions below build the records each of them signs.
+:class:`~chargemesh.streams.sdk.publisher.Publisher` writes them to their topics (it and
+``topic_for`` stay importable from here) and :class:`~chargemesh.streams.sdk.reader.Reader` reads
+back what the processors decided.
 """
 
 from __future__ import annotations
@@ -14,30 +15,15 @@ import time
 from decimal import Decimal
 from typing import Any, Iterable, Protocol
 
-from confluent_kafka import Producer
-
-from chargemesh.schemas.registry import SchemaRegistryFraming
-from chargemesh.streams import topics
 from chargemesh.streams.envelope import SignedEvent, seal
 from chargemesh.streams.keys import Signer
 from chargemesh.streams.sdk.observer_decision import decision_digest as observer_decision_digest
+# Publisher and topic_for live in publisher.py; importers of this module keep finding them here.
+from chargemesh.streams.sdk.publisher import Publisher as Publisher
+from chargemesh.streams.sdk.publisher import topic_for as topic_for
 
 FOREVER_MS = 2**62
-PRODUCER_QUEUE_MESSAGES_MAX = 100_000
-PRODUCER_LINGER_MS = 5
-FLUSH_TIMEOUT_S = 30.0
 MONEY_SCALE = Decimal("0.000001")
-
-TOPIC_OF_DOMAIN = {
-    "governance": topics.GOVERNANCE.name,
-    "capacity": topics.MARKET.name,
-    "orders": topics.MARKET.name,
-    "session": topics.MARKET.name,
-    "grid": topics.GRID.name,
-    "dispute": topics.DISPUTES.name,
-    "audit": topics.CHECKPOINTS.name,
-    "wireless": topics.MARKET.name,  # E1: keyed by the road operator (streams/sdk/wireless.py)
-}
 
 
 def now_ms() -> int:
@@ -49,27 +35,6 @@ def money(value: str | int | Decimal) -> Decimal:
     if isinstance(value, float):
         raise TypeError("money is never a float")
     return Decimal(value).quantize(MONEY_SCALE)
-
-
-# Event types that do not live on their domain's topic.
-TOPIC_OF_TYPE = {
-    "chargemesh.grid.v1.GridProgramDeclared": topics.GOVERNANCE.name,
-    "chargemesh.grid.v1.SettlementCoSigned": topics.MARKET.name,
-    "chargemesh.grid.v1.GridEventRouted": topics.MARKET.name,
-    "chargemesh.grid.v1.ObserverDecisionRouted": topics.MARKET.name,
-    # P2: a dispute is decided by the station's ledger; its records go to the disputes topic.
-    "chargemesh.dispute.v1.DisputeOpened": topics.MARKET.name,
-    "chargemesh.dispute.v1.DisputeEvidenceSubmitted": topics.MARKET.name,
-    "chargemesh.dispute.v1.DisputeResolved": topics.MARKET.name,
-    "chargemesh.ledger.v1.RevocationRouted": topics.MARKET.name,
-}
-
-
-def topic_for(event_type: str) -> str:
-    if event_type in TOPIC_OF_TYPE:
-        return TOPIC_OF_TYPE[event_type]
-    domain = event_type.split(".")[1]
-    return TOPIC_OF_DOMAIN[domain]
 
 
 def seed_for(name: str, secret: str = "chargemesh-demo") -> bytes:
@@ -194,56 +159,6 @@ class Participant:
         return self.sign("chargemesh.governance.v1.CredentialRevoked", payload,
                          subject_key=self.credential_id,
                          occurred_at_ms=effective_at_ms if at_ms is None else at_ms)
-
-
-class Publisher:
-    """Publishes signed events to their topics, keyed by their subject_key."""
-
-    def __init__(self, kafka_config: dict[str, Any], extra: dict[str, Any] | None = None,
-                 framing: SchemaRegistryFraming | None = None) -> None:
-        """``kafka_config``: librdkafka settings, e.g. ``Settings.kafka_client_config()``;
-        ``framing``: Confluent Schema Registry framing instead of Avro single-object encoding."""
-        self._framing = framing
-        conf = dict(kafka_config)
-        conf.update({
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": PRODUCER_LINGER_MS,
-            "queue.buffering.max.messages": PRODUCER_QUEUE_MESSAGES_MAX,
-            # The Java client's partitioner, which Faust (aiokafka) uses too.
-            "partitioner": "murmur2_random",
-        })
-        conf.update(extra or {})
-        self._producer = Producer(conf)
-        self._errors: list[str] = []
-
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._errors.append(str(err))
-
-    def publish(self, event: SignedEvent, topic: str | None = None) -> None:
-        topic = topic or topic_for(event.event_type)
-        value = event.encode()
-        if self._framing is not None:
-            value = self._framing.frame(topic, value)
-        self.publish_raw(topic, event.body.subject_key, value)
-
-    def publish_raw(self, topic: str, key: str, value: bytes) -> None:
-        """Send bytes as they are (hostile-input tests and replays use this too)."""
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key.encode(),
-                                       on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                # Backpressure: the local queue is full; serve deliveries, then retry.
-                self._producer.poll(0.05)
-        self._producer.poll(0)
-
-    def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
-        remaining = self._producer.flush(timeout_s)
-        if remaining or self._errors:
-            raise RuntimeError(f"{remaining} undelivered, errors: {self._errors[:5]}")
 
 
 # ---- market helpers: the records vehicles, stations and authorities sign --------------------
