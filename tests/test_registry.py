@@ -20,8 +20,8 @@ from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.registry_server import RegistryServer
 from chargemesh.infra.stack.worker import TopicReader, WorkerProcess, publisher, write_anchors
 from chargemesh.infra.stack.embedded import EmbeddedStack
-from chargemesh.schemas import framing, registry
-from chargemesh.schemas.framing import CONFLUENT_MAGIC, DecodeError, confluent_frame
+from chargemesh.schemas import registry
+from chargemesh.schemas.framing import CONFLUENT_MAGIC, DecodeError, confluent_frame, normalise
 from chargemesh.sinks.clickhouse_sink import ClickHouseSink
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import open_envelope
@@ -53,7 +53,7 @@ def test_framed_event_decodes_with_the_registry_and_confluents_own_deserializer(
     framed = framing.frame(MARKET.name, single)
 
     assert framed[:1] == CONFLUENT_MAGIC and framed[5:] == single[10:]
-    assert framing.normalise(framed) == single
+    assert normalise(framed) == single
     reopened = open_envelope(framed)
     assert reopened.event_id == event.event_id
     assert reopened.verify_by(world.root.credential_id, world.root.public_key)
@@ -72,7 +72,7 @@ def test_unknown_or_foreign_schema_ids_are_refused(server: RegistryServer) -> No
     framing = registry.SchemaRegistryFraming(server.url)
     registry.install(framing)
     with pytest.raises(DecodeError) as unknown:
-        framing.normalise(confluent_frame(999, b"\x02"))
+        normalise(confluent_frame(999, b"\x02"))
     assert unknown.value.reason_code == "UNKNOWN_SCHEMA"
 
     foreign = {"type": "record", "name": "Foreign", "namespace": "elsewhere",

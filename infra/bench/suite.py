@@ -355,7 +355,7 @@ class SuiteStack(LedgerBench):
     def _start_sink(self) -> subprocess.Popen[bytes]:
         env = dict(os.environ, **self.settings.as_environ())
         log = open(self.settings.state_dir / "sink.log", "ab")  # noqa: SIM115 - the child keeps it
-        return subprocess.Popen([sys.executable, "-m", "chargemesh.sinks.clickhouse_sink"],
+        return subprocess.Popen([sys.executable, "-m", "chargemesh.infra.sink_main"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 

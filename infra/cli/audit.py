@@ -180,7 +180,8 @@ def record_findings(settings: Settings, report: AuditReport, audited_at_ms: int)
     """Write the report's findings to ClickHouse ``audit_findings``; returns the audit id."""
     from chargemesh.sinks.migrate import clickhouse_client
     from chargemesh.sinks.projections.core import seconds
-    from chargemesh.sinks.projections.audit import AUDIT_FINDINGS, TABLE_COLUMNS
+    from chargemesh.sinks.projections import TABLES
+    from chargemesh.sinks.projections.audit import AUDIT_FINDINGS
 
     audit_id = f"{report.authority_id}/{audited_at_ms}"
     rows = [(audit_id, report.authority_id, audited_at_ms, seconds(audited_at_ms), report.source,
@@ -190,7 +191,7 @@ def record_findings(settings: Settings, report: AuditReport, audited_at_ms: int)
         client = clickhouse_client(settings)
         try:
             client.execute(f"INSERT INTO {AUDIT_FINDINGS} "
-                           f"({', '.join(TABLE_COLUMNS[AUDIT_FINDINGS])}) VALUES", rows)
+                           f"({', '.join(TABLES[AUDIT_FINDINGS])}) VALUES", rows)
         finally:
             client.disconnect()
     return audit_id
