@@ -16,6 +16,8 @@ import dataclasses
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, ROUND_UP, Decimal
 from typing import Any
 
+from chargemesh.processors.statuses import LineKind
+
 ROUNDING_MODES = {"HALF_UP": ROUND_HALF_UP, "HALF_EVEN": ROUND_HALF_EVEN, "DOWN": ROUND_DOWN,
                   "UP": ROUND_UP}
 WH_PER_KWH = Decimal(1000)
@@ -105,7 +107,7 @@ def segments(start: Reading, readings: list[Reading], final: Reading, base_rate:
     return [s for s in out if s.energy_wh > 0] or out[-1:]
 
 
-def line(kind: str, description: str, quantity_wh: int, unit_rate: Decimal, amount: Decimal,
+def line(kind: LineKind, description: str, quantity_wh: int, unit_rate: Decimal, amount: Decimal,
          from_ms: int = 0, until_ms: int = 0) -> dict[str, Any]:
     return {"kind": kind, "description": description, "quantity_wh": quantity_wh,
             "unit_rate_per_kwh": unit_rate, "amount": amount, "from_at_ms": from_ms,
@@ -117,7 +119,7 @@ def settle(tariff: Tariff, energy: list[Segment]) -> tuple[list[dict[str, Any]],
     lines = []
     for seg in energy:
         amount = tariff.round(Decimal(seg.energy_wh) * seg.rate_per_kwh / WH_PER_KWH)
-        kind = "ENERGY_REPRICED" if seg.repriced else "ENERGY"
+        kind = LineKind.ENERGY_REPRICED if seg.repriced else LineKind.ENERGY
         lines.append(line(kind, f"{seg.energy_wh} Wh at {seg.rate_per_kwh}/kWh", seg.energy_wh,
                           seg.rate_per_kwh, amount, seg.from_ms, seg.until_ms))
     lines += adder_lines(tariff, sum(s.energy_wh for s in energy))
@@ -128,8 +130,9 @@ def adder_lines(tariff: Tariff, energy_wh: int) -> list[dict[str, Any]]:
     """The tariff's per-kWh adders (congestion fee, renewable content) on ``energy_wh``."""
     lines = []
     for kind, rate, label in (
-            ("CONGESTION_FEE", tariff.congestion_fee_per_kwh, "congestion fee"),
-            ("RENEWABLE_CONTENT", tariff.renewable_adder_per_kwh, "renewable-content adder")):
+            (LineKind.CONGESTION_FEE, tariff.congestion_fee_per_kwh, "congestion fee"),
+            (LineKind.RENEWABLE_CONTENT, tariff.renewable_adder_per_kwh,
+             "renewable-content adder")):
         if rate:
             amount = tariff.round(Decimal(energy_wh) * rate / WH_PER_KWH)
             lines.append(line(kind, f"{label} {rate}/kWh", energy_wh, rate, amount))
@@ -141,6 +144,7 @@ def with_tax(tariff: Tariff, lines: list[dict[str, Any]]) -> tuple[list[dict[str
     if tariff.tax_percent:
         base = sum((ln["amount"] for ln in lines), Decimal(0))
         tax = tariff.round(base * tariff.tax_percent / HUNDRED)
-        lines = lines + [line("TAX", f"tax {tariff.tax_percent}% of {base}", 0, Decimal(0), tax)]
+        lines = lines + [line(LineKind.TAX, f"tax {tariff.tax_percent}% of {base}", 0,
+                              Decimal(0), tax)]
     total = sum((ln["amount"] for ln in lines), Decimal(0))
     return lines, total

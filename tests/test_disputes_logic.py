@@ -15,7 +15,7 @@ from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import MARKET
 
 from .session_world import PureStation
-from .world import T0_MS, make_world
+from .world import T0_MS, make_world, pairs
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -91,7 +91,7 @@ class Disputed(PureStation):
                  self.feed(sdk.close_out_countersigned(self.vehicle, close,
                                                        self.start_ms + 41 * MINUTE_MS))]
         assert [s.rejection for s in steps] == [None] * 5
-        assert steps[3].decisions[0][1]["total_amount"] == Decimal("6.50")
+        assert steps[3].decisions[0].payload["total_amount"] == Decimal("6.50")
         return [handshake.event_id, reading.event_id, close.event_id]
 
     def tick(self) -> int:
@@ -121,7 +121,7 @@ class Disputed(PureStation):
 
 
 def kinds(step: Step) -> list[str]:
-    return [kind for kind, _ in step.decisions]
+    return [kind for kind, _ in pairs(step.decisions)]
 
 
 def reason(step: Step) -> str:
@@ -131,7 +131,7 @@ def reason(step: Step) -> str:
 
 
 def record(step: Step) -> dict[str, Any]:
-    return next(p for kind, p in step.decisions if kind == "DisputeRecorded")
+    return next(p for kind, p in pairs(step.decisions) if kind == "DisputeRecorded")
 
 
 def test_the_vehicle_opens_a_meter_dispute_on_its_settled_session() -> None:
@@ -194,7 +194,7 @@ def test_adjusted_outcome_issues_a_final_adjustment_settlement_and_resolves_once
     step = d.feed(d.resolved(d.world.root, "ADJUSTED", "-1.50"))
     assert step.rejection is None
     assert kinds(step) == ["DisputeRecorded", "SettlementAdmitted", "SettlementFinalised"]
-    adjustment = step.decisions[1][1]
+    adjustment = step.decisions[1].payload
     assert adjustment["kind"] == "ADJUSTMENT" and adjustment["adjusts_settlement_id"] == "stl:s1"
     assert adjustment["settlement_id"] == "adj:s1:d1"  # a new settlement, not stl:s1 again
     assert [(ln["kind"], ln["amount"]) for ln in adjustment["lines"]] == [
@@ -202,7 +202,7 @@ def test_adjusted_outcome_issues_a_final_adjustment_settlement_and_resolves_once
     assert adjustment["total_amount"] == Decimal("-1.62") == sum(
         ln["amount"] for ln in adjustment["lines"])
     assert adjustment["required_signer_ids"] == ["auth-root"]
-    assert step.decisions[2][1]["signer_ids"] == ["auth-root"]
+    assert step.decisions[2].payload["signer_ids"] == ["auth-root"]
     resolved = record(step)
     assert resolved["adjustment_settlement_id"] == "adj:s1:d1"
     assert resolved["adjustment_total"] == Decimal("-1.62")
@@ -217,7 +217,7 @@ def test_void_credits_every_line_issued_so_far_and_closes_the_settlement() -> No
     d.feed(d.resolved(d.arbiter, "ADJUSTED", "-1.50"))
     d.open(d.station, dispute_id="d2", kind="PAYMENT_FAILURE")
     void = d.feed(d.resolved(d.arbiter, "VOIDED", dispute_id="d2"))
-    credit = void.decisions[1][1]
+    credit = void.decisions[1].payload
     assert credit["kind"] == "CREDIT" and credit["adjusts_settlement_id"] == "stl:s1"
     assert credit["total_amount"] == Decimal("-4.88")  # 6.50 charged - 1.62 adjusted
     assert [ln["kind"] for ln in credit["lines"]] == ["ENERGY", "TAX", "ADJUSTMENT", "TAX"]

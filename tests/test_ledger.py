@@ -1,6 +1,6 @@
 """The slot ledger (pure): calendars, posted prices, sealed bids, walk-ups, capacity, replay.
 
-Every story feeds signed, decoded events through ``ledger.handle`` exactly as the market agent
+Every story feeds signed, decoded events through ``commands.handle`` exactly as the market agent
 does, and asserts both the decisions the ledger emits and the reason of every rejection.
 """
 
@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chargemesh.processors.ledger import commands
 from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.governance import TrustStore
 from chargemesh.streams.envelope import SignedEvent, open_payload
@@ -32,7 +33,7 @@ from chargemesh.streams.sdk.participant import (
     tariff_filed,
 )
 
-from .world import T0_MS, World, make_world
+from .world import T0_MS, World, make_world, pairs
 
 STATION_ID = "station-1"
 RATE_AUTHORITY = "auth-root"
@@ -72,7 +73,7 @@ class Market:
     state: ledger.LedgerState
 
     def feed(self, event: SignedEvent) -> ledger.Outcome:
-        return ledger.handle(self.state, command_of(event), self.store)
+        return commands.handle(self.state, command_of(event), self.store)
 
     def publish(self, connectors: list[dict[str, Any]] | None = None,
                 **overrides: Any) -> ledger.Outcome:
@@ -170,7 +171,7 @@ def market(connectors: list[dict[str, Any]] | None = None, publish: bool = True,
 
 
 def kinds(outcome: ledger.Outcome) -> list[str]:
-    return [kind for kind, _ in outcome.decisions]
+    return [kind for kind, _ in pairs(outcome.decisions)]
 
 
 def reason(outcome: ledger.Outcome) -> str:
@@ -182,7 +183,7 @@ def reserved(outcome: ledger.Outcome) -> dict[str, Any]:
     """The one SlotReserved the outcome holds (and nothing else, and no rejection)."""
     assert outcome.rejection is None, outcome.rejection
     assert kinds(outcome) == ["SlotReserved"], outcome.decisions
-    return outcome.decisions[0][1]
+    return outcome.decisions[0].payload
 
 
 def gate(index: int) -> int:
@@ -191,22 +192,22 @@ def gate(index: int) -> int:
 
 
 def rejected(outcome: ledger.Outcome) -> list[tuple[str, str]]:
-    return [(p["order_id"], p["reason_code"]) for kind, p in outcome.decisions
+    return [(p["order_id"], p["reason_code"]) for kind, p in pairs(outcome.decisions)
             if kind == "OrderRejected"]
 
 
 def reserved_ids(outcome: ledger.Outcome) -> list[str]:
-    return [p["order_id"] for kind, p in outcome.decisions if kind == "SlotReserved"]
+    return [p["order_id"] for kind, p in pairs(outcome.decisions) if kind == "SlotReserved"]
 
 
 def moves(outcome: ledger.Outcome) -> list[tuple[str, str, int, str]]:
     """(reservation, connector, slot start, reason) of every SlotReallocated."""
     return [(p["reservation_id"], p["to_connector_id"], p["to_slot_start_at_ms"], p["reason_code"])
-            for kind, p in outcome.decisions if kind == "SlotReallocated"]
+            for kind, p in pairs(outcome.decisions) if kind == "SlotReallocated"]
 
 
 def releases(outcome: ledger.Outcome) -> list[tuple[str, str]]:
-    return [(p["reservation_id"], p["reason_code"]) for kind, p in outcome.decisions
+    return [(p["reservation_id"], p["reason_code"]) for kind, p in pairs(outcome.decisions)
             if kind == "SlotReleased"]
 
 
@@ -305,7 +306,7 @@ def test_a_new_calendar_that_withdraws_a_connector_moves_its_reservations() -> N
     outcome = m.publish(calendar_version=2, connectors=[connector("c1", POWER_W)])
     assert outcome.rejection is None
     assert kinds(outcome) == ["SlotReallocated"]
-    moved = outcome.decisions[0][1]
+    moved = outcome.decisions[0].payload
     assert (moved["from_connector_id"], moved["to_connector_id"]) == ("c2", "c1")
     assert moved["to_slot_start_at_ms"] == slot(2)[0]
     assert moved["reason_code"] == "CONNECTOR_WITHDRAWN"
@@ -327,7 +328,7 @@ def test_an_event_the_ledger_does_not_own_is_refused() -> None:
     m = market()
     cmd = ledger.Command("chargemesh.governance.v1.TariffFiled", {}, PUBLISHED_AT_MS + 1,
                          "auth-root", "e-1")
-    outcome = ledger.handle(m.state, cmd, m.store)
+    outcome = commands.handle(m.state, cmd, m.store)
     assert reason(outcome) == "UNSUPPORTED_EVENT" and outcome.decisions == []
 
 
@@ -493,7 +494,7 @@ def test_bids_are_sealed_until_gate_closure_then_the_highest_wins_and_the_rest_a
     closed = m.heartbeat(gate(2))
     assert closed.rejection is None
     assert kinds(closed) == ["SlotReserved", "OrderRejected", "OrderRejected"]
-    won = closed.decisions[0][1]
+    won = closed.decisions[0].payload
     assert won["order_id"] == "high" and won["rate_per_kwh"] == Decimal("0.55")  # pays its bid
     assert won["vehicle_credential_id"] == "cred-v2" and won["walk_up"] is False
     assert rejected(closed) == [("high-late", "OUTBID"), ("low", "OUTBID")]  # tie: earliest
@@ -506,7 +507,7 @@ def test_every_free_connector_goes_to_the_next_best_bid() -> None:
     for vehicle, rate in [("v1", "0.50"), ("v2", "0.70"), ("v3", "0.60")]:
         assert m.bid(vehicle, f"bid-{vehicle}", slot(3), rate).rejection is None
     closed = m.heartbeat(gate(3))
-    wins = [(p["order_id"], p["connector_id"]) for k, p in closed.decisions if k == "SlotReserved"]
+    wins = [(p["order_id"], p["connector_id"]) for k, p in pairs(closed.decisions) if k == "SlotReserved"]
     assert wins == [("bid-v2", "c1"), ("bid-v3", "c2")]
     assert rejected(closed) == [("bid-v1", "OUTBID")]
 
@@ -516,12 +517,12 @@ def test_bids_for_different_windows_are_resolved_each_at_their_own_gate() -> Non
     assert m.bid("v1", "early", slot(2), "0.50").rejection is None
     assert m.bid("v2", "late", slot(4), "0.50").rejection is None
     first = m.heartbeat(gate(2))
-    assert [p["order_id"] for _, p in first.decisions] == ["early"]
+    assert [p["order_id"] for _, p in pairs(first.decisions)] == ["early"]
     assert [b.order_id for b in m.state.bids] == ["late"]
     second = m.heartbeat(gate(4))
     assert reserved_ids(second) == ["late"]
     # meanwhile the early winner never plugged in: time passing released it as a no-show
-    assert [(k, p["reason_code"]) for k, p in second.decisions if k == "SlotReleased"] == [
+    assert [(k, p["reason_code"]) for k, p in pairs(second.decisions) if k == "SlotReleased"] == [
         ("SlotReleased", "NO_SHOW")]
 
 
@@ -614,8 +615,8 @@ def test_a_no_show_is_released_after_the_grace_and_the_slot_goes_to_a_walk_up() 
     assert m.heartbeat(start + GRACE_MS - 1).decisions == []  # still within the grace
     released = m.heartbeat(start + GRACE_MS)
     assert kinds(released) == ["SlotReleased"]
-    assert released.decisions[0][1]["reservation_id"] == "res:booked"
-    assert released.decisions[0][1]["reason_code"] == "NO_SHOW"
+    assert released.decisions[0].payload["reservation_id"] == "res:booked"
+    assert released.decisions[0].payload["reason_code"] == "NO_SHOW"
     assert m.state.reservations["res:booked"].status == "RELEASED"
     p = reserved(m.walk_up("v2", "w2", start + GRACE_MS + MINUTE_MS, slot(1)[1]))
     assert p["walk_up"] is True and (p["slot_start_at_ms"], p["slot_stop_at_ms"]) == slot(1)
@@ -626,11 +627,11 @@ def test_the_stations_clock_frees_the_no_show_and_the_walk_up_then_gets_the_slot
     reserved(m.posted("v1", "booked", slot(1)))
     arrived = slot(1)[0] + GRACE_MS + MINUTE_MS
     freed = m.heartbeat(arrived)
-    assert [(k, p["reason_code"]) for k, p in freed.decisions] == [("SlotReleased", "NO_SHOW")]
+    assert [(k, p["reason_code"]) for k, p in pairs(freed.decisions)] == [("SlotReleased", "NO_SHOW")]
     outcome = m.walk_up("v2", "w1", arrived, slot(1)[1])
     assert outcome.rejection is None
     assert kinds(outcome) == ["SlotReserved"]
-    assert outcome.decisions[0][1]["walk_up"] is True
+    assert outcome.decisions[0].payload["walk_up"] is True
 
 
 def test_a_future_dated_order_cannot_move_the_stations_clock() -> None:
@@ -658,7 +659,7 @@ def test_a_walk_up_arriving_late_in_its_slot_keeps_its_authorisation_through_the
     assert m.heartbeat(arrived + MINUTE_MS).decisions == []
     assert m.state.reservations["res:w1"].status == "ACTIVE"
     released = m.heartbeat(arrived + GRACE_MS)
-    assert [(k, p["reason_code"]) for k, p in released.decisions] == [("SlotReleased", "NO_SHOW")]
+    assert [(k, p["reason_code"]) for k, p in pairs(released.decisions)] == [("SlotReleased", "NO_SHOW")]
 
 
 # ---- capacity: faults, curtailments, restoration -----------------------------------------------
@@ -670,7 +671,7 @@ def test_a_fault_moves_a_reservation_to_another_free_connector_in_the_same_slot(
     outcome = m.capacity("c1", "FAULT", slot(2))
     assert outcome.rejection is None
     assert moves(outcome) == [("res:o1", "c2", slot(2)[0], "DISPLACED_FAULT")]
-    p = outcome.decisions[0][1]
+    p = outcome.decisions[0].payload
     assert (p["from_connector_id"], p["from_slot_start_at_ms"]) == ("c1", slot(2)[0])
     assert p["to_slot_stop_at_ms"] == slot(2)[1] and p["rules_version"] == RULES
     res = m.state.reservations["res:o1"]
@@ -850,7 +851,7 @@ def test_the_owner_cancels_its_reservation_and_the_slot_is_free_again() -> None:
     outcome = m.cancel("v1", "res:o1")
     assert outcome.rejection is None
     assert releases(outcome) == [("res:o1", "CANCELLED_BY_VEHICLE")]
-    assert outcome.decisions[0][1]["detail"] == "plans changed"
+    assert outcome.decisions[0].payload["detail"] == "plans changed"
     assert reason(m.cancel("v1", "res:o1")) == "UNKNOWN_RESERVATION"  # released already
     reserved(m.posted("v2", "o2", slot(2)))
 
@@ -896,7 +897,7 @@ def story(m: Market) -> list[SignedEvent]:
 
 def run(m: Market, state: ledger.LedgerState, events: list[SignedEvent]) -> list[str]:
     """Feed ``events`` into ``state``; the outcomes, printed exactly (Decimal digits included)."""
-    return [repr(ledger.handle(state, command_of(e), m.store)) for e in events]
+    return [repr(commands.handle(state, command_of(e), m.store)) for e in events]
 
 
 def test_the_same_inputs_always_give_the_same_decisions_and_the_same_state_bytes() -> None:

@@ -15,6 +15,7 @@ from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.observer_decision import decision_digest
 from chargemesh.streams.sdk.participant import Participant
+from chargemesh.streams.topics import MARKET
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -81,7 +82,8 @@ def vote(ostate: dict[str, Any], event: SignedEvent) -> observers.Outcome:
 
 
 def quorums(outcome: observers.Outcome) -> list[dict[str, Any]]:
-    return [p for t, _, p in outcome.decisions if t == observers.QUORUM_REACHED]
+    return [dict(d.payload) for d in outcome.decisions
+            if d.event_type == observers.QUORUM_REACHED]
 
 
 # ---- the rule and the digest -----------------------------------------------------------------
@@ -132,8 +134,9 @@ def test_k_attestations_reach_quorum_and_route_to_every_station() -> None:
     assert quorum["signer_credential_ids"] == ["p3-obs-0", "p3-obs-1", "p3-obs-2"]
     assert quorum["curtailment_order"] == ["st-a/c1", "st-b/c1"]
     assert quorum["decision_digest"] == decision_digest(HONEST)
-    routed = [(t, key) for t, key, _ in outcome.decisions if t == observers.DECISION_ROUTED]
-    assert routed == [(observers.DECISION_ROUTED, s) for s in STATIONS]
+    routed = [(d.event_type, d.key, d.topic) for d in outcome.decisions
+              if d.event_type == observers.DECISION_ROUTED]
+    assert routed == [(observers.DECISION_ROUTED, s, MARKET.name) for s in STATIONS]
     late = vote(ostate, signed(3, "honest"))  # a late co-signature changes nothing
     assert late.rejection is None and late.decisions == []
 
@@ -144,8 +147,9 @@ def test_an_equivocating_observer_is_recorded_with_both_signatures_and_loses_its
     vote(ostate, signed(1, "honest"))
     outcome = vote(ostate, signed(0, "forged"))
     assert outcome.rejection is not None and outcome.rejection.reason == "OBSERVER_EQUIVOCATED"
-    [(kind, key, evidence)] = outcome.decisions
-    assert (kind, key) == (observers.EQUIVOCATION, ZONE)
+    [decision] = outcome.decisions
+    assert (decision.event_type, decision.key) == (observers.EQUIVOCATION, ZONE)
+    evidence = decision.payload
     assert evidence["first_attestation"] == signed(0, "honest").encode()
     assert evidence["second_attestation"] == signed(0, "forged").encode()
     assert evidence["observer_credential_id"] == "p3-obs-0"

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from chargemesh.processors.ledger import commands
 from chargemesh.processors.ledger import state as ledger
-from chargemesh.processors.ledger import revocation  # noqa: F401 - registers RevocationRouted
 from chargemesh.streams.sdk.participant import connector
 
 from .test_ledger import POWER_W, Market, kinds, market, reason, slot
+from .world import pairs
 
 ROUTED = "chargemesh.ledger.v1.RevocationRouted"
 
@@ -21,12 +22,12 @@ def revoke(m: Market, *credential_ids: str, effective_at_ms: int) -> ledger.Outc
         "revoked_credential_ids": list(credential_ids), "cascade_truncated": False,
         "revocation_event": b""}
     cmd = ledger.Command(ROUTED, payload, m.now(), "processor", "routed-1")
-    return ledger.handle(m.state, cmd, m.store)
+    return commands.handle(m.state, cmd, m.store)
 
 
 def reevaluations(outcome: ledger.Outcome) -> list[tuple[str, str, str]]:
     return [(d["subject_kind"], d["subject_id"], d["outcome"])
-            for kind, d in outcome.decisions if kind == "CredentialReevaluated"]
+            for kind, d in pairs(outcome.decisions) if kind == "CredentialReevaluated"]
 
 
 def test_a_revoked_vehicle_loses_its_future_bookings_and_no_one_else_does() -> None:
@@ -37,7 +38,7 @@ def test_a_revoked_vehicle_loses_its_future_bookings_and_no_one_else_does() -> N
     effective = slot(2)[0]
     outcome = revoke(m, m.vehicles["v1"].credential_id, effective_at_ms=effective)
     assert reevaluations(outcome) == [("RESERVATION", "res:o-late", "CANCELLED")]
-    released = [d for kind, d in outcome.decisions if kind == "SlotReleased"]
+    released = [d for kind, d in pairs(outcome.decisions) if kind == "SlotReleased"]
     assert [(d["reservation_id"], d["reason_code"]) for d in released] == [
         ("res:o-late", "CREDENTIAL_REVOKED")]
     status = {r.reservation_id: r.status for r in m.state.reservations.values()}
@@ -50,7 +51,7 @@ def test_a_revoked_meter_moves_bookings_off_its_connector_under_the_rules() -> N
     assert kinds(m.posted("v1", "o1", slot(3), connector_id="c1")) == ["SlotReserved"]
     outcome = revoke(m, "meter-c1", effective_at_ms=slot(1)[0])
     assert reevaluations(outcome) == [("RESERVATION", "res:o1", "REALLOCATED")]
-    moved = [d for kind, d in outcome.decisions if kind == "SlotReallocated"]
+    moved = [d for kind, d in pairs(outcome.decisions) if kind == "SlotReallocated"]
     assert moved[0]["to_connector_id"] == "c2" and moved[0]["reason_code"] == "METER_REVOKED"
     # The connector is out of service from the effective time on: it takes no new booking.
     refused = m.posted("v2", "o2", slot(5), connector_id="c1")

@@ -14,7 +14,7 @@ from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import MARKET
 
 from .session_world import PureStation
-from .world import T0_MS, World, make_world
+from .world import T0_MS, World, make_world, pairs
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -70,9 +70,9 @@ class Station(PureStation):
 
 
 def settlement_of(step: Step) -> dict[str, Any]:
-    kinds = [k for k, _ in step.decisions]
+    kinds = [k for k, _ in pairs(step.decisions)]
     assert kinds == ["SettlementAdmitted"], (kinds, step.rejection)
-    return step.decisions[0][1]
+    return step.decisions[0].payload
 
 
 def test_level_1_trickle_of_three_kwh_settles_in_yen_rounded_half_even() -> None:
@@ -126,7 +126,7 @@ def test_without_the_vehicles_countersignature_the_settlement_stays_pending_and_
     assert session["status"] == "CLOSED_OUT" and session["signed_by"] == [st.station.credential_id]
     wrong = Participant.seeded("pend-ev-other", "pend-ev-other", secret="x")
     final = st.feed(sdk.close_out_countersigned(st.vehicle, close, st.start_ms + 50 * MINUTE_MS))
-    assert [k for k, _ in final.decisions] == ["SettlementFinalised"]
+    assert [k for k, _ in pairs(final.decisions)] == ["SettlementFinalised"]
     assert wrong.credential_id not in session["signed_by"]
 
 

@@ -18,7 +18,7 @@ from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import MARKET
 
-from .world import T0_MS, World, make_world
+from .world import T0_MS, World, make_world, pairs
 
 HOUR_MS = 3_600_000
 SLOT_MS = 15 * 60_000
@@ -54,7 +54,7 @@ def reason(step: Step) -> str:
 
 
 def decided(step: Step, kind: str) -> dict[str, Any]:
-    found = [d for k, d in step.decisions if k == kind]
+    found = [d for k, d in pairs(step.decisions) if k == kind]
     assert found, (step.decisions, step.rejection)
     return found[0]
 

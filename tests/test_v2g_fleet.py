@@ -18,7 +18,7 @@ from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import MARKET
 
 from .session_world import PureStation
-from .world import T0_MS, World, make_world
+from .world import T0_MS, World, make_world, pairs
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -110,11 +110,11 @@ class Depot(PureStation):
 
 
 def kinds(step: Step) -> list[str]:
-    return [k for k, _ in step.decisions]
+    return [k for k, _ in pairs(step.decisions)]
 
 
 def decision(step: Step, kind: str) -> dict[str, Any]:
-    found = [p for k, p in step.decisions if k == kind]
+    found = [p for k, p in pairs(step.decisions) if k == kind]
     assert len(found) == 1, (kinds(step), step.rejection)
     return found[0]
 

@@ -16,7 +16,7 @@ from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.topics import MARKET, MESSAGE_BYTES_MAX
 
 from .wireless_road import DELIVERED_WH, PASS_MS, RATES, Road, expected_total
-from .world import T0_MS, make_world
+from .world import T0_MS, make_world, pairs
 
 MINUTE_MS = 60_000
 
@@ -54,12 +54,12 @@ class Drive:
 
 
 def outcomes(step: Step) -> list[dict[str, Any]]:
-    [(_kind, applied)] = [d for d in step.decisions if d[0] == "SegmentPassesApplied"]
+    [(_kind, applied)] = [d for d in pairs(step.decisions) if d[0] == "SegmentPassesApplied"]
     return applied["outcomes"]  # type: ignore[no-any-return]
 
 
 def decision(step: Step, kind: str) -> dict[str, Any]:
-    [payload] = [p for k, p in step.decisions if k == kind]
+    [payload] = [p for k, p in pairs(step.decisions) if k == kind]
     return payload
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
 
+from chargemesh.processors.decisions import Decision
 from chargemesh.processors.governance import TrustAnchor, TrustStore
 from chargemesh.processors.governance import GOVERNANCE_EVENT_TYPES
 from chargemesh.processors.ingress import Admitted, Refused, admit, admit_governance
@@ -65,3 +68,8 @@ def verdict_of(store: TrustStore, event: SignedEvent | bytes, topic: str | None 
     if isinstance(event, SignedEvent) and event.event_type in GOVERNANCE_EVENT_TYPES:
         return admit_governance(raw, key.encode() if key is not None else None, store)
     return admit(raw, key.encode() if key is not None else None, topic, store)
+
+
+def pairs(decisions: Iterable[Decision]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(short event type, payload) of each decision, in order: what stories assert on."""
+    return [(d.name, d.payload) for d in decisions]

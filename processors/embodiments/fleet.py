@@ -29,14 +29,15 @@ from typing import Any
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ledger.state import GovernanceView
 from chargemesh.processors.settlement import Tariff, line
+from chargemesh.processors.statuses import LineKind, SettlementKind
 
 FLEET_ATTRIBUTE = "fleet_id"
 SITE_ATTRIBUTE = "site_id"
 RENEWABLE_ATTRIBUTE = "renewable_share_permille"
 PERMILLE = 1_000
-INTERNAL = "INTERNAL_ACCOUNTING"
-CHARGE = "CHARGE"
-ELIMINATION = "ADJUSTMENT"
+INTERNAL = SettlementKind.INTERNAL_ACCOUNTING
+CHARGE = SettlementKind.CHARGE
+ELIMINATION = LineKind.ADJUSTMENT
 ATTRIBUTE_CHARS_MAX = 200
 
 

@@ -22,20 +22,20 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors.ledger import state as ledger
-
-from chargemesh.processors.ledger import sessions
+from chargemesh.processors.decisions import Decision
 from chargemesh.processors.governance import TrustStore
+from chargemesh.processors.ledger import sessions
 from chargemesh.processors.ledger.state import (
     Command,
-    Decision,
     GovernanceView,
+    Handler,
     LedgerState,
     _emit,
-    _released,
+    released,
     roaming_problem,
 )
-from chargemesh.processors.reasons import Rejection
+from chargemesh.processors.reasons import Reason, Rejection
+from chargemesh.processors.statuses import ReservationStatus
 
 LATITUDE_MICRODEG_MAX = 90_000_000
 LONGITUDE_MICRODEG_MAX = 180_000_000
@@ -51,21 +51,22 @@ def location(state: LedgerState) -> dict[str, Any] | None:
     return found
 
 
-def _relocated(state: LedgerState, cmd: Command, view: GovernanceView,
+def relocate(state: LedgerState, cmd: Command, view: GovernanceView,
                out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     cal = state.calendar
     if cal is None:
-        return Rejection("NO_CALENDAR", f"station {state.station_id} has published no calendar")
+        return Rejection(Reason.NO_CALENDAR,
+                         f"station {state.station_id} has published no calendar")
     problem = (_move_problem(state, cmd) or _place_problem(state, cmd, view)
                or _itinerary_problem(cmd, view))
     if problem is not None:
         return problem
     tariff = view.tariffs[p["tariff_id"]]
     for res in sorted(state.reservations.values(), key=lambda r: r.seq):
-        if res.status == "ACTIVE":
-            _emit(state, out, ("SlotReleased", _released(
-                state, res, "STATION_RELOCATED", f"moved to {p['jurisdiction']}")))
+        if res.status == ReservationStatus.ACTIVE:
+            _emit(state, out, released(state, res, Reason.STATION_RELOCATED,
+                                       f"moved to {p['jurisdiction']}"))
     cal.update(rate_authority_id=p["rate_authority_id"], jurisdiction=p["jurisdiction"],
                tariff_id=p["tariff_id"], currency=tariff["currency"],
                posted_rate_per_kwh=p["posted_rate_per_kwh"],
@@ -81,20 +82,21 @@ def _relocated(state: LedgerState, cmd: Command, view: GovernanceView,
 def _move_problem(state: LedgerState, cmd: Command) -> Rejection | None:
     p, cal = cmd.payload, state.calendar or {}
     if cmd.author_id != cal.get("station_credential_id"):
-        return Rejection("NOT_THE_STATIONS_CREDENTIAL", f"the calendar was published by "
+        return Rejection(Reason.NOT_THE_STATIONS_CREDENTIAL, f"the calendar was published by "
                          f"{cal.get('station_credential_id')}")
     if abs(p["relocated_at_ms"] - cmd.occurred_at_ms) > CLOCK_SKEW_MS_MAX:
-        return Rejection("INVALID_TIME", "relocated_at_ms is not the event's own time")
+        return Rejection(Reason.INVALID_TIME, "relocated_at_ms is not the event's own time")
     last = location(state)
     if last is not None and p["relocated_at_ms"] <= last["relocated_at_ms"]:
-        return Rejection("STALE_LOCATION", f"the truck moved at {last['relocated_at_ms']} already")
+        return Rejection(Reason.STALE_LOCATION,
+                         f"the truck moved at {last['relocated_at_ms']} already")
     if abs(p["latitude_microdeg"]) > LATITUDE_MICRODEG_MAX or abs(
             p["longitude_microdeg"]) > LONGITUDE_MICRODEG_MAX:
-        return Rejection("INVALID_LOCATION", "latitude/longitude out of range")
+        return Rejection(Reason.INVALID_LOCATION, "latitude/longitude out of range")
     busy = [s["session_id"] for s in sessions.sessions(state).values()
             if s["status"] in sessions.OPEN]
     if busy:
-        return Rejection("SESSION_IN_PROGRESS", f"close out {', '.join(sorted(busy)[:3])} "
+        return Rejection(Reason.SESSION_IN_PROGRESS, f"close out {', '.join(sorted(busy)[:3])} "
                          "before moving")
     return None
 
@@ -104,12 +106,12 @@ def _place_problem(state: LedgerState, cmd: Command, view: GovernanceView) -> Re
     p, at_ms = cmd.payload, cmd.occurred_at_ms
     authority, jurisdiction = p["rate_authority_id"], p["jurisdiction"]
     if not view.is_rate_authority(authority, at_ms):
-        return Rejection("UNRECOGNISED_RATE_AUTHORITY",
+        return Rejection(Reason.UNRECOGNISED_RATE_AUTHORITY,
                          f"{authority} is not a recognised rate authority")
     if isinstance(view, TrustStore):
         principal = view.principals.get(authority)
         if principal is not None and jurisdiction not in principal.jurisdictions:
-            return Rejection("NOT_THE_JURISDICTIONS_AUTHORITY", f"{authority} governs "
+            return Rejection(Reason.NOT_THE_JURISDICTIONS_AUTHORITY, f"{authority} governs "
                              f"{', '.join(sorted(principal.jurisdictions))}, not {jurisdiction}")
     tariff = view.tariffs.get(p["tariff_id"])
     if tariff is None or tariff["rate_authority_id"] != authority or (
@@ -117,13 +119,14 @@ def _place_problem(state: LedgerState, cmd: Command, view: GovernanceView) -> Re
         filed = sorted(t["tariff_id"] for t in view.tariffs.values()
                        if t["rate_authority_id"] == authority
                        and t["jurisdiction"] == jurisdiction)[:3]
-        return Rejection("NO_TARIFF_IN_JURISDICTION", f"{authority} filed no tariff "
+        return Rejection(Reason.NO_TARIFF_IN_JURISDICTION, f"{authority} filed no tariff "
                          f"{p['tariff_id']} for {jurisdiction} (filed there: "
                          f"{', '.join(filed) or 'none'})")
     if tariff["station_ids"] and state.station_id not in tariff["station_ids"]:
-        return Rejection("UNKNOWN_TARIFF", f"{p['tariff_id']} does not cover this station")
+        return Rejection(Reason.UNKNOWN_TARIFF, f"{p['tariff_id']} does not cover this station")
     if not 0 < p["posted_rate_per_kwh"] <= Decimal(tariff["energy_rate_ceiling_per_kwh"]):
-        return Rejection("ABOVE_FILED_CEILING", f"posted {p['posted_rate_per_kwh']} is not within "
+        return Rejection(Reason.ABOVE_FILED_CEILING,
+                         f"posted {p['posted_rate_per_kwh']} is not within "
                          f"the filed ceiling {tariff['energy_rate_ceiling_per_kwh']}")
     return None
 
@@ -136,12 +139,12 @@ def _itinerary_problem(cmd: Command, view: GovernanceView) -> Rejection | None:
         principal = view.principals.get(cmd.author_id)
         allowed = principal.attribute(OPERATING_JURISDICTIONS) if principal else ""
         if allowed and p["jurisdiction"] not in allowed.split(","):
-            return Rejection("JURISDICTION_NOT_PERMITTED", f"{cmd.author_id} operates in "
+            return Rejection(Reason.JURISDICTION_NOT_PERMITTED, f"{cmd.author_id} operates in "
                              f"{allowed}, not {p['jurisdiction']}")
     return roaming_problem(view, cmd.author_id, p["rate_authority_id"], cmd.occurred_at_ms)
 
 
-def _dispatched(previous: ledger._Handler) -> ledger._Handler:
+def dispatched(previous: Handler) -> Handler:
     """Wraps an order handler: a claim naming a dispatch must name the truck's current one."""
 
     def handle(state: LedgerState, cmd: Command, view: GovernanceView,
@@ -150,16 +153,9 @@ def _dispatched(previous: ledger._Handler) -> ledger._Handler:
         if isinstance(ext, dict) and set(ext) == EXTENSION_FIELDS and ext["dispatch_id"]:
             here = location(state)
             if here is None or here["dispatch_id"] != ext["dispatch_id"]:
-                return Rejection("WRONG_DISPATCH", f"the truck is on dispatch "
+                return Rejection(Reason.WRONG_DISPATCH, f"the truck is on dispatch "
                                  f"{here['dispatch_id'] if here else 'none'!r}, the claim names "
                                  f"{ext['dispatch_id']!r}")
         return previous(state, cmd, view, out)
 
     return handle
-
-
-ledger.register_commands({
-    "MobileStationRelocated": _relocated,
-    **{name: _dispatched(ledger._COMMANDS[name])
-       for name in ("PostedPriceAccepted", "WalkUpRequested", "BidPlaced")},
-})

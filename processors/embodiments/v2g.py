@@ -27,10 +27,11 @@ from decimal import Decimal
 from typing import Any
 
 from chargemesh.checks import InvariantError, ensure
-from chargemesh.processors.reasons import Rejection
+from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.processors.settlement import WH_PER_KWH, Tariff, line
+from chargemesh.processors.statuses import LineKind
 
-EXPORT_CREDIT = "V2G_EXPORT_CREDIT"
+EXPORT_CREDIT = LineKind.V2G_EXPORT_CREDIT
 # A bulk clearing price above this (per kWh, in the rate authority's currency) is a typo or an
 # attack, not a market outcome.
 CLEARING_PRICE_PER_KWH_MAX = Decimal(100)
@@ -45,7 +46,7 @@ def start(s: dict[str, Any], connector: dict[str, Any], handshake: dict[str, Any
 
 def start_problem(handshake: dict[str, Any]) -> Rejection | None:
     if int(handshake.get("meter_start_export_wh", 0)) < 0:
-        return Rejection("INVALID_METER_START", "meter_start_export_wh must not be negative")
+        return Rejection(Reason.INVALID_METER_START, "meter_start_export_wh must not be negative")
     return None
 
 
@@ -63,18 +64,20 @@ def export_problem(s: dict[str, Any], export_wh: int, import_delta_wh: int,
     ``ceiling_wh``: the most energy the connector could have moved since then."""
     last_wh = _last_wh(s)
     if export_wh < last_wh:
-        return Rejection("METER_WENT_BACKWARDS", f"export register {export_wh} Wh < {last_wh} Wh")
+        return Rejection(Reason.METER_WENT_BACKWARDS,
+                         f"export register {export_wh} Wh < {last_wh} Wh")
     exported_wh = export_wh - last_wh
     if exported_wh == 0:
         return None
     if not s.get("bidirectional", False):
-        return Rejection("NOT_BIDIRECTIONAL", f"{s['connector_id']} is not a bidirectional "
+        return Rejection(Reason.NOT_BIDIRECTIONAL, f"{s['connector_id']} is not a bidirectional "
                          f"connector: it cannot export {exported_wh} Wh")
     if not s.get("grid_operator_ids"):
-        return Rejection("NO_GRID_PROGRAM", "export reaches the bulk grid: no grid program in "
+        return Rejection(Reason.NO_GRID_PROGRAM, "export reaches the bulk grid: no grid program in "
                          "this zone names an operator to co-sign and price it")
     if import_delta_wh + exported_wh > ceiling_wh:
-        return Rejection("IMPLAUSIBLE_READING", f"{import_delta_wh} Wh in and {exported_wh} Wh "
+        return Rejection(Reason.IMPLAUSIBLE_READING,
+                         f"{import_delta_wh} Wh in and {exported_wh} Wh "
                          f"out exceed {s['power_w']} W")
     return None
 
@@ -100,13 +103,13 @@ def clearing_price_problem(s: dict[str, Any], payload: dict[str, Any],
                            settlement_id: str) -> Rejection | None:
     """The grid operator's co-signature that prices the export (author already checked)."""
     if payload["settlement_id"] != settlement_id:
-        return Rejection("UNKNOWN_SETTLEMENT", f"{payload['settlement_id']} is not this "
+        return Rejection(Reason.UNKNOWN_SETTLEMENT, f"{payload['settlement_id']} is not this "
                          f"session's ({settlement_id})")
     if bytes(payload["close_out_event_hash"]).hex() != s["close_out"]["event_hash"]:
-        return Rejection("CLOSE_OUT_MISMATCH", "co-signature is over another close-out")
+        return Rejection(Reason.CLOSE_OUT_MISMATCH, "co-signature is over another close-out")
     price = payload["clearing_price_per_kwh"]
     if not Decimal(0) <= price <= CLEARING_PRICE_PER_KWH_MAX:
-        return Rejection("INVALID_CLEARING_PRICE", f"clearing price {price}/kWh is outside "
+        return Rejection(Reason.INVALID_CLEARING_PRICE, f"clearing price {price}/kWh is outside "
                          f"[0, {CLEARING_PRICE_PER_KWH_MAX}]")
     return None
 

@@ -17,7 +17,7 @@ Who is who:
 
 Where aggregation happens, and why here. All three event types are keyed by the road operator
 (``road_operator_id``) on the market topic, so one single writer -- the road operator's
-ledger, ``LedgerState(station_id=road_operator_id)``, driven by the same ``ledger.handle`` and
+ledger, ``LedgerState(station_id=road_operator_id)``, driven by the same ``commands.handle`` and
 ``market_step`` as every station -- orders a trip's authorisation, every pass of every segment
 it crosses, and its close. A trip crosses many segments, and a segment batch carries passes of
 many trips: keyed by segment, a trip would be split over partitions (no single writer); keyed
@@ -58,13 +58,21 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors.ledger import state as ledger
+from chargemesh.processors.decisions import Decision, DecisionType, decided
 from chargemesh.processors.governance import TrustStore
-from chargemesh.processors.ledger.state import Command, Decision, GovernanceView, LedgerState, _emit
-from chargemesh.processors.reasons import Rejection
+from chargemesh.processors.ledger import state as ledger
+from chargemesh.processors.ledger.state import Command, GovernanceView, LedgerState, _emit
+from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.processors.settlement import WH_PER_KWH, Tariff, adder_lines, line, with_tax
+from chargemesh.processors.statuses import (
+    ConnectorKind,
+    LineKind,
+    SettlementKind,
+    TripCloseReason,
+    TripStatus,
+)
 
-EMBODIMENT = "WIRELESS_SEGMENT"
+EMBODIMENT = ConnectorKind.WIRELESS_SEGMENT
 TRIPS_OPEN_MAX = 2_000
 # The road's ledger is one state record (at most topics.MESSAGE_BYTES_MAX = 1 MiB): what its open
 # trips hold is budgeted by estimate (per trip, per accepted pass: measured JSON sizes, rounded
@@ -97,8 +105,10 @@ S_PER_HOUR = 3_600
 MINUTES_PER_DAY = 1_440
 MS_PER_MINUTE = 60_000
 ZERO = Decimal(0)
-OPEN, CLOSED = "OPEN", "CLOSED"
-VEHICLE_CLOSED, IDLE_TIMEOUT, WINDOW_ENDED = "VEHICLE_CLOSED", "IDLE_TIMEOUT", "WINDOW_ENDED"
+OPEN, CLOSED = TripStatus.OPEN, TripStatus.CLOSED
+VEHICLE_CLOSED = TripCloseReason.VEHICLE_CLOSED
+IDLE_TIMEOUT = TripCloseReason.IDLE_TIMEOUT
+WINDOW_ENDED = TripCloseReason.WINDOW_ENDED
 
 
 def wireless(state: LedgerState) -> dict[str, Any]:
@@ -114,27 +124,28 @@ def segment_of(view: GovernanceView, credential_id: str, road_operator_id: str,
                segment_id: str) -> dict[str, Any] | Rejection:
     """The segment's geofence, power and filed tariff, from its credential (governance)."""
     if not isinstance(view, TrustStore):
-        return Rejection("NOT_A_WIRELESS_SEGMENT", "no credential view")
+        return Rejection(Reason.NOT_A_WIRELESS_SEGMENT, "no credential view")
     principal = view.principals.get(credential_id)
     if principal is None or principal.subject_id != segment_id:
-        return Rejection("NOT_A_WIRELESS_SEGMENT", f"{credential_id} is not segment {segment_id}")
+        return Rejection(Reason.NOT_A_WIRELESS_SEGMENT,
+                         f"{credential_id} is not segment {segment_id}")
     if principal.parent_id != road_operator_id:
-        return Rejection("SEGMENT_NOT_OF_OPERATOR", f"{segment_id} is credentialed by "
+        return Rejection(Reason.SEGMENT_NOT_OF_OPERATOR, f"{segment_id} is credentialed by "
                          f"{principal.parent_id}, not {road_operator_id}")
     if principal.attribute("embodiment") != EMBODIMENT:
-        return Rejection("NOT_A_WIRELESS_SEGMENT", f"{segment_id} is not a {EMBODIMENT}")
+        return Rejection(Reason.NOT_A_WIRELESS_SEGMENT, f"{segment_id} is not a {EMBODIMENT}")
     try:
         power_w = int(principal.attribute("power_w"))
         box = [int(x) for x in principal.attribute("geofence").split(",")]
     except ValueError:
-        return Rejection("NOT_A_WIRELESS_SEGMENT", "power_w and geofence must be integers")
+        return Rejection(Reason.NOT_A_WIRELESS_SEGMENT, "power_w and geofence must be integers")
     if not 0 < power_w <= SEGMENT_POWER_W_MAX or len(box) != 4 or box[0] > box[2] or (
             box[1] > box[3]):
-        return Rejection("NOT_A_WIRELESS_SEGMENT", "power_w or geofence out of range")
+        return Rejection(Reason.NOT_A_WIRELESS_SEGMENT, "power_w or geofence out of range")
     tariff_id = principal.attribute("tariff_id")
     filed = view.tariffs.get(tariff_id)
     if filed is None or (filed["station_ids"] and segment_id not in filed["station_ids"]):
-        return Rejection("UNKNOWN_TARIFF", f"{tariff_id!r} is not filed for {segment_id}")
+        return Rejection(Reason.UNKNOWN_TARIFF, f"{tariff_id!r} is not filed for {segment_id}")
     return {"segment_id": segment_id, "geofence_id": principal.attribute("geofence_id"),
             "box": box, "power_w": power_w, "tariff": filed}
 
@@ -151,7 +162,7 @@ def filed_rate(filed: dict[str, Any], at_ms: int) -> Decimal:
 # ---- authorise --------------------------------------------------------------------------------
 
 
-def _authorise(state: LedgerState, cmd: Command, view: GovernanceView,
+def authorise_trip(state: LedgerState, cmd: Command, view: GovernanceView,
                out: list[Decision]) -> Rejection | None:
     p, w = cmd.payload, wireless(state)
     problem = _trip_problem(state, cmd, view)
@@ -180,34 +191,38 @@ def _trip_problem(state: LedgerState, cmd: Command, view: GovernanceView) -> Rej
     claim, ident = p["claim"], p["identity"]
     ext = claim["extension"]
     if not 0 < len(p["trip_id"]) <= ID_CHARS_MAX:
-        return Rejection("INVALID_TRIP", f"trip_id must be 1..{ID_CHARS_MAX} chars")
+        return Rejection(Reason.INVALID_TRIP, f"trip_id must be 1..{ID_CHARS_MAX} chars")
     if p["trip_id"] in w["trips"] or p["trip_id"] in w["closed"]:
-        return Rejection("DUPLICATE_TRIP", f"{p['trip_id']} exists already")
+        return Rejection(Reason.DUPLICATE_TRIP, f"{p['trip_id']} exists already")
     if ident["station_id"] != p["road_operator_id"]:
-        return Rejection("INVALID_TRIP", "identity.station_id must name the road operator")
+        return Rejection(Reason.INVALID_TRIP, "identity.station_id must name the road operator")
     if ident["vehicle_credential_id"] != cmd.author_id:
-        return Rejection("NOT_YOUR_TRIP", "the identity names another vehicle credential")
+        return Rejection(Reason.NOT_YOUR_TRIP, "the identity names another vehicle credential")
     if ext is not None and "segment_id" not in ext:
-        return Rejection("WRONG_EMBODIMENT", "the claim's extension is not a wireless segment")
+        return Rejection(Reason.WRONG_EMBODIMENT, "the claim's extension is not a wireless segment")
     if not 0 < claim["slot_stop_at_ms"] - claim["slot_start_at_ms"] <= TRIP_DURATION_MS_MAX:
-        return Rejection("INVALID_TRIP", f"the trip window must be 1..{TRIP_DURATION_MS_MAX} ms")
+        return Rejection(Reason.INVALID_TRIP,
+                         f"the trip window must be 1..{TRIP_DURATION_MS_MAX} ms")
     if claim["ceiling_rate_per_kwh"] <= ZERO or claim["energy_wh"] <= 0:
-        return Rejection("INVALID_TRIP", "ceiling rate and energy budget must be positive")
+        return Rejection(Reason.INVALID_TRIP, "ceiling rate and energy budget must be positive")
     if (ext or {}).get("meter_seconds", 0) < 0:
-        return Rejection("INVALID_TRIP", "meter_seconds budget must not be negative")
+        return Rejection(Reason.INVALID_TRIP, "meter_seconds budget must not be negative")
     if not 0 <= p["idle_close_ms"] <= IDLE_CLOSE_MS_MAX:
-        return Rejection("INVALID_TRIP", f"idle_close_ms must be 0..{IDLE_CLOSE_MS_MAX}")
+        return Rejection(Reason.INVALID_TRIP, f"idle_close_ms must be 0..{IDLE_CLOSE_MS_MAX}")
     if abs(p["authorised_at_ms"] - cmd.occurred_at_ms) > ledger.VEHICLE_CLOCK_LEAD_MS_MAX:
-        return Rejection("INVALID_TIME", "authorised_at_ms is not the event's own time")
+        return Rejection(Reason.INVALID_TIME, "authorised_at_ms is not the event's own time")
     if not _is_road_operator(view, p["road_operator_id"], cmd.occurred_at_ms):
-        return Rejection("UNKNOWN_ROAD_OPERATOR", f"{p['road_operator_id']} does not credential "
+        return Rejection(Reason.UNKNOWN_ROAD_OPERATOR,
+                         f"{p['road_operator_id']} does not credential "
                          "segments")
     if any(t["vehicle_credential_id"] == cmd.author_id for t in w["trips"].values()):
-        return Rejection("TRIP_ALREADY_OPEN", "the vehicle has an open trip on this road: close "
+        return Rejection(Reason.TRIP_ALREADY_OPEN,
+                         "the vehicle has an open trip on this road: close "
                          "it first")
     if len(w["trips"]) >= TRIPS_OPEN_MAX or (
             w["held_bytes_est"] + TRIP_BYTES_EST > ROAD_STATE_BYTES_MAX):
-        return Rejection("LEDGER_FULL", "this road's ledger holds as many open trips as it can")
+        return Rejection(Reason.LEDGER_FULL,
+                         "this road's ledger holds as many open trips as it can")
     return None
 
 
@@ -222,7 +237,7 @@ def _is_road_operator(view: GovernanceView, operator_id: str, at_ms: int) -> boo
 # ---- passes -----------------------------------------------------------------------------------
 
 
-def _record_passes(state: LedgerState, cmd: Command, view: GovernanceView,
+def record_passes(state: LedgerState, cmd: Command, view: GovernanceView,
                    out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     _road_clock(state, cmd.occurred_at_ms)
@@ -230,12 +245,12 @@ def _record_passes(state: LedgerState, cmd: Command, view: GovernanceView,
     if isinstance(segment, Rejection):
         return segment
     if not 0 < len(p["passes"]) <= PASSES_PER_BATCH_MAX:
-        return Rejection("INVALID_BATCH", f"1..{PASSES_PER_BATCH_MAX} passes per batch")
+        return Rejection(Reason.INVALID_BATCH, f"1..{PASSES_PER_BATCH_MAX} passes per batch")
     if abs(p["recorded_at_ms"] - cmd.occurred_at_ms) > PASS_CLOCK_SKEW_MS_MAX:
-        return Rejection("INVALID_TIME", "recorded_at_ms is not the event's own time")
+        return Rejection(Reason.INVALID_TIME, "recorded_at_ms is not the event's own time")
     _close_idle(state, out)
     outcomes = [_apply_pass(state, cmd, segment, ps) for ps in p["passes"]]
-    _emit(state, out, ("SegmentPassesApplied", {
+    _emit(state, out, decided(DecisionType.SEGMENT_PASSES_APPLIED, {
         "batch_event_id": cmd.event_id, "batch_id": p["batch_id"],
         "road_operator_id": p["road_operator_id"], "segment_id": p["segment_id"],
         "segment_credential_id": cmd.author_id, "outcomes": outcomes,
@@ -285,31 +300,32 @@ def pass_problem(state: LedgerState, segment: dict[str, Any], ps: dict[str, Any]
                  recorded_at_ms: int) -> Rejection | None:
     """Why this pass is refused (None: accepted). Trip, identity, geofence, then physics."""
     if not 0 < len(ps["pass_id"]) <= ID_CHARS_MAX:
-        return Rejection("INVALID_PASS", f"pass_id must be 1..{ID_CHARS_MAX} chars")
+        return Rejection(Reason.INVALID_PASS, f"pass_id must be 1..{ID_CHARS_MAX} chars")
     if trip is None:
         closed = ps["trip_id"] in wireless(state)["closed"]
-        return Rejection("TRIP_CLOSED" if closed else "UNKNOWN_TRIP",
+        return Rejection(Reason.TRIP_CLOSED if closed else Reason.UNKNOWN_TRIP,
                          f"{ps['trip_id'][:ID_CHARS_MAX]} is not an open trip on this road")
     if ps["pass_id"] in trip["pass_ids"]:
-        return Rejection("DUPLICATE_PASS", f"{ps['pass_id']} was applied to this trip already")
+        return Rejection(Reason.DUPLICATE_PASS, f"{ps['pass_id']} was applied to this trip already")
     if ps["vehicle_credential_id"] != trip["vehicle_credential_id"]:
-        return Rejection("NOT_THE_TRIPS_VEHICLE", "the pass names another vehicle")
+        return Rejection(Reason.NOT_THE_TRIPS_VEHICLE, "the pass names another vehicle")
     if ps["entered_at_ms"] > trip["last_at_ms"] + trip["idle_close_ms"]:
-        return Rejection("TRIP_CLOSED", "the trip had idled out before this pass")
+        return Rejection(Reason.TRIP_CLOSED, "the trip had idled out before this pass")
     if wireless(state)["held_bytes_est"] + PASS_BYTES_EST > ROAD_STATE_BYTES_MAX:
-        return Rejection("LEDGER_FULL", "this road's ledger holds as many passes as it can")
+        return Rejection(Reason.LEDGER_FULL, "this road's ledger holds as many passes as it can")
     return (geofence_problem(segment, ps) or timing_problem(segment, ps, trip, recorded_at_ms)
             or energy_problem(segment, ps) or _terms_problem(segment, ps, trip, rate))
 
 
 def geofence_problem(segment: dict[str, Any], ps: dict[str, Any]) -> Rejection | None:
     if ps["geofence_id"] != segment["geofence_id"]:
-        return Rejection("OUTSIDE_GEOFENCE", f"pass names geofence {ps['geofence_id']!r}, the "
+        return Rejection(Reason.OUTSIDE_GEOFENCE, f"pass names geofence {ps['geofence_id']!r}, the "
                          f"segment is {segment['geofence_id']!r}")
     lat_min, lon_min, lat_max, lon_max = segment["box"]
     if not (lat_min <= ps["latitude_microdeg"] <= lat_max
             and lon_min <= ps["longitude_microdeg"] <= lon_max):
-        return Rejection("OUTSIDE_GEOFENCE", "the position fix is outside the segment's geofence")
+        return Rejection(Reason.OUTSIDE_GEOFENCE,
+                         "the position fix is outside the segment's geofence")
     return None
 
 
@@ -317,16 +333,18 @@ def timing_problem(segment: dict[str, Any], ps: dict[str, Any], trip: dict[str, 
                    recorded_at_ms: int) -> Rejection | None:
     entered, left = ps["entered_at_ms"], ps["left_at_ms"]
     if not 0 < left - entered <= PASS_DURATION_MS_MAX:
-        return Rejection("IMPLAUSIBLE_PASS", f"a pass lasts 1..{PASS_DURATION_MS_MAX} ms")
+        return Rejection(Reason.IMPLAUSIBLE_PASS, f"a pass lasts 1..{PASS_DURATION_MS_MAX} ms")
     if left > recorded_at_ms + PASS_CLOCK_SKEW_MS_MAX:
-        return Rejection("IMPLAUSIBLE_PASS", "the pass ends after the batch was signed")
+        return Rejection(Reason.IMPLAUSIBLE_PASS, "the pass ends after the batch was signed")
     if entered < trip["start_ms"] or left > trip["stop_ms"] or entered < trip["opened_at_ms"] - (
             ledger.VEHICLE_CLOCK_LEAD_MS_MAX):
-        return Rejection("OUTSIDE_TRIP_WINDOW", "the pass is outside the authorised trip")
+        return Rejection(Reason.OUTSIDE_TRIP_WINDOW, "the pass is outside the authorised trip")
     if entered < trip["last_left"].get(segment["segment_id"], 0):
-        return Rejection("OVERLAPPING_PASS", "the pass overlaps an earlier pass on this segment")
+        return Rejection(Reason.OVERLAPPING_PASS,
+                         "the pass overlaps an earlier pass on this segment")
     if not 0 <= ps["meter_seconds"] * MS_PER_S <= left - entered + METER_SLACK_MS:
-        return Rejection("IMPLAUSIBLE_METER_SECONDS", f"{ps['meter_seconds']} meter-seconds in "
+        return Rejection(Reason.IMPLAUSIBLE_METER_SECONDS,
+                         f"{ps['meter_seconds']} meter-seconds in "
                          f"a {left - entered} ms pass")
     return None
 
@@ -334,11 +352,12 @@ def timing_problem(segment: dict[str, Any], ps: dict[str, Any], trip: dict[str, 
 def energy_problem(segment: dict[str, Any], ps: dict[str, Any]) -> Rejection | None:
     """Energy within the segment's power over the metered seconds (plus tolerance)."""
     if ps["energy_wh"] < 0:
-        return Rejection("IMPLAUSIBLE_ENERGY", "energy must not be negative")
+        return Rejection(Reason.IMPLAUSIBLE_ENERGY, "energy must not be negative")
     most = (Decimal(segment["power_w"] * ps["meter_seconds"]) / S_PER_HOUR
             * (1 + PLAUSIBILITY_TOLERANCE) + PLAUSIBILITY_SLACK_WH)
     if ps["energy_wh"] > most:
-        return Rejection("IMPLAUSIBLE_ENERGY", f"{ps['energy_wh']} Wh in {ps['meter_seconds']} "
+        return Rejection(Reason.IMPLAUSIBLE_ENERGY,
+                         f"{ps['energy_wh']} Wh in {ps['meter_seconds']} "
                          f"meter-seconds at {segment['power_w']} W (at most {int(most)} Wh)")
     return None
 
@@ -362,24 +381,26 @@ def _terms_problem(segment: dict[str, Any], ps: dict[str, Any], trip: dict[str, 
                    rate: Decimal) -> Rejection | None:
     filed = segment["tariff"]
     if filed["rate_authority_id"] != trip["identity"]["rate_authority_id"]:
-        return Rejection("OTHER_RATE_AUTHORITY", f"the segment's rates are filed by "
+        return Rejection(Reason.OTHER_RATE_AUTHORITY, f"the segment's rates are filed by "
                          f"{filed['rate_authority_id']}, the trip was authorised under "
                          f"{trip['identity']['rate_authority_id']}")
     if filed["currency"] != trip["currency"]:
-        return Rejection("CURRENCY_MISMATCH", f"the segment's tariff is in {filed['currency']}")
+        return Rejection(Reason.CURRENCY_MISMATCH,
+                         f"the segment's tariff is in {filed['currency']}")
     if trip["terms"] is not None and not _same_terms(trip["terms"], _terms(segment)):
-        return Rejection("TARIFF_MISMATCH", f"{filed['tariff_id']} differs from the trip's "
+        return Rejection(Reason.TARIFF_MISMATCH, f"{filed['tariff_id']} differs from the trip's "
                          f"{trip['terms']['tariff_id']} in more than its rate")
     if rate > trip["ceiling"]:
-        return Rejection("ABOVE_CEILING", f"filed rate {rate} exceeds the trip's ceiling "
+        return Rejection(Reason.ABOVE_CEILING, f"filed rate {rate} exceeds the trip's ceiling "
                          f"{trip['ceiling']}")
     if trip["energy_wh"] + ps["energy_wh"] > trip["energy_wh_max"]:
-        return Rejection("ENERGY_LIMIT", f"the trip's {trip['energy_wh_max']} Wh are used up")
+        return Rejection(Reason.ENERGY_LIMIT, f"the trip's {trip['energy_wh_max']} Wh are used up")
     budget = trip["meter_seconds_max"]
     if budget and trip["meter_seconds"] + ps["meter_seconds"] > budget:
-        return Rejection("METER_SECONDS_LIMIT", f"the trip's {budget} meter-seconds are used up")
+        return Rejection(Reason.METER_SECONDS_LIMIT,
+                         f"the trip's {budget} meter-seconds are used up")
     if trip["accepted"] >= PASSES_PER_TRIP_MAX:
-        return Rejection("TRIP_FULL", f"{PASSES_PER_TRIP_MAX} passes per trip")
+        return Rejection(Reason.TRIP_FULL, f"{PASSES_PER_TRIP_MAX} passes per trip")
     return None
 
 
@@ -412,18 +433,18 @@ def _aggregate(trip: dict[str, Any], segment: dict[str, Any], ps: dict[str, Any]
 # ---- close and settle -------------------------------------------------------------------------
 
 
-def _close(state: LedgerState, cmd: Command, view: GovernanceView,
+def close_trip(state: LedgerState, cmd: Command, view: GovernanceView,
            out: list[Decision]) -> Rejection | None:
     p, w = cmd.payload, wireless(state)
     trip = w["trips"].get(p["trip_id"])
     if trip is None:
         closed = p["trip_id"] in w["closed"]
-        return Rejection("TRIP_CLOSED" if closed else "UNKNOWN_TRIP",
+        return Rejection(Reason.TRIP_CLOSED if closed else Reason.UNKNOWN_TRIP,
                          f"{p['trip_id']} is not an open trip on this road")
     if trip["vehicle_credential_id"] != cmd.author_id:
-        return Rejection("NOT_YOUR_TRIP", "only the trip's vehicle closes it")
+        return Rejection(Reason.NOT_YOUR_TRIP, "only the trip's vehicle closes it")
     if abs(p["closed_at_ms"] - cmd.occurred_at_ms) > ledger.VEHICLE_CLOCK_LEAD_MS_MAX:
-        return Rejection("INVALID_TIME", "closed_at_ms is not the event's own time")
+        return Rejection(Reason.INVALID_TIME, "closed_at_ms is not the event's own time")
     if len(trip["evidence_event_ids"]) < EVIDENCE_IDS_PER_TRIP_MAX:
         trip["evidence_event_ids"].append(cmd.event_id)
     _settle(state, trip, max(p["closed_at_ms"], trip["last_at_ms"]), VEHICLE_CLOSED, out)
@@ -444,8 +465,8 @@ def _close_idle(state: LedgerState, out: list[Decision]) -> None:
             _settle(state, trip, min(idle_at, trip["stop_ms"]), reason, out)
 
 
-def _settle(state: LedgerState, trip: dict[str, Any], closed_at_ms: int, reason: str,
-            out: list[Decision]) -> None:
+def _settle(state: LedgerState, trip: dict[str, Any], closed_at_ms: int,
+            reason: TripCloseReason, out: list[Decision]) -> None:
     w = wireless(state)
     del w["trips"][trip["trip_id"]]
     w["held_bytes_est"] -= trip["held_bytes_est"]
@@ -456,7 +477,7 @@ def _settle(state: LedgerState, trip: dict[str, Any], closed_at_ms: int, reason:
             del w["closed"][tid]
     settlement = trip_settlement(trip, state.clock_ms)
     terms = trip["terms"] or {}
-    _emit(state, out, ("TripSettled", {
+    _emit(state, out, decided(DecisionType.TRIP_SETTLED, {
         "trip_id": trip["trip_id"], "road_operator_id": state.station_id,
         "vehicle_credential_id": trip["vehicle_credential_id"],
         "settlement_id": settlement["settlement_id"] if settlement else "",
@@ -471,8 +492,8 @@ def _settle(state: LedgerState, trip: dict[str, Any], closed_at_ms: int, reason:
         "total_amount": settlement["total_amount"] if settlement else ZERO, "final": True}))
     if settlement is None:
         return  # nothing delivered, nothing to bill
-    _emit(state, out, ("SettlementAdmitted", settlement))
-    _emit(state, out, ("SettlementFinalised", {
+    _emit(state, out, decided(DecisionType.SETTLEMENT_ADMITTED, settlement))
+    _emit(state, out, decided(DecisionType.SETTLEMENT_FINALISED, {
         "settlement_id": settlement["settlement_id"], "session_id": trip["trip_id"],
         "signer_ids": [trip["vehicle_credential_id"]], "finalised_at_ms": state.clock_ms}))
 
@@ -485,7 +506,7 @@ def trip_lines(trip: dict[str, Any]) -> tuple[list[dict[str, Any]], Decimal]:
         agg = trip["lines"][key]
         rate = Decimal(agg["rate"])
         amount = tariff.round(Decimal(agg["energy_wh"]) * rate / WH_PER_KWH)
-        lines.append(line("ENERGY", f"segment {agg['segment_id']}: {agg['passes']} passes, "
+        lines.append(line(LineKind.ENERGY, f"segment {agg['segment_id']}: {agg['passes']} passes, "
                           f"{agg['meter_seconds']} meter-seconds, {agg['energy_wh']} Wh at "
                           f"{rate}/kWh", agg["energy_wh"], rate, amount, agg["from_ms"],
                           agg["until_ms"]))
@@ -507,13 +528,7 @@ def trip_settlement(trip: dict[str, Any], at_ms: int) -> dict[str, Any] | None:
         "currency": tariff["currency"], "rounding": tariff["rounding"], "lines": lines,
         "total_amount": total, "energy_import_wh": trip["energy_wh"], "energy_export_wh": 0,
         "evidence_event_ids": list(trip["evidence_event_ids"]),
-        "required_signer_ids": [trip["vehicle_credential_id"]], "kind": "CHARGE",
+        "required_signer_ids": [trip["vehicle_credential_id"]],
+        "kind": SettlementKind.CHARGE,
         "adjusts_settlement_id": "", "admitted_at_ms": at_ms,
     }
-
-
-ledger.register_commands({
-    "TripAuthorised": _authorise,
-    "SegmentPassesRecorded": _record_passes,
-    "TripClosed": _close,
-})

@@ -34,24 +34,22 @@ from decimal import Decimal
 from typing import Any
 
 from chargemesh.checks import ensure
-from chargemesh.processors.ledger import state as ledger  # noqa: F401 - sessions registers re-pricing
-from chargemesh.processors.ledger import sessions
+from chargemesh.processors.decisions import Decision, DecisionType, decided
 from chargemesh.processors.governance import ChainOk, TrustStore
 from chargemesh.processors.ingress import decode
-from chargemesh.processors.reasons import Rejection
-from chargemesh.streams import topics
+from chargemesh.processors.ledger import sessions
+from chargemesh.processors.ledger import state as ledger
+from chargemesh.processors.reasons import Reason, Rejection
+from chargemesh.processors.statuses import CapacityCause, GridEventKind
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.observer_decision import decision_digest
 
 SET_DECLARED = "chargemesh.grid.v1.ObserverSetDeclared"
 ATTESTATION = "chargemesh.grid.v1.ObserverAttestation"
-QUORUM_REACHED = "chargemesh.grid.v1.ObserverQuorumReached"
-EQUIVOCATION = "chargemesh.grid.v1.ObserverEquivocation"
-DECISION_ROUTED = "chargemesh.grid.v1.ObserverDecisionRouted"
+QUORUM_REACHED = DecisionType.OBSERVER_QUORUM_REACHED
+EQUIVOCATION = DecisionType.OBSERVER_EQUIVOCATION
+DECISION_ROUTED = DecisionType.OBSERVER_DECISION_ROUTED  # to each station, on the market topic
 ROUTER_EVENT_TYPES = frozenset({SET_DECLARED, ATTESTATION})
-# Where the router's outputs go (decisions keyed by zone, routed records by station).
-OUTPUT_TOPICS = {QUORUM_REACHED: topics.DECISIONS.name, EQUIVOCATION: topics.DECISIONS.name,
-                 DECISION_ROUTED: topics.MARKET.name}
 OBSERVER_ROLE = "OBSERVER"
 # The zone's state keeps every vote's signed bytes (evidence) for INTERVALS_KEPT_MAX intervals:
 # 6 x 16 attestations of <= 100 steps (~3.5 KB each, base64) stays well under a 1 MiB record.
@@ -62,9 +60,7 @@ INTERVALS_KEPT_MAX = 6
 INTERVAL_MS_MIN = 60_000
 # Digests a station remembers having applied (a second copy of a decision changes nothing).
 APPLIED_DECISIONS_KEPT_MAX = 256
-CURTAILMENT_CAUSE = "GRID_CURTAILMENT"
-
-Decision = tuple[str, str, dict[str, Any]]  # (event type, partition key, payload)
+CURTAILMENT_CAUSE = CapacityCause.GRID_CURTAILMENT
 
 
 # ---- the quorum rule and the decision ----------------------------------------------------------
@@ -114,22 +110,23 @@ def check_set(event: SignedEvent, p: dict[str, Any], view: TrustStore) -> Reject
     if problem is None and p["interval_ms"] < INTERVAL_MS_MIN:
         problem = f"interval_ms below {INTERVAL_MS_MIN}"
     if problem is not None:
-        return Rejection("INVALID_OBSERVER_SET", problem)
+        return Rejection(Reason.INVALID_OBSERVER_SET, problem)
     operator, zone = p["grid_operator_credential_id"], p["grid_zone_id"]
     if not view.operates_zone(operator, zone):
-        return Rejection("NOT_THE_ZONES_OPERATOR", f"{operator} does not operate {zone}")
+        return Rejection(Reason.NOT_THE_ZONES_OPERATOR, f"{operator} does not operate {zone}")
     at_ms = event.body.occurred_at_ms
     chain = view.resolve(operator, at_ms)
     if not isinstance(chain, ChainOk) or p["declared_by_authority_id"] not in chain.chain:
-        return Rejection("ROLE_NOT_PERMITTED", f"{p['declared_by_authority_id']} does not vouch "
+        return Rejection(Reason.ROLE_NOT_PERMITTED,
+                         f"{p['declared_by_authority_id']} does not vouch "
                          f"for the zone's operator {operator}")
     for observer in ids:
         verdict = view.resolve(observer, at_ms)
         if not isinstance(verdict, ChainOk) or OBSERVER_ROLE not in verdict.principal.roles:
-            return Rejection("INVALID_OBSERVER_SET", f"{observer} is not a valid OBSERVER "
+            return Rejection(Reason.INVALID_OBSERVER_SET, f"{observer} is not a valid OBSERVER "
                              "credential")
         if observer == operator:
-            return Rejection("INVALID_OBSERVER_SET", "the operator cannot observe itself")
+            return Rejection(Reason.INVALID_OBSERVER_SET, "the operator cannot observe itself")
     return None
 
 
@@ -150,7 +147,7 @@ def declare_set(ostate: dict[str, Any], event: SignedEvent, p: dict[str, Any],
                 view: TrustStore) -> Rejection | None:
     current = ostate["set"]
     if current is not None and p["observer_set_version"] <= current["observer_set_version"]:
-        return Rejection("STALE_OBSERVER_SET", f"version {p['observer_set_version']} is not "
+        return Rejection(Reason.STALE_OBSERVER_SET, f"version {p['observer_set_version']} is not "
                          f"newer than {current['observer_set_version']}")
     problem = check_set(event, p, view)
     if problem is not None:
@@ -185,22 +182,23 @@ def _vote_problem(ostate: dict[str, Any], event: SignedEvent,
                   p: dict[str, Any]) -> Rejection | None:
     obs_set = ostate["set"]
     if obs_set is None:
-        return Rejection("NO_OBSERVER_SET", "the zone has declared no observer set")
+        return Rejection(Reason.NO_OBSERVER_SET, "the zone has declared no observer set")
     decision = p["decision"]
     if event.body.author_credential_id not in obs_set["observers"]:
-        return Rejection("NOT_IN_OBSERVER_SET", f"{event.body.author_credential_id} is not an "
+        return Rejection(Reason.NOT_IN_OBSERVER_SET, f"{event.body.author_credential_id} is not an "
                          f"observer of {obs_set['grid_zone_id']} (set "
                          f"v{obs_set['observer_set_version']})")
     if decision["observer_set_version"] != obs_set["observer_set_version"]:
-        return Rejection("STALE_OBSERVER_SET", f"set v{decision['observer_set_version']} is not "
+        return Rejection(Reason.STALE_OBSERVER_SET,
+                         f"set v{decision['observer_set_version']} is not "
                          f"the zone's v{obs_set['observer_set_version']}")
     problem = decision_problem(decision, obs_set)
     if problem is not None:
-        return Rejection("INVALID_DECISION", problem)
+        return Rejection(Reason.INVALID_DECISION, problem)
     if decision["interval_start_at_ms"] <= ostate["floor_at_ms"]:
-        return Rejection("INTERVAL_CLOSED", "votes for this interval are no longer kept")
+        return Rejection(Reason.INTERVAL_CLOSED, "votes for this interval are no longer kept")
     if decision_digest(decision) != p["decision_digest"]:
-        return Rejection("DIGEST_MISMATCH", "decision_digest is not the decision's digest")
+        return Rejection(Reason.DIGEST_MISMATCH, "decision_digest is not the decision's digest")
     return None
 
 
@@ -226,14 +224,15 @@ def attest(ostate: dict[str, Any], stations: list[str], event: SignedEvent,
     observer, digest = event.body.author_credential_id, p["decision_digest"].hex()
     start = p["decision"]["interval_start_at_ms"]
     if start <= ostate["floor_at_ms"]:
-        return Outcome(Rejection("INTERVAL_CLOSED", "votes for this interval are no longer kept"))
+        return Outcome(Rejection(Reason.INTERVAL_CLOSED,
+                                 "votes for this interval are no longer kept"))
     entry = _interval(ostate, start)
     if observer in entry["equivocators"]:
-        return Outcome(Rejection("OBSERVER_EQUIVOCATED", f"{observer} already equivocated on "
+        return Outcome(Rejection(Reason.OBSERVER_EQUIVOCATED, f"{observer} already equivocated on "
                                  f"interval {start}; its votes do not count"))
     prior = entry["votes"].get(observer)
     if prior is not None and prior["digest"] == digest:
-        return Outcome(Rejection("DUPLICATE_ATTESTATION", f"{observer} already attested it"))
+        return Outcome(Rejection(Reason.DUPLICATE_ATTESTATION, f"{observer} already attested it"))
     if prior is not None:
         return _equivocated(ostate, entry, event, p, prior)
     entry["votes"][observer] = {"digest": digest, "event": _b64(event.encode())}
@@ -260,9 +259,9 @@ def _equivocated(ostate: dict[str, Any], entry: dict[str, Any], event: SignedEve
         "first_attestation": _unb64(prior["event"]), "second_attestation": event.encode(),
         "interval_decided": bool(entry["decided"]),
     }
-    rejection = Rejection("OBSERVER_EQUIVOCATED", f"{observer} signed two decisions for "
+    rejection = Rejection(Reason.OBSERVER_EQUIVOCATED, f"{observer} signed two decisions for "
                           f"interval {record['interval_start_at_ms']}; its votes are discarded")
-    return Outcome(rejection, [(EQUIVOCATION, record["grid_zone_id"], record)])
+    return Outcome(rejection, [decided(EQUIVOCATION, record)])
 
 
 def _quorum_records(ostate: dict[str, Any], stations: list[str], p: dict[str, Any],
@@ -283,9 +282,9 @@ def _quorum_records(ostate: dict[str, Any], stations: list[str], p: dict[str, An
         "signer_credential_ids": voters, "station_ids": list(stations),
         "observer_set_event": set_event, "attestations": attestations,
     }
-    out: list[Decision] = [(QUORUM_REACHED, zone, quorum)]
+    out: list[Decision] = [decided(QUORUM_REACHED, quorum)]
     for station in stations:
-        out.append((DECISION_ROUTED, station, {
+        out.append(decided(DECISION_ROUTED, {
             "station_id": station, "grid_zone_id": zone,
             "decision_digest": p["decision_digest"], "observer_set_event": set_event,
             "attestations": attestations}))
@@ -324,56 +323,57 @@ def verify_certificate(set_raw: bytes, attestations: list[bytes], digest: bytes,
     distinct member attestations of ``digest``, each signed, credentialed and unrevoked."""
     opened = _open(set_raw, SET_DECLARED, view)
     if isinstance(opened, str):
-        return Rejection("INVALID_QUORUM", opened)
+        return Rejection(Reason.INVALID_QUORUM, opened)
     set_event, obs_set = opened
     problem = check_set(set_event, obs_set, view)
     if problem is not None:
-        return Rejection("INVALID_QUORUM", f"observer set: {problem.detail}")
+        return Rejection(Reason.INVALID_QUORUM, f"observer set: {problem.detail}")
     if len(attestations) > OBSERVERS_PER_SET_MAX:
-        return Rejection("INVALID_QUORUM", "more attestations than observers")
+        return Rejection(Reason.INVALID_QUORUM, "more attestations than observers")
     signers: set[str] = set()
     decision: dict[str, Any] | None = None
     for raw in attestations:
         att = _open(raw, ATTESTATION, view)
         if isinstance(att, str):
-            return Rejection("INVALID_QUORUM", att)
+            return Rejection(Reason.INVALID_QUORUM, att)
         event, p = att
         if event.body.author_credential_id not in obs_set["observer_credential_ids"]:
-            return Rejection("INVALID_QUORUM", f"{event.body.author_credential_id} is no member")
+            return Rejection(Reason.INVALID_QUORUM,
+                             f"{event.body.author_credential_id} is no member")
         if p["decision_digest"] != digest or decision_digest(p["decision"]) != digest:
-            return Rejection("INVALID_QUORUM", f"{event.event_id} attests another decision")
+            return Rejection(Reason.INVALID_QUORUM, f"{event.event_id} attests another decision")
         signers.add(event.body.author_credential_id)
         decision = p["decision"]
     if decision is None or len(signers) < obs_set["threshold_k"]:
-        return Rejection("INVALID_QUORUM", f"{len(signers)} of {obs_set['threshold_k']} "
+        return Rejection(Reason.INVALID_QUORUM, f"{len(signers)} of {obs_set['threshold_k']} "
                          "observer signatures")
     if decision["observer_set_version"] != obs_set["observer_set_version"]:
-        return Rejection("INVALID_QUORUM", "the decision names another set version")
+        return Rejection(Reason.INVALID_QUORUM, "the decision names another set version")
     problem_text = decision_problem(decision, obs_set)
     if problem_text is not None:
-        return Rejection("INVALID_QUORUM", problem_text)
+        return Rejection(Reason.INVALID_QUORUM, problem_text)
     return Certificate(decision, tuple(sorted(signers)), obs_set)
 
 
 def apply_routed_decision(state: ledger.LedgerState, cmd: ledger.Command,
-                          view: ledger.GovernanceView, out: list[ledger.Decision]
+                          view: ledger.GovernanceView, out: list[Decision]
                           ) -> Rejection | None:
     """A station applies a zone's quorum decision: its connectors curtailed in the decided
     order (displacing what no longer fits), and its active sessions re-priced."""
     p = cmd.payload
     if not isinstance(view, TrustStore):
-        return Rejection("INVALID_QUORUM", "no trust store to verify the quorum against")
+        return Rejection(Reason.INVALID_QUORUM, "no trust store to verify the quorum against")
     if state.calendar is None or state.calendar["grid_zone_id"] != p["grid_zone_id"]:
-        return Rejection("WRONG_GRID_ZONE", f"this station is not in {p['grid_zone_id']}")
+        return Rejection(Reason.WRONG_GRID_ZONE, f"this station is not in {p['grid_zone_id']}")
     applied: list[str] = state.extra.setdefault("observer_decisions", [])
     if p["decision_digest"].hex() in applied:
-        return Rejection("DECISION_ALREADY_APPLIED", "this quorum decision was applied before")
+        return Rejection(Reason.DECISION_ALREADY_APPLIED, "this quorum decision was applied before")
     cert = verify_certificate(p["observer_set_event"], list(p["attestations"]),
                               p["decision_digest"], view)
     if isinstance(cert, Rejection):
         return cert
     if cert.observer_set["grid_zone_id"] != p["grid_zone_id"]:
-        return Rejection("INVALID_QUORUM", "the observer set is another zone's")
+        return Rejection(Reason.INVALID_QUORUM, "the observer set is another zone's")
     applied.append(p["decision_digest"].hex())
     del applied[:-APPLIED_DECISIONS_KEPT_MAX]
     decision = cert.decision
@@ -387,30 +387,28 @@ def apply_routed_decision(state: ledger.LedgerState, cmd: ledger.Command,
 
 
 def _curtail(state: ledger.LedgerState, cmd: ledger.Command, view: ledger.GovernanceView,
-             out: list[ledger.Decision], step: dict[str, Any], decision: dict[str, Any]) -> None:
+             out: list[Decision], step: dict[str, Any], decision: dict[str, Any]) -> None:
     """Through the ledger's own capacity-change handler, so displacement follows its rules."""
     limit_w = step["power_limit_w"]
     payload = {"station_id": state.station_id, "connector_id": step["connector_id"],
                "available": limit_w > 0, "power_w": limit_w, "cause": CURTAILMENT_CAUSE,
                "from_at_ms": decision["interval_start_at_ms"],
                "until_at_ms": decision["interval_end_at_ms"]}
-    handler = ledger._COMMANDS["CapacityChanged"]  # the command table sessions extends too
-    problem = handler(state, dataclasses.replace(cmd, payload=payload), view, out)
-    ensure(problem is None or problem.reason == "LEDGER_FULL", f"curtailment refused: {problem}")
+    problem = ledger.change_capacity(state, dataclasses.replace(cmd, payload=payload), view, out)
+    ensure(problem is None or problem.reason == Reason.LEDGER_FULL,
+           f"curtailment refused: {problem}")
 
 
 def _reprice(state: ledger.LedgerState, cmd: ledger.Command, view: ledger.GovernanceView,
-             out: list[ledger.Decision], decision: dict[str, Any]) -> None:
-    grid = {"kind": "PRICE_SIGNAL", "grid_event_id": reprice_id(decision),
+             out: list[Decision], decision: dict[str, Any]) -> None:
+    grid = {"kind": GridEventKind.PRICE_SIGNAL, "grid_event_id": reprice_id(decision),
             "from_at_ms": decision["interval_start_at_ms"],
             "rate_per_kwh": Decimal(decision["rate_per_kwh"])}
-    handler = ledger._COMMANDS["GridEventRouted"]  # sessions' re-pricing of a grid event
-    handler(state, dataclasses.replace(cmd, payload={"_grid_event": grid}), view, out)
+    sessions.reprice_sessions(state, dataclasses.replace(cmd, payload={"_grid_event": grid}),
+                              view, out)
 
 
 def reprice_id(decision: dict[str, Any]) -> str:
     """The id vehicles accept a quorum re-price under (``RepriceAccepted.grid_event_id``)."""
     return decision["grid_event_id"] or f"quorum:{decision_digest(decision).hex()[:32]}"
 
-
-ledger.register_commands({"ObserverDecisionRouted": apply_routed_decision})

@@ -33,18 +33,30 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors.ledger import state as ledger
-
+from chargemesh.processors.decisions import Decision, DecisionType, decided
 from chargemesh.processors.ledger import sessions
-from chargemesh.processors.ledger.state import Command, Decision, GovernanceView, LedgerState, _emit
-from chargemesh.processors.reasons import Rejection
+from chargemesh.processors.ledger import state as ledger
+from chargemesh.processors.ledger.state import Command, GovernanceView, LedgerState, _emit
+from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.processors.settlement import Tariff, line, with_tax
+from chargemesh.processors.statuses import (
+    DisputeChange,
+    DisputeKind,
+    DisputeOutcome,
+    DisputeStatus,
+    LineKind,
+    SettlementKind,
+)
 
-KINDS = frozenset({"INTERRUPTED_CHARGE", "METER_DISPUTE", "PAYMENT_FAILURE"})
-NEEDS_SETTLEMENT = frozenset({"METER_DISPUTE", "PAYMENT_FAILURE"})
-OUTCOMES = frozenset({"UPHELD", "ADJUSTED", "VOIDED", "DISMISSED"})
-CORRECTIONS = {"ADJUSTED": "ADJUSTMENT", "VOIDED": "CREDIT"}  # outcome -> settlement kind
-OPEN, RESOLVED = "OPEN", "RESOLVED"
+# Plain strings (``str(member)``): details list them, and a member's repr is not its value.
+KINDS = frozenset(str(kind) for kind in DisputeKind)
+NEEDS_SETTLEMENT = frozenset({DisputeKind.METER_DISPUTE, DisputeKind.PAYMENT_FAILURE})
+OUTCOMES = frozenset(str(outcome) for outcome in DisputeOutcome)
+CORRECTIONS = {  # outcome -> the kind of settlement that corrects the disputed one
+    DisputeOutcome.ADJUSTED: SettlementKind.ADJUSTMENT,
+    DisputeOutcome.VOIDED: SettlementKind.CREDIT,
+}
+OPEN, RESOLVED = DisputeStatus.OPEN, DisputeStatus.RESOLVED
 DISPUTE_ID_CHARS_MAX = 128
 STATEMENT_CHARS_MAX = 4_000
 EVIDENCE_IDS_PER_EVENT_MAX = 64
@@ -69,15 +81,17 @@ def disputed_settlements(state: LedgerState) -> dict[str, dict[str, Any]]:
 # ---- open -------------------------------------------------------------------------------------
 
 
-def _open(state: LedgerState, cmd: Command, view: GovernanceView,
+def open_dispute(state: LedgerState, cmd: Command, view: GovernanceView,
           out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     _prune(state)
     s = sessions.sessions(state).get(p["session_id"])
     if s is None:
-        return Rejection("UNKNOWN_SESSION", f"{p['session_id']} is not a session of this station")
+        return Rejection(Reason.UNKNOWN_SESSION,
+                         f"{p['session_id']} is not a session of this station")
     if cmd.author_id not in (s["vehicle_credential_id"], s["station_credential_id"]):
-        return Rejection("NOT_A_SESSION_PARTY", f"{cmd.author_id} is neither the vehicle nor the "
+        return Rejection(Reason.NOT_A_SESSION_PARTY,
+                         f"{cmd.author_id} is neither the vehicle nor the "
                          f"station of session {p['session_id']}")
     problem = _open_problem(state, cmd, s)
     if problem is not None:
@@ -96,35 +110,38 @@ def _open(state: LedgerState, cmd: Command, view: GovernanceView,
         "resolved_at_ms": 0,
     }
     disputes(state)[d["dispute_id"]] = d
-    _emit(state, out, _recorded(state, d, "OPENED", cmd, p["claim"]))
+    _emit(state, out, _recorded(state, d, DisputeChange.OPENED, cmd, p["claim"]))
     return None
 
 
 def _open_problem(state: LedgerState, cmd: Command, s: dict[str, Any]) -> Rejection | None:
     p = cmd.payload
     if not 0 < len(p["dispute_id"]) <= DISPUTE_ID_CHARS_MAX:
-        return Rejection("INVALID_DISPUTE", f"dispute_id must be 1..{DISPUTE_ID_CHARS_MAX} chars")
+        return Rejection(Reason.INVALID_DISPUTE,
+                         f"dispute_id must be 1..{DISPUTE_ID_CHARS_MAX} chars")
     if p["dispute_id"] in disputes(state):
-        return Rejection("DUPLICATE_DISPUTE", f"{p['dispute_id']} exists already")
+        return Rejection(Reason.DUPLICATE_DISPUTE, f"{p['dispute_id']} exists already")
     if p["kind"] not in KINDS:
-        return Rejection("INVALID_DISPUTE", f"kind {p['kind']} is not one of {sorted(KINDS)}")
+        return Rejection(Reason.INVALID_DISPUTE, f"kind {p['kind']} is not one of {sorted(KINDS)}")
     if abs(p["opened_at_ms"] - cmd.occurred_at_ms) > CLOCK_SKEW_MS_MAX:
-        return Rejection("INVALID_TIME", "opened_at_ms is not the event's own time")
+        return Rejection(Reason.INVALID_TIME, "opened_at_ms is not the event's own time")
     settled = bool(s["settlement_id"]) and s.get("close_out") is not None
     if p["settlement_id"] and (not settled or p["settlement_id"] != s["settlement_id"]):
-        return Rejection("UNKNOWN_SETTLEMENT", f"{p['settlement_id']} is not the settlement of "
+        return Rejection(Reason.UNKNOWN_SETTLEMENT,
+                         f"{p['settlement_id']} is not the settlement of "
                          f"session {p['session_id']}")
     if p["kind"] in NEEDS_SETTLEMENT and not settled:
-        return Rejection("NO_SETTLEMENT", f"a {p['kind']} needs a settled session")
+        return Rejection(Reason.NO_SETTLEMENT, f"a {p['kind']} needs a settled session")
     if settled and disputed_settlements(state).get(s["settlement_id"], {}).get("voided"):
-        return Rejection("SETTLEMENT_VOIDED", f"{s['settlement_id']} is voided already")
+        return Rejection(Reason.SETTLEMENT_VOIDED, f"{s['settlement_id']} is voided already")
     of_session = [d for d in disputes(state).values() if d["session_id"] == p["session_id"]]
     if any(d["status"] == OPEN for d in of_session):
-        return Rejection("DISPUTE_ALREADY_OPEN", "the session has an open dispute: add evidence")
+        return Rejection(Reason.DISPUTE_ALREADY_OPEN,
+                         "the session has an open dispute: add evidence")
     if len(of_session) >= DISPUTES_PER_SESSION_MAX:
-        return Rejection("TOO_MANY_DISPUTES", f"{DISPUTES_PER_SESSION_MAX} per session")
+        return Rejection(Reason.TOO_MANY_DISPUTES, f"{DISPUTES_PER_SESSION_MAX} per session")
     if len(disputes(state)) >= DISPUTES_LIVE_MAX:
-        return Rejection("LEDGER_FULL", f"{DISPUTES_LIVE_MAX} disputes live")
+        return Rejection(Reason.LEDGER_FULL, f"{DISPUTES_LIVE_MAX} disputes live")
     return _statement_problem(p["claim"]) or _evidence_problem(
         state, p["session_id"], [], p["evidence_event_ids"])
 
@@ -157,16 +174,17 @@ def _snapshot(state: LedgerState, s: dict[str, Any], settlement_id: str, at_ms: 
 # ---- evidence ---------------------------------------------------------------------------------
 
 
-def _add_evidence(state: LedgerState, cmd: Command, view: GovernanceView,
+def add_evidence(state: LedgerState, cmd: Command, view: GovernanceView,
                   out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     d = _dispute(state, p)
     if isinstance(d, Rejection):
         return d
     if d["status"] != OPEN:
-        return Rejection("DISPUTE_CLOSED", f"{d['dispute_id']} is {d['status']}")
+        return Rejection(Reason.DISPUTE_CLOSED, f"{d['dispute_id']} is {d['status']}")
     if cmd.author_id not in d["parties"] and _arbiter_problem(d, cmd, view) is not None:
-        return Rejection("NOT_A_SESSION_PARTY", f"{cmd.author_id} is neither a party of session "
+        return Rejection(Reason.NOT_A_SESSION_PARTY,
+                         f"{cmd.author_id} is neither a party of session "
                          f"{d['session_id']} nor an arbiter of {d['rate_authority_id']}")
     problem = _statement_problem(p["statement"]) or _evidence_problem(
         state, d["session_id"], d["evidence_event_ids"] + d["event_ids"],
@@ -175,25 +193,26 @@ def _add_evidence(state: LedgerState, cmd: Command, view: GovernanceView,
         return problem
     merged = list(dict.fromkeys(d["evidence_event_ids"] + p["evidence_event_ids"]))
     if len(merged) > EVIDENCE_IDS_PER_DISPUTE_MAX:
-        return Rejection("TOO_MUCH_EVIDENCE", f"{EVIDENCE_IDS_PER_DISPUTE_MAX} ids per dispute")
+        return Rejection(Reason.TOO_MUCH_EVIDENCE,
+                         f"{EVIDENCE_IDS_PER_DISPUTE_MAX} ids per dispute")
     d["evidence_event_ids"] = merged
     d["event_ids"].append(cmd.event_id)
     d["seq"] += 1
-    _emit(state, out, _recorded(state, d, "EVIDENCE_ADDED", cmd, p["statement"]))
+    _emit(state, out, _recorded(state, d, DisputeChange.EVIDENCE_ADDED, cmd, p["statement"]))
     return None
 
 
 def _dispute(state: LedgerState, p: dict[str, Any]) -> dict[str, Any] | Rejection:
     d = disputes(state).get(p["dispute_id"])
     if d is None or d["session_id"] != p["session_id"]:
-        return Rejection("UNKNOWN_DISPUTE", f"{p['dispute_id']} is not a dispute of session "
+        return Rejection(Reason.UNKNOWN_DISPUTE, f"{p['dispute_id']} is not a dispute of session "
                          f"{p['session_id']} at this station")
     return d
 
 
 def _statement_problem(statement: str) -> Rejection | None:
     if len(statement) > STATEMENT_CHARS_MAX:
-        return Rejection("STATEMENT_TOO_LONG", f"at most {STATEMENT_CHARS_MAX} characters")
+        return Rejection(Reason.STATEMENT_TOO_LONG, f"at most {STATEMENT_CHARS_MAX} characters")
     return None
 
 
@@ -202,12 +221,12 @@ def _evidence_problem(state: LedgerState, session_id: str, known: list[str],
     """Cited ids must be in the session's lineage (its admitted evidence events) or already on
     the dispute (ids it cited before, its own events)."""
     if len(cited) > EVIDENCE_IDS_PER_EVENT_MAX:
-        return Rejection("TOO_MUCH_EVIDENCE", f"{EVIDENCE_IDS_PER_EVENT_MAX} ids per event")
+        return Rejection(Reason.TOO_MUCH_EVIDENCE, f"{EVIDENCE_IDS_PER_EVENT_MAX} ids per event")
     s = sessions.sessions(state).get(session_id)
     lineage = set(known) | set(s["evidence_event_ids"] if s else [])
     unknown = [event_id for event_id in cited if event_id not in lineage]
     if unknown:
-        return Rejection("UNKNOWN_EVIDENCE", f"not in the lineage of session {session_id}: "
+        return Rejection(Reason.UNKNOWN_EVIDENCE, f"not in the lineage of session {session_id}: "
                          f"{', '.join(unknown[:5])}")
     return None
 
@@ -215,20 +234,20 @@ def _evidence_problem(state: LedgerState, session_id: str, known: list[str],
 # ---- resolve ----------------------------------------------------------------------------------
 
 
-def _resolve(state: LedgerState, cmd: Command, view: GovernanceView,
+def resolve_dispute(state: LedgerState, cmd: Command, view: GovernanceView,
              out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     d = _dispute(state, p)
     if isinstance(d, Rejection):
         return d
     if d["status"] != OPEN:
-        return Rejection("DISPUTE_ALREADY_RESOLVED", f"{d['dispute_id']} was resolved "
+        return Rejection(Reason.DISPUTE_ALREADY_RESOLVED, f"{d['dispute_id']} was resolved "
                          f"{d['outcome']}")
     arbiter = _arbiter_problem(d, cmd, view)
     if arbiter is not None:
         return arbiter
     if p["outcome"] not in OUTCOMES:
-        return Rejection("INVALID_OUTCOME", f"{p['outcome']} is not one of {sorted(OUTCOMES)}")
+        return Rejection(Reason.INVALID_OUTCOME, f"{p['outcome']} is not one of {sorted(OUTCOMES)}")
     problem = _statement_problem(p["reasoning"])
     if problem is not None:
         return problem
@@ -244,16 +263,17 @@ def _resolve(state: LedgerState, cmd: Command, view: GovernanceView,
             return made
         correction = made
     elif p["adjustment_amount"] != ZERO:
-        return Rejection("INVALID_ADJUSTMENT", f"{p['outcome']} carries no adjustment amount")
+        return Rejection(Reason.INVALID_ADJUSTMENT, f"{p['outcome']} carries no adjustment amount")
     d.update(status=RESOLVED, outcome=p["outcome"], resolved_at_ms=cmd.occurred_at_ms)
     d["event_ids"].append(cmd.event_id)
     d["seq"] += 1
     if correction is not None:
         _apply_correction(state, d, correction)
-    _emit(state, out, _recorded(state, d, "RESOLVED", cmd, p["reasoning"], correction))
+    _emit(state, out, _recorded(state, d, DisputeChange.RESOLVED, cmd, p["reasoning"],
+                                correction))
     if correction is not None:
-        _emit(state, out, ("SettlementAdmitted", correction))
-        _emit(state, out, ("SettlementFinalised", {
+        _emit(state, out, decided(DecisionType.SETTLEMENT_ADMITTED, correction))
+        _emit(state, out, decided(DecisionType.SETTLEMENT_FINALISED, {
             "settlement_id": correction["settlement_id"], "session_id": d["session_id"],
             "signer_ids": [cmd.author_id], "finalised_at_ms": cmd.occurred_at_ms}))
     return None
@@ -272,7 +292,7 @@ def _arbiter_problem(d: dict[str, Any], cmd: Command, view: GovernanceView) -> R
     roles: frozenset[str] = getattr(principal, "roles", frozenset())
     if "ARBITER" in roles and len(chain) >= 3 and chain[2] == authority:
         return None
-    return Rejection("NOT_THE_ARBITER", f"{cmd.author_id} is not {authority} nor an ARBITER "
+    return Rejection(Reason.NOT_THE_ARBITER, f"{cmd.author_id} is not {authority} nor an ARBITER "
                      f"credential delegated by it")
 
 
@@ -282,30 +302,31 @@ def _correction(state: LedgerState, d: dict[str, Any],
     p = cmd.payload
     held = disputed_settlements(state).get(d["settlement_id"]) if d["settlement_id"] else None
     if held is None:
-        return Rejection("NO_SETTLEMENT", f"session {d['session_id']} has no settlement to "
+        return Rejection(Reason.NO_SETTLEMENT, f"session {d['session_id']} has no settlement to "
                          "correct")
     if held["voided"]:
-        return Rejection("SETTLEMENT_VOIDED", f"{d['settlement_id']} is voided already")
+        return Rejection(Reason.SETTLEMENT_VOIDED, f"{d['settlement_id']} is voided already")
     if p["currency"] != held["currency"]:
-        return Rejection("CURRENCY_MISMATCH", f"the settlement is in {held['currency']}")
+        return Rejection(Reason.CURRENCY_MISMATCH, f"the settlement is in {held['currency']}")
     tariff = Tariff(**held["tariff"])
-    if p["outcome"] == "VOIDED":
+    if p["outcome"] == DisputeOutcome.VOIDED:
         if p["adjustment_amount"] != ZERO:
-            return Rejection("INVALID_ADJUSTMENT", "a void credits everything: amount must be 0")
+            return Rejection(Reason.INVALID_ADJUSTMENT,
+                             "a void credits everything: amount must be 0")
         lines = [credited(ln) for ln in held["lines"]]
         total = sum((ln["amount"] for ln in lines), ZERO)
     else:
         amount = tariff.round(p["adjustment_amount"])
         if amount == ZERO:
-            return Rejection("INVALID_ADJUSTMENT", "the adjustment rounds to zero")
+            return Rejection(Reason.INVALID_ADJUSTMENT, "the adjustment rounds to zero")
         lines, total = with_tax(tariff, [line(
-            "ADJUSTMENT", f"dispute {d['dispute_id']} ({d['kind']}) adjustment", 0, ZERO,
+            LineKind.ADJUSTMENT, f"dispute {d['dispute_id']} ({d['kind']}) adjustment", 0, ZERO,
             amount)])
         if held["net_total"] + total < ZERO:
-            return Rejection("ADJUSTMENT_EXCEEDS_SETTLEMENT", f"credit {total} exceeds the "
+            return Rejection(Reason.ADJUSTMENT_EXCEEDS_SETTLEMENT, f"credit {total} exceeds the "
                              f"{held['net_total']} still charged: void it instead")
         if total > held["original_total"]:
-            return Rejection("ADJUSTMENT_TOO_LARGE", f"{total} exceeds the original charge "
+            return Rejection(Reason.ADJUSTMENT_TOO_LARGE, f"{total} exceeds the original charge "
                              f"{held['original_total']}")
     return {
         "settlement_id": f"adj:{d['session_id']}:{d['dispute_id']}",
@@ -331,17 +352,17 @@ def _apply_correction(state: LedgerState, d: dict[str, Any], correction: dict[st
     held["lines"].extend(dict(ln) for ln in correction["lines"])
     held["net_total"] += correction["total_amount"]
     held["corrections"].append(correction["settlement_id"])
-    held["voided"] = correction["kind"] == "CREDIT"
+    held["voided"] = correction["kind"] == SettlementKind.CREDIT
     d["adjustment_settlement_id"] = correction["settlement_id"]
 
 
 # ---- records and housekeeping -----------------------------------------------------------------
 
 
-def _recorded(state: LedgerState, d: dict[str, Any], change: str, cmd: Command, statement: str,
-              correction: dict[str, Any] | None = None) -> Decision:
+def _recorded(state: LedgerState, d: dict[str, Any], change: DisputeChange, cmd: Command,
+              statement: str, correction: dict[str, Any] | None = None) -> Decision:
     held = disputed_settlements(state).get(d["settlement_id"], {})
-    return ("DisputeRecorded", {
+    return decided(DecisionType.DISPUTE_RECORDED, {
         "dispute_id": d["dispute_id"], "session_id": d["session_id"],
         "station_id": state.station_id, "settlement_id": d["settlement_id"], "kind": d["kind"],
         "change": change, "status": d["status"], "seq": d["seq"],
@@ -372,10 +393,3 @@ def _prune(state: LedgerState) -> None:
     for settlement_id in [i for i, h in held.items()
                           if i not in referenced and h["session_id"] not in live]:
         del held[settlement_id]
-
-
-ledger.register_commands({
-    "DisputeOpened": _open,
-    "DisputeEvidenceSubmitted": _add_evidence,
-    "DisputeResolved": _resolve,
-})

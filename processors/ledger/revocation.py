@@ -24,34 +24,44 @@ from __future__ import annotations
 from typing import Any
 
 from chargemesh.processors.ledger import state as ledger
+from chargemesh.processors.decisions import Decision, DecisionType, decided
 from chargemesh.processors.ledger.state import (
     Command,
-    Decision,
     GovernanceView,
     LedgerState,
     Outage,
     _displace,
     _emit,
-    _released,
+    released,
 )
-from chargemesh.processors.reasons import Rejection
+from chargemesh.processors.reasons import Reason, Rejection
+from chargemesh.processors.statuses import (
+    CapacityCause,
+    ReevaluationOutcome,
+    ReevaluationSubject,
+    RepriceStatus,
+    ReservationStatus,
+    SessionStatus,
+    StopReason,
+)
 from chargemesh.processors.ledger.sessions import sessions
 
 REVOCATION_ROUTED = "chargemesh.ledger.v1.RevocationRouted"
-REVOKED = "CREDENTIAL_REVOKED"
+REVOKED = Reason.CREDENTIAL_REVOKED
 OUTAGE_FOREVER_MS = 2**62
 
 
-def _reevaluated(state: LedgerState, out: list[Decision], p: dict[str, Any], kind: str,
-                 subject_id: str, outcome: str) -> None:
-    _emit(state, out, ("CredentialReevaluated", {
+def _reevaluated(state: LedgerState, out: list[Decision], p: dict[str, Any],
+                 kind: ReevaluationSubject, subject_id: str,
+                 outcome: ReevaluationOutcome) -> None:
+    _emit(state, out, decided(DecisionType.CREDENTIAL_REEVALUATED, {
         "revoked_credential_id": p["revoked_credential_id"], "subject_kind": kind,
         "subject_id": subject_id, "station_id": state.station_id, "outcome": outcome,
         "revoked_at_ms": p["effective_at_ms"]}))
 
 
-def _revocation_routed(state: LedgerState, cmd: Command, view: GovernanceView,
-                       out: list[Decision]) -> Rejection | None:
+def apply_revocation(state: LedgerState, cmd: Command, view: GovernanceView,
+                     out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     revoked = frozenset(p["revoked_credential_ids"]) | {p["revoked_credential_id"]}
     effective = p["effective_at_ms"]
@@ -66,7 +76,8 @@ def _revocation_routed(state: LedgerState, cmd: Command, view: GovernanceView,
     meters_hit = sorted(cid for cid, c in cal["connectors"].items()
                         if c.get("meter_credential_id") in revoked)
     for cid in meters_hit:
-        state.outages.append(Outage(cid, effective, OUTAGE_FOREVER_MS, 0, "METER_REVOKED"))
+        state.outages.append(Outage(cid, effective, OUTAGE_FOREVER_MS, 0,
+                                     CapacityCause.METER_REVOKED))
     _reservations(state, p, revoked, station_hit, meters_hit, out)
     _sessions(state, p, revoked, out)
     return None
@@ -76,24 +87,25 @@ def _reservations(state: LedgerState, p: dict[str, Any], revoked: frozenset[str]
                   station_hit: bool, meters_hit: list[str], out: list[Decision]) -> None:
     effective = p["effective_at_ms"]
     future = [r for r in sorted(state.reservations.values(), key=lambda r: r.seq)
-              if r.status == "ACTIVE" and r.stop_ms > effective]
+              if r.status == ReservationStatus.ACTIVE and r.stop_ms > effective]
     moved: list[ledger.Reservation] = []
     for res in future:
         if station_hit or res.vehicle_credential_id in revoked:
-            _emit(state, out, ("SlotReleased", _released(state, res, REVOKED,
-                                                         p["revoked_credential_id"])))
-            _reevaluated(state, out, p, "RESERVATION", res.reservation_id, "CANCELLED")
+            _emit(state, out, released(state, res, REVOKED, p["revoked_credential_id"]))
+            _reevaluated(state, out, p, ReevaluationSubject.RESERVATION, res.reservation_id,
+                         ReevaluationOutcome.CANCELLED)
         elif res.connector_id in meters_hit:
             moved.append(res)
     if moved:
         before = len(out)
-        _displace(state, moved, "METER_REVOKED", out)
-        outcome_of = {d["reservation_id"]: ("REALLOCATED" if kind == "SlotReallocated"
-                                            else "CANCELLED")
-                      for kind, d in out[before:] if "reservation_id" in d}
+        _displace(state, moved, Reason.METER_REVOKED, out)
+        outcome_of = {d.payload["reservation_id"]: (
+            ReevaluationOutcome.REALLOCATED if d.event_type == DecisionType.SLOT_REALLOCATED
+            else ReevaluationOutcome.CANCELLED)
+            for d in out[before:] if "reservation_id" in d.payload}
         for res in moved:
-            _reevaluated(state, out, p, "RESERVATION", res.reservation_id,
-                         outcome_of.get(res.reservation_id, "UPHELD"))
+            _reevaluated(state, out, p, ReevaluationSubject.RESERVATION, res.reservation_id,
+                         outcome_of.get(res.reservation_id, ReevaluationOutcome.UPHELD))
 
 
 def _sessions(state: LedgerState, p: dict[str, Any], revoked: frozenset[str],
@@ -107,25 +119,32 @@ def _sessions(state: LedgerState, p: dict[str, Any], revoked: frozenset[str],
         s.setdefault("revoked_party_ids", [])
         s["revoked_party_ids"] = sorted(set(s["revoked_party_ids"]) | (parties & revoked))
         s["revoked_from_ms"] = min(s.get("revoked_from_ms") or effective, effective)
-        if s["status"] == "ACTIVE":
-            stopped_at = max(effective, s["started_at_ms"])
-            s.update(status="STOPPED", stopped_at_ms=stopped_at, stop_reason="REVOCATION")
-            for rp in s["reprices"]:
-                if rp["status"] == "PROPOSED":
-                    rp["status"] = "REFUSED"
-            _emit(state, out, ("SessionStopped", {
-                "session_id": s["session_id"], "station_id": state.station_id,
-                "stopped_at_ms": stopped_at, "reason": "REVOCATION"}))
-            _reevaluated(state, out, p, "SESSION", s["session_id"], "STOPPED")
-        elif s["status"] == "STOPPED":
-            _reevaluated(state, out, p, "SESSION", s["session_id"], "CLOSE_OUT_INADMISSIBLE")
-        elif s["status"] in ("CLOSED_OUT", "FINAL"):
+        if s["status"] == SessionStatus.ACTIVE:
+            _stop(state, s, max(effective, s["started_at_ms"]), out)
+            _reevaluated(state, out, p, ReevaluationSubject.SESSION, s["session_id"],
+                         ReevaluationOutcome.STOPPED)
+        elif s["status"] == SessionStatus.STOPPED:
+            _reevaluated(state, out, p, ReevaluationSubject.SESSION, s["session_id"],
+                         ReevaluationOutcome.CLOSE_OUT_INADMISSIBLE)
+        elif s["status"] in (SessionStatus.CLOSED_OUT, SessionStatus.FINAL):
             closed_at = s["close_out"]["closed_at_ms"]
             if closed_at >= effective:
-                s["status"] = "INADMISSIBLE"
-                _reevaluated(state, out, p, "SETTLEMENT", s["settlement_id"], "INADMISSIBLE")
+                s["status"] = SessionStatus.INADMISSIBLE
+                _reevaluated(state, out, p, ReevaluationSubject.SETTLEMENT, s["settlement_id"],
+                             ReevaluationOutcome.INADMISSIBLE)
             else:
-                _reevaluated(state, out, p, "SETTLEMENT", s["settlement_id"], "UPHELD")
+                _reevaluated(state, out, p, ReevaluationSubject.SETTLEMENT, s["settlement_id"],
+                             ReevaluationOutcome.UPHELD)
 
 
-ledger.register_commands({"RevocationRouted": _revocation_routed})
+def _stop(state: LedgerState, s: dict[str, Any], stopped_at: int, out: list[Decision]) -> None:
+    """An active session of a revoked party stopped by the ledger's own signed order."""
+    s.update(status=SessionStatus.STOPPED, stopped_at_ms=stopped_at,
+             stop_reason=StopReason.REVOCATION)
+    for rp in s["reprices"]:
+        if rp["status"] == RepriceStatus.PROPOSED:
+            rp["status"] = RepriceStatus.REFUSED
+    _emit(state, out, decided(DecisionType.SESSION_STOPPED, {
+        "session_id": s["session_id"], "station_id": state.station_id,
+        "stopped_at_ms": stopped_at, "reason": StopReason.REVOCATION}))
+

@@ -10,14 +10,17 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors.embodiments import fleet
-
-from chargemesh.processors.ledger import state as ledger
-
-from chargemesh.processors.embodiments import v2g
-from chargemesh.processors.ledger.state import Command, Decision, GovernanceView, LedgerState, _emit
-from chargemesh.processors.reasons import Rejection
+from chargemesh.processors.decisions import Decision, DecisionType, decided
+from chargemesh.processors.embodiments import fleet, v2g
+from chargemesh.processors.ledger.state import Command, GovernanceView, LedgerState, _emit
+from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.processors.settlement import Reading, Reprice, Tariff, segments, settle
+from chargemesh.processors.statuses import (
+    GridEventKind,
+    RepriceStatus,
+    ReservationStatus,
+    SessionStatus,
+)
 
 READINGS_PER_SESSION_MAX = 20_000
 # A meter may read this much above what the connector's power allows (clock skew, rounding).
@@ -27,7 +30,7 @@ PLAUSIBILITY_SLACK_WH = 10
 OVERRUN_MS_MAX = 30 * 60_000
 EARLY_START_MS_MAX = 15 * 60_000
 MS_PER_HOUR = 3_600_000
-OPEN = ("ACTIVE", "STOPPED")
+OPEN = (SessionStatus.ACTIVE, SessionStatus.STOPPED)
 
 
 def sessions(state: LedgerState) -> dict[str, dict[str, Any]]:
@@ -37,7 +40,7 @@ def sessions(state: LedgerState) -> dict[str, dict[str, Any]]:
 def _session(state: LedgerState, session_id: str) -> dict[str, Any] | Rejection:
     found = sessions(state).get(session_id)
     if found is None:
-        return Rejection("UNKNOWN_SESSION", f"{session_id} is not a session of this station")
+        return Rejection(Reason.UNKNOWN_SESSION, f"{session_id} is not a session of this station")
     return found
 
 
@@ -48,36 +51,37 @@ def _party_session(state: LedgerState, cmd: Command, parties: tuple[str, ...],
     if isinstance(s, Rejection):
         return s
     if cmd.author_id not in [s[party] for party in parties]:
-        return Rejection("NOT_YOUR_SESSION", f"only {who} may do this")
+        return Rejection(Reason.NOT_YOUR_SESSION, f"only {who} may do this")
     return s
 
 
-def _handshake(state: LedgerState, cmd: Command, view: GovernanceView,
+def record_handshake(state: LedgerState, cmd: Command, view: GovernanceView,
                out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     ident = p["identity"]
     res = state.reservations.get(p["reservation_id"])
-    if res is None or res.status != "ACTIVE":
-        return Rejection("UNKNOWN_RESERVATION", f"{p['reservation_id']} is not an active booking")
+    if res is None or res.status != ReservationStatus.ACTIVE:
+        return Rejection(Reason.UNKNOWN_RESERVATION,
+                         f"{p['reservation_id']} is not an active booking")
     if res.vehicle_credential_id != ident["vehicle_credential_id"]:
-        return Rejection("NOT_YOUR_RESERVATION", "the booking belongs to another vehicle")
+        return Rejection(Reason.NOT_YOUR_RESERVATION, "the booking belongs to another vehicle")
     if res.connector_id != ident["connector_id"]:
-        return Rejection("WRONG_CONNECTOR", f"booked on {res.connector_id}")
+        return Rejection(Reason.WRONG_CONNECTOR, f"booked on {res.connector_id}")
     if not res.start_ms - EARLY_START_MS_MAX <= p["started_at_ms"] < res.stop_ms:
-        return Rejection("OUTSIDE_RESERVATION", "the handshake is outside the booked window")
+        return Rejection(Reason.OUTSIDE_RESERVATION, "the handshake is outside the booked window")
     if p["session_id"] in sessions(state):
-        return Rejection("DUPLICATE_SESSION", f"{p['session_id']} already exists")
+        return Rejection(Reason.DUPLICATE_SESSION, f"{p['session_id']} already exists")
     export_start_problem = v2g.start_problem(p)
     if export_start_problem is not None:
         return export_start_problem
     cal = state.calendar
-    assert cal is not None  # a live reservation implies a calendar  # noqa: S101
+    assert cal is not None  # a live reservation implies a calendar
     tariff = view.tariffs.get(cal["tariff_id"])
     if tariff is None:
-        return Rejection("UNKNOWN_TARIFF", f"{cal['tariff_id']} is not filed")
+        return Rejection(Reason.UNKNOWN_TARIFF, f"{cal['tariff_id']} is not filed")
     program = view.grid_program(cal["grid_zone_id"], p["started_at_ms"])
     connector = state.connector(res.connector_id) or {}
-    res.status = "ARRIVED"
+    res.status = ReservationStatus.ARRIVED
     res.session_id = p["session_id"]
     sessions(state)[p["session_id"]] = {
         "session_id": p["session_id"], "reservation_id": res.reservation_id,
@@ -91,7 +95,7 @@ def _handshake(state: LedgerState, cmd: Command, view: GovernanceView,
         "booked_stop_ms": res.stop_ms, "tariff": Tariff.from_filing(tariff).as_dict(),
         "grid_zone_id": cal["grid_zone_id"],
         "grid_operator_ids": sorted(program["grid_operator_credential_ids"]) if program else [],
-        "readings": [], "reprices": [], "status": "ACTIVE", "stopped_at_ms": 0,
+        "readings": [], "reprices": [], "status": SessionStatus.ACTIVE, "stopped_at_ms": 0,
         "stop_reason": "", "close_out": None, "settlement_id": "", "signed_by": [],
         "evidence_event_ids": [cmd.event_id],
     }
@@ -100,21 +104,21 @@ def _handshake(state: LedgerState, cmd: Command, view: GovernanceView,
     return None
 
 
-def _reading(state: LedgerState, cmd: Command, view: GovernanceView,
+def record_reading(state: LedgerState, cmd: Command, view: GovernanceView,
              out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     s = _session(state, p["session_id"])
     if isinstance(s, Rejection):
         return s
     if s["status"] not in OPEN:
-        return Rejection("SESSION_CLOSED", f"session is {s['status']}")
+        return Rejection(Reason.SESSION_CLOSED, f"session is {s['status']}")
     if cmd.author_id != s["meter_credential_id"]:
-        return Rejection("NOT_THE_CONNECTORS_METER", f"the connector's meter is "
+        return Rejection(Reason.NOT_THE_CONNECTORS_METER, f"the connector's meter is "
                          f"{s['meter_credential_id']!r}")
     if p["connector_id"] != s["connector_id"]:
-        return Rejection("WRONG_CONNECTOR", f"session is on {s['connector_id']}")
+        return Rejection(Reason.WRONG_CONNECTOR, f"session is on {s['connector_id']}")
     if len(s["readings"]) >= READINGS_PER_SESSION_MAX:
-        return Rejection("SESSION_FULL", f"{READINGS_PER_SESSION_MAX} readings")
+        return Rejection(Reason.SESSION_FULL, f"{READINGS_PER_SESSION_MAX} readings")
     last_seq, last_at, last_wh = (s["readings"][-1] if s["readings"]
                                   else (-1, s["started_at_ms"], s["meter_start_wh"]))
     problem = _reading_problem(s, p, last_seq, last_at, last_wh)
@@ -129,97 +133,99 @@ def _reading(state: LedgerState, cmd: Command, view: GovernanceView,
 def _reading_problem(s: dict[str, Any], p: dict[str, Any], last_seq: int, last_at: int,
                      last_wh: int) -> Rejection | None:
     if p["reading_seq"] <= last_seq:
-        return Rejection("READING_OUT_OF_ORDER", f"seq {p['reading_seq']} after {last_seq}")
+        return Rejection(Reason.READING_OUT_OF_ORDER, f"seq {p['reading_seq']} after {last_seq}")
     if p["cumulative_import_wh"] < last_wh:
-        return Rejection("METER_WENT_BACKWARDS", f"{p['cumulative_import_wh']} Wh < {last_wh} Wh")
+        return Rejection(Reason.METER_WENT_BACKWARDS,
+                         f"{p['cumulative_import_wh']} Wh < {last_wh} Wh")
     if not last_at <= p["read_at_ms"] <= s["booked_stop_ms"] + OVERRUN_MS_MAX:
-        return Rejection("READING_OUTSIDE_SESSION", f"read at {p['read_at_ms']}")
+        return Rejection(Reason.READING_OUTSIDE_SESSION, f"read at {p['read_at_ms']}")
     elapsed_ms = p["read_at_ms"] - last_at
     ceiling_wh = Decimal(s["power_w"]) * elapsed_ms / MS_PER_HOUR * (1 + PLAUSIBILITY_TOLERANCE)
     if p["cumulative_import_wh"] - last_wh > ceiling_wh + PLAUSIBILITY_SLACK_WH:
-        return Rejection("IMPLAUSIBLE_READING", f"{p['cumulative_import_wh'] - last_wh} Wh in "
+        return Rejection(Reason.IMPLAUSIBLE_READING, f"{p['cumulative_import_wh'] - last_wh} Wh in "
                          f"{elapsed_ms} ms exceeds {s['power_w']} W")
     return v2g.export_problem(s, p.get("cumulative_export_wh", 0),
                               p["cumulative_import_wh"] - last_wh,
                               ceiling_wh + PLAUSIBILITY_SLACK_WH)
 
 
-def _grid_event(state: LedgerState, cmd: Command, view: GovernanceView,
+def reprice_sessions(state: LedgerState, cmd: Command, view: GovernanceView,
                 out: list[Decision]) -> Rejection | None:
     """A zone's grid event, routed to this station: re-price every active session."""
     grid = cmd.payload.get("_grid_event")
     if grid is None:
-        return Rejection("MALFORMED_PAYLOAD", "routed grid event did not verify")
-    if grid["kind"] != "PRICE_SIGNAL":
+        return Rejection(Reason.MALFORMED_PAYLOAD, "routed grid event did not verify")
+    if grid["kind"] != GridEventKind.PRICE_SIGNAL:
         return None  # capacity limits reach the ledger as the station's CapacityChanged
     for s in sorted(sessions(state).values(), key=lambda x: x["session_id"]):
-        if s["status"] != "ACTIVE":
+        if s["status"] != SessionStatus.ACTIVE:
             continue
         effective = max(grid["from_at_ms"], s["started_at_ms"])
         s["reprices"].append({"grid_event_id": grid["grid_event_id"], "effective_from_ms":
                               effective, "rate_per_kwh": grid["rate_per_kwh"],
-                              "status": "PROPOSED"})
-        _emit(state, out, ("RepriceProposed", {
+                              "status": RepriceStatus.PROPOSED})
+        _emit(state, out, decided(DecisionType.REPRICE_PROPOSED, {
             "session_id": s["session_id"], "station_id": state.station_id,
             "grid_event_id": grid["grid_event_id"], "effective_from_ms": effective,
             "new_rate_per_kwh": grid["rate_per_kwh"], "power_limit_w": 0}))
     return None
 
 
-def _reprice_accepted(state: LedgerState, cmd: Command, view: GovernanceView,
+def accept_reprice(state: LedgerState, cmd: Command, view: GovernanceView,
                       out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     s = _party_session(state, cmd, ("vehicle_credential_id",), "the session's vehicle")
     if isinstance(s, Rejection):
         return s
-    if s["status"] != "ACTIVE":  # a settled price never changes after the fact
-        return Rejection("SESSION_CLOSED", f"session is {s['status']}")
+    if s["status"] != SessionStatus.ACTIVE:  # a settled price never changes after the fact
+        return Rejection(Reason.SESSION_CLOSED, f"session is {s['status']}")
     for rp in s["reprices"]:
-        if rp["grid_event_id"] == p["grid_event_id"] and rp["status"] == "PROPOSED":
+        if rp["grid_event_id"] == p["grid_event_id"] and rp["status"] == RepriceStatus.PROPOSED:
             if p["accepted_rate_per_kwh"] != rp["rate_per_kwh"]:
-                return Rejection("PRICE_MISMATCH", f"proposed {rp['rate_per_kwh']}")
+                return Rejection(Reason.PRICE_MISMATCH, f"proposed {rp['rate_per_kwh']}")
             if s["ceiling_per_kwh"] is not None and rp["rate_per_kwh"] > s["ceiling_per_kwh"]:
-                return Rejection("ABOVE_CEILING", "the re-price exceeds the vehicle's ceiling")
-            rp["status"] = "ACCEPTED"
+                return Rejection(Reason.ABOVE_CEILING, "the re-price exceeds the vehicle's ceiling")
+            rp["status"] = RepriceStatus.ACCEPTED
             s["evidence_event_ids"].append(cmd.event_id)
             return None
-    return Rejection("NO_SUCH_REPRICE", f"no open re-price for {p['grid_event_id']}")
+    return Rejection(Reason.NO_SUCH_REPRICE, f"no open re-price for {p['grid_event_id']}")
 
 
-def _stopped(state: LedgerState, cmd: Command, view: GovernanceView,
+def stop_session(state: LedgerState, cmd: Command, view: GovernanceView,
              out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     s = _party_session(state, cmd, ("vehicle_credential_id", "station_credential_id"),
                        "the session's parties")
     if isinstance(s, Rejection):
         return s
-    if s["status"] != "ACTIVE":
-        return Rejection("SESSION_CLOSED", f"session is {s['status']}")
-    s.update(status="STOPPED", stopped_at_ms=p["stopped_at_ms"], stop_reason=p["reason"])
+    if s["status"] != SessionStatus.ACTIVE:
+        return Rejection(Reason.SESSION_CLOSED, f"session is {s['status']}")
+    s.update(status=SessionStatus.STOPPED, stopped_at_ms=p["stopped_at_ms"],
+             stop_reason=p["reason"])
     for rp in s["reprices"]:
-        if rp["status"] == "PROPOSED":
-            rp["status"] = "REFUSED"  # stopping instead of accepting
+        if rp["status"] == RepriceStatus.PROPOSED:
+            rp["status"] = RepriceStatus.REFUSED  # stopping instead of accepting
     s["evidence_event_ids"].append(cmd.event_id)
     return None
 
 
-def _closed_out(state: LedgerState, cmd: Command, view: GovernanceView,
+def close_out(state: LedgerState, cmd: Command, view: GovernanceView,
                 out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     s = _party_session(state, cmd, ("station_credential_id",), "the session's station")
     if isinstance(s, Rejection):
         return s
     if s["status"] not in OPEN:
-        return Rejection("SESSION_CLOSED", f"session is {s['status']}")
+        return Rejection(Reason.SESSION_CLOSED, f"session is {s['status']}")
     last_seq, last_at, last_wh = (s["readings"][-1] if s["readings"]
                                   else (-1, s["started_at_ms"], s["meter_start_wh"]))
     revoked_from = s.get("revoked_from_ms")
     if revoked_from is not None and p["closed_at_ms"] >= revoked_from:
-        return Rejection("CREDENTIAL_REVOKED", f"a party of this session "
+        return Rejection(Reason.CREDENTIAL_REVOKED, f"a party of this session "
                          f"({', '.join(s['revoked_party_ids'])}) is revoked from {revoked_from}: "
                          "no settlement after that time is admissible")
     if p["last_reading_seq"] != last_seq:
-        return Rejection("MISSING_READINGS", f"close-out names seq {p['last_reading_seq']}, "
+        return Rejection(Reason.MISSING_READINGS, f"close-out names seq {p['last_reading_seq']}, "
                          f"ledger has {last_seq}")
     problem = _reading_problem(s, {"reading_seq": last_seq + 1, "read_at_ms": p["closed_at_ms"],
                                    "cumulative_import_wh": p["final_import_wh"],
@@ -230,7 +236,7 @@ def _closed_out(state: LedgerState, cmd: Command, view: GovernanceView,
     s["close_out"] = {"closed_at_ms": p["closed_at_ms"], "final_import_wh": p["final_import_wh"],
                       "final_export_wh": p.get("final_export_wh", 0),
                       "event_hash": cmd.event_hash.hex()}
-    s["status"] = "CLOSED_OUT"
+    s["status"] = SessionStatus.CLOSED_OUT
     s["evidence_event_ids"].append(cmd.event_id)
     s["signed_by"] = [cmd.author_id]
     if v2g.awaits_clearing_price(s):
@@ -241,10 +247,10 @@ def _closed_out(state: LedgerState, cmd: Command, view: GovernanceView,
 
 def _admit(state: LedgerState, s: dict[str, Any], at_ms: int, out: list[Decision]) -> None:
     settlement = admitted_settlement(state, s, at_ms)
-    _emit(state, out, ("SettlementAdmitted", settlement))
+    _emit(state, out, decided(DecisionType.SETTLEMENT_ADMITTED, settlement))
     entry = fleet.accounting_entry(s, settlement)  # E4: the fleet's internal accounting
     if entry is not None:
-        _emit(state, out, ("FleetAccountingRecorded", entry))
+        _emit(state, out, decided(DecisionType.FLEET_ACCOUNTING_RECORDED, entry))
 
 
 def settlement_id_for(session_id: str) -> str:
@@ -254,7 +260,7 @@ def settlement_id_for(session_id: str) -> str:
 def admitted_settlement(state: LedgerState, s: dict[str, Any], at_ms: int) -> dict[str, Any]:
     tariff = Tariff(**s["tariff"])
     reprices = [Reprice(rp["effective_from_ms"], rp["rate_per_kwh"], rp["grid_event_id"])
-                for rp in s["reprices"] if rp["status"] == "ACCEPTED"]
+                for rp in s["reprices"] if rp["status"] == RepriceStatus.ACCEPTED]
     energy = segments(Reading(s["started_at_ms"], s["meter_start_wh"]),
                       [Reading(at, wh) for _, at, wh in s["readings"]],
                       Reading(s["close_out"]["closed_at_ms"], s["close_out"]["final_import_wh"]),
@@ -280,7 +286,7 @@ def required_signers(s: dict[str, Any]) -> list[str]:
     return [s["station_credential_id"], s["vehicle_credential_id"], *s["grid_operator_ids"][:1]]
 
 
-def _countersigned(state: LedgerState, cmd: Command, view: GovernanceView,
+def countersign(state: LedgerState, cmd: Command, view: GovernanceView,
                    out: list[Decision]) -> Rejection | None:
     s = _party_session(state, cmd, ("vehicle_credential_id",), "the session's vehicle")
     if isinstance(s, Rejection):
@@ -288,55 +294,43 @@ def _countersigned(state: LedgerState, cmd: Command, view: GovernanceView,
     return _add_signature(state, s, cmd, cmd.payload["close_out_event_hash"], out)
 
 
-def _co_signed(state: LedgerState, cmd: Command, view: GovernanceView,
+def co_sign(state: LedgerState, cmd: Command, view: GovernanceView,
                out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     s = _session(state, p["session_id"])
     if isinstance(s, Rejection):
         return s
     if cmd.author_id not in s["grid_operator_ids"]:
-        return Rejection("NOT_THE_ZONES_OPERATOR", "no grid program names this operator here")
-    if s["status"] == "CLOSED_OUT" and v2g.awaits_clearing_price(s):
+        return Rejection(Reason.NOT_THE_ZONES_OPERATOR, "no grid program names this operator here")
+    if s["status"] == SessionStatus.CLOSED_OUT and v2g.awaits_clearing_price(s):
         problem = v2g.clearing_price_problem(s, p, settlement_id_for(s["session_id"]))
         if problem is not None:
             return problem
         v2g.price(s, p["clearing_price_per_kwh"])  # E3: the export is priced: settle it now
         _admit(state, s, cmd.occurred_at_ms, out)
     if p["settlement_id"] != s["settlement_id"]:
-        return Rejection("UNKNOWN_SETTLEMENT", f"{p['settlement_id']} is not this session's")
+        return Rejection(Reason.UNKNOWN_SETTLEMENT, f"{p['settlement_id']} is not this session's")
     return _add_signature(state, s, cmd, p["close_out_event_hash"], out)
 
 
 def _add_signature(state: LedgerState, s: dict[str, Any], cmd: Command, close_out_hash: bytes,
                    out: list[Decision]) -> Rejection | None:
-    if s["status"] != "CLOSED_OUT" or s["close_out"] is None:
-        return Rejection("NOT_CLOSED_OUT", f"session is {s['status']}")
+    if s["status"] != SessionStatus.CLOSED_OUT or s["close_out"] is None:
+        return Rejection(Reason.NOT_CLOSED_OUT, f"session is {s['status']}")
     if close_out_hash.hex() != s["close_out"]["event_hash"]:
-        return Rejection("CLOSE_OUT_MISMATCH", "signature is over another close-out")
+        return Rejection(Reason.CLOSE_OUT_MISMATCH, "signature is over another close-out")
     if cmd.author_id in s["signed_by"]:
-        return Rejection("ALREADY_SIGNED", f"{cmd.author_id} has signed already")
+        return Rejection(Reason.ALREADY_SIGNED, f"{cmd.author_id} has signed already")
     s["signed_by"].append(cmd.author_id)
     s["evidence_event_ids"].append(cmd.event_id)
     required = required_signers(s)
     if all(signer in s["signed_by"] for signer in required):
-        s["status"] = "FINAL"
+        s["status"] = SessionStatus.FINAL
         res = state.reservations.get(s["reservation_id"])
         if res is not None:
-            res.status = "COMPLETED"
-        _emit(state, out, ("SettlementFinalised", {
+            res.status = ReservationStatus.COMPLETED
+        _emit(state, out, decided(DecisionType.SETTLEMENT_FINALISED, {
             "settlement_id": s["settlement_id"], "session_id": s["session_id"],
             "signer_ids": [x for x in s["signed_by"] if x in required],
             "finalised_at_ms": cmd.occurred_at_ms}))
     return None
-
-
-ledger.register_commands({
-    "ConnectorHandshakeCompleted": _handshake,
-    "MeterReadingRecorded": _reading,
-    "GridEventRouted": _grid_event,
-    "RepriceAccepted": _reprice_accepted,
-    "SessionStopped": _stopped,
-    "MeterClosedOut": _closed_out,
-    "CloseOutCountersigned": _countersigned,
-    "SettlementCoSigned": _co_signed,
-})

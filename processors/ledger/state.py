@@ -1,9 +1,10 @@
 """The slot ledger (M4, M5): one station's calendar, reservations and the decisions they cause.
 
-Pure and deterministic: ``handle(state, command, view)`` returns the decisions an admitted input
-causes and folds them into ``state`` through ``evolve``. No Kafka, no clock: time is the station's
-event time (the largest ``occurred_at_ms`` its admitted inputs carried, heartbeats included), so
-replaying the same inputs in the same order always gives the same ledger.
+Pure and deterministic: ``apply(state, command, view, handler)`` returns the decisions an
+admitted input causes and folds them into ``state`` through ``evolve`` (the handler of each
+command is found in one table, ``ledger.commands.COMMANDS``). No Kafka, no clock: time is the
+station's event time (the largest ``occurred_at_ms`` its admitted inputs carried, heartbeats
+included), so replaying the same inputs in the same order always gives the same ledger.
 
 Allocation rules come from the signed ``AllocationRulesPublished`` the station's calendar names
 and are copied into the ledger when the calendar is published:
@@ -23,10 +24,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
-from chargemesh.processors.reasons import Rejection
+from chargemesh.processors.decisions import Decision, DecisionType, decided
+from chargemesh.processors.reasons import Reason, Rejection, displaced
+from chargemesh.processors.statuses import (
+    BidResolution,
+    CapacityCause,
+    CurtailmentOrder,
+    Reallocation,
+    ReservationStatus,
+    SessionStatus,
+)
 
 SLOTS_PER_ORDER_MAX = 96
 CONNECTORS_PER_STATION_MAX = 64
@@ -40,15 +51,16 @@ DISPLACEMENT_STEPS_MAX = 1_000
 # the lineage and ClickHouse): bounds the state of a station that runs for years.
 FINISHED_KEPT_MS = 2 * 24 * 3_600_000
 MS_PER_HOUR = 3_600_000
-LIVE = ("ACTIVE", "ARRIVED")
+LIVE = (ReservationStatus.ACTIVE, ReservationStatus.ARRIVED)
 # A vehicle's timestamp may move a station's ledger clock this far past the station's own.
 VEHICLE_CLOCK_LEAD_MS_MAX = 2 * 60_000
+# The event types a station signs on its own clock (full event types: the version counts).
 STATION_CLOCK_EVENTS = frozenset({
-    "SlotCalendarPublished", "CapacityChanged", "StationHeartbeat",
-    "ConnectorHandshakeCompleted", "MeterReadingRecorded", "MeterClosedOut",
+    "chargemesh.capacity.v1.SlotCalendarPublished", "chargemesh.capacity.v1.CapacityChanged",
+    "chargemesh.capacity.v1.StationHeartbeat",
+    "chargemesh.session.v1.ConnectorHandshakeCompleted",
+    "chargemesh.session.v1.MeterReadingRecorded", "chargemesh.session.v1.MeterClosedOut",
 })
-
-Decision = tuple[str, dict[str, Any]]
 
 
 class GovernanceView(Protocol):
@@ -81,7 +93,7 @@ class Reservation:
     curtailable: bool
     walk_up: bool
     seq: int
-    status: str = "ACTIVE"  # ACTIVE | ARRIVED | RELEASED | COMPLETED
+    status: ReservationStatus = ReservationStatus.ACTIVE
     session_id: str = ""
     ceiling_rate_per_kwh: Decimal | None = None  # the vehicle's signed ceiling (re-price bound)
     booked_at_ms: int = 0  # ledger time of the booking; 0 in states saved before it existed
@@ -137,15 +149,17 @@ class LedgerState:
     def window_problem(self, start_ms: int, stop_ms: int) -> Rejection | None:
         cal = self.calendar
         if cal is None:
-            return Rejection("NO_CALENDAR", f"station {self.station_id} has published no calendar")
+            return Rejection(Reason.NO_CALENDAR,
+                             f"station {self.station_id} has published no calendar")
         slot = cal["slot_duration_ms"]
         if not cal["horizon_start_at_ms"] <= start_ms < stop_ms <= cal["horizon_end_at_ms"]:
-            return Rejection("SLOT_OUTSIDE_CALENDAR", f"[{start_ms}, {stop_ms}) is outside the "
+            return Rejection(Reason.SLOT_OUTSIDE_CALENDAR,
+                             f"[{start_ms}, {stop_ms}) is outside the "
                              f"calendar [{cal['horizon_start_at_ms']}, {cal['horizon_end_at_ms']})")
         if (start_ms - cal["horizon_start_at_ms"]) % slot or (stop_ms - start_ms) % slot:
-            return Rejection("SLOT_MISALIGNED", f"window is not on the {slot} ms slot grid")
+            return Rejection(Reason.SLOT_MISALIGNED, f"window is not on the {slot} ms slot grid")
         if (stop_ms - start_ms) // slot > SLOTS_PER_ORDER_MAX:
-            return Rejection("WINDOW_TOO_LONG", f"more than {SLOTS_PER_ORDER_MAX} slots")
+            return Rejection(Reason.WINDOW_TOO_LONG, f"more than {SLOTS_PER_ORDER_MAX} slots")
         return None
 
     def power_w(self, connector_id: str, start_ms: int, stop_ms: int) -> int:
@@ -182,31 +196,31 @@ class LedgerState:
 
 
 def evolve(state: LedgerState, decision: Decision) -> None:
-    kind, p = decision
-    if kind == "SlotReserved":
+    kind, p = decision.event_type, decision.payload
+    if kind == DecisionType.SLOT_RESERVED:
+        own = decision.private
         state.seq += 1
         state.reservations[p["reservation_id"]] = Reservation(
             reservation_id=p["reservation_id"], order_id=p["order_id"],
-            vehicle_credential_id=p["vehicle_credential_id"], vehicle_id=p["_vehicle_id"],
+            vehicle_credential_id=p["vehicle_credential_id"], vehicle_id=own["vehicle_id"],
             connector_id=p["connector_id"], start_ms=p["slot_start_at_ms"],
             stop_ms=p["slot_stop_at_ms"], rate_per_kwh=p["rate_per_kwh"],
-            energy_wh=p["energy_wh"], dr_priority=p["_dr_priority"],
-            curtailable=p["_curtailable"], walk_up=p["walk_up"], seq=state.seq,
-            ceiling_rate_per_kwh=p.get("_ceiling"),
-            booked_at_ms=p["_booked_at_ms"],
+            energy_wh=p["energy_wh"], dr_priority=own["dr_priority"],
+            curtailable=own["curtailable"], walk_up=p["walk_up"], seq=state.seq,
+            ceiling_rate_per_kwh=own["ceiling"], booked_at_ms=own["booked_at_ms"],
         )
         state.bids = [b for b in state.bids if b.order_id != p["order_id"]]
-    elif kind == "SlotReleased":
+    elif kind == DecisionType.SLOT_RELEASED:
         res = state.reservations.get(p["reservation_id"])
         if res is not None:
-            res.status = "RELEASED"
-    elif kind == "SlotReallocated":
+            res.status = ReservationStatus.RELEASED
+    elif kind == DecisionType.SLOT_REALLOCATED:
         res = state.reservations[p["reservation_id"]]
         res.connector_id = p["to_connector_id"]
         duration = res.stop_ms - res.start_ms
         res.start_ms = p["to_slot_start_at_ms"]
         res.stop_ms = res.start_ms + duration
-    elif kind == "OrderRejected":
+    elif kind == DecisionType.ORDER_REJECTED:
         state.bids = [b for b in state.bids if b.order_id != p["order_id"]]
 
 
@@ -236,13 +250,18 @@ class Outcome:
     rejected_order: dict[str, Any] | None = None
 
 
-def handle(state: LedgerState, cmd: Command, view: GovernanceView) -> Outcome:
-    """Decide what an admitted input does to the ledger, and apply it."""
+Handler = Callable[[LedgerState, Command, GovernanceView, list[Decision]], "Rejection | None"]
+
+
+def apply(state: LedgerState, cmd: Command, view: GovernanceView,
+          handler: Handler | None) -> Outcome:
+    """Decide what an admitted input does to the ledger with its command's ``handler`` (None:
+    the ledger has none for its event type), and apply it. The ledger's commands are looked up
+    in one table, ``ledger.commands.COMMANDS``; ``commands.handle`` is the entry point."""
     out: list[Decision] = []
     _advance_clock(state, _clock_target(state, cmd), out)
-    handler = _COMMANDS.get(cmd.event_type.rsplit(".", 1)[1])
     if handler is None:
-        return Outcome(out, Rejection("UNSUPPORTED_EVENT", f"{cmd.event_type} is not for the "
+        return Outcome(out, Rejection(Reason.UNSUPPORTED_EVENT, f"{cmd.event_type} is not for the "
                                       "slot ledger"))
     rejection = handler(state, cmd, view, out)
     outcome = Outcome(out, rejection)
@@ -259,8 +278,7 @@ def _clock_target(state: LedgerState, cmd: Command) -> int:
     clock. Anyone else's timestamp may lead it by at most VEHICLE_CLOCK_LEAD_MS_MAX, so a
     future-dated order cannot close auctions or release bookings as no-shows.
     """
-    kind = cmd.event_type.rsplit(".", 1)[1]
-    if kind in STATION_CLOCK_EVENTS:
+    if cmd.event_type in STATION_CLOCK_EVENTS:
         state.station_clock_ms = max(state.station_clock_ms, cmd.occurred_at_ms)
         return cmd.occurred_at_ms
     return min(cmd.occurred_at_ms, state.station_clock_ms + VEHICLE_CLOCK_LEAD_MS_MAX)
@@ -280,11 +298,10 @@ def _advance_clock(state: LedgerState, at_ms: int, out: list[Decision]) -> None:
     # Filter before sorting (this runs for every event, over every reservation): releasing one
     # changes only its own status, so the due set cannot change inside the loop.
     due_res = [res for res in state.reservations.values()
-               if res.status == "ACTIVE" and _no_show_at_ms(res, grace) <= at_ms]
+               if res.status == ReservationStatus.ACTIVE and _no_show_at_ms(res, grace) <= at_ms]
     for res in sorted(due_res, key=lambda r: r.seq):
         deadline_ms = _no_show_at_ms(res, grace)
-        _emit(state, out, ("SlotReleased", _released(state, res, "NO_SHOW",
-                                                     f"no handshake by {deadline_ms}")))
+        _emit(state, out, released(state, res, Reason.NO_SHOW, f"no handshake by {deadline_ms}"))
 
 
 def _no_show_at_ms(res: Reservation, grace_ms: int) -> int:
@@ -300,37 +317,40 @@ def _prune(state: LedgerState) -> None:
         del state.reservations[rid]
     live_sessions = state.extra.get("sessions", {})
     for sid in [sid for sid, s in live_sessions.items()
-                if s["status"] in ("FINAL", "VOID") and s["booked_stop_ms"] < horizon]:
+                if s["status"] in (SessionStatus.FINAL, SessionStatus.VOID)
+                and s["booked_stop_ms"] < horizon]:
         del live_sessions[sid]
     state.outages = [o for o in state.outages if o.until_ms >= horizon]
 
 
-def _released(state: LedgerState, res: Reservation, reason: str,
-              detail: str = "") -> dict[str, Any]:
-    return {"reservation_id": res.reservation_id, "station_id": state.station_id,
-            "connector_id": res.connector_id, "slot_start_at_ms": res.start_ms,
-            "slot_stop_at_ms": res.stop_ms, "reason_code": reason, "detail": detail}
+def released(state: LedgerState, res: Reservation, reason: Reason,
+             detail: str = "") -> Decision:
+    """The ``SlotReleased`` decision for ``res``, released for ``reason``."""
+    return decided(DecisionType.SLOT_RELEASED, {
+        "reservation_id": res.reservation_id, "station_id": state.station_id,
+        "connector_id": res.connector_id, "slot_start_at_ms": res.start_ms,
+        "slot_stop_at_ms": res.stop_ms, "reason_code": reason, "detail": detail})
 
 
 def _reserved(state: LedgerState, order: Bid, connector_id: str, rate: Decimal,
               walk_up: bool) -> Decision:
-    return ("SlotReserved", {
+    return decided(DecisionType.SLOT_RESERVED, {
         "reservation_id": f"res:{order.order_id}", "order_id": order.order_id,
         "vehicle_credential_id": order.vehicle_credential_id, "station_id": state.station_id,
         "connector_id": connector_id, "slot_start_at_ms": order.start_ms,
         "slot_stop_at_ms": order.stop_ms, "rate_per_kwh": rate, "energy_wh": order.energy_wh,
         "rules_version": state.rules["rules_version"], "walk_up": walk_up,
-        # private fields (leading underscore) feed evolve(); they are not on the wire
-        "_vehicle_id": order.vehicle_id, "_dr_priority": order.dr_priority,
-        "_curtailable": order.curtailable, "_booked_at_ms": state.clock_ms,
-        "_ceiling": order.ceiling_rate_per_kwh,
+    }, private={  # what evolve() needs to hold the booking; not on the wire
+        "vehicle_id": order.vehicle_id, "dr_priority": order.dr_priority,
+        "curtailable": order.curtailable, "booked_at_ms": state.clock_ms,
+        "ceiling": order.ceiling_rate_per_kwh,
     })
 
 
 def _pick_connector(state: LedgerState, order: Bid) -> str | Rejection:
     wanted = [order.connector_id] if order.connector_id else state.connector_ids()
     if order.connector_id and state.connector(order.connector_id) is None:
-        return Rejection("UNKNOWN_CONNECTOR", f"{order.connector_id} is not in the calendar")
+        return Rejection(Reason.UNKNOWN_CONNECTOR, f"{order.connector_id} is not in the calendar")
     unavailable = True
     for cid in wanted:
         if not state.capable(cid, order.start_ms, order.stop_ms, order.energy_wh):
@@ -339,10 +359,10 @@ def _pick_connector(state: LedgerState, order: Bid) -> str | Rejection:
         if state.holder(cid, order.start_ms, order.stop_ms) is None:
             return cid
     if unavailable:
-        return Rejection("CONNECTOR_UNAVAILABLE", "no connector can deliver "
+        return Rejection(Reason.CONNECTOR_UNAVAILABLE, "no connector can deliver "
                          f"{order.energy_wh} Wh in [{order.start_ms}, {order.stop_ms}) "
                          "(faulted, curtailed or too little power)")
-    return Rejection("SLOT_TAKEN", f"every capable connector is booked in "
+    return Rejection(Reason.SLOT_TAKEN, f"every capable connector is booked in "
                      f"[{order.start_ms}, {order.stop_ms})")
 
 
@@ -353,25 +373,28 @@ def _order_from(cmd: Command, state: LedgerState, rate_field: str,
     ident, claim = p["identity"], p["claim"]
     cal = state.calendar
     if cal is None:
-        return Rejection("NO_CALENDAR", f"station {state.station_id} has published no calendar")
+        return Rejection(Reason.NO_CALENDAR,
+                         f"station {state.station_id} has published no calendar")
     if ident["vehicle_credential_id"] != cmd.author_id:
-        return Rejection("SUBJECT_MISMATCH", "identity.vehicle_credential_id is not the author")
+        return Rejection(Reason.SUBJECT_MISMATCH,
+                         "identity.vehicle_credential_id is not the author")
     if ident["rate_authority_id"] != cal["rate_authority_id"]:
-        return Rejection("RATE_AUTHORITY_MISMATCH", f"station files under "
+        return Rejection(Reason.RATE_AUTHORITY_MISMATCH, f"station files under "
                          f"{cal['rate_authority_id']}, order names {ident['rate_authority_id']}")
     revoked_at = state.extra.get("station_revoked_at_ms")
     if revoked_at is not None and max(cmd.occurred_at_ms, claim["slot_stop_at_ms"]) > revoked_at:
-        return Rejection("STATION_REVOKED", f"the station's credential is revoked from {revoked_at}")
+        return Rejection(Reason.STATION_REVOKED,
+                         f"the station's credential is revoked from {revoked_at}")
     roaming = roaming_problem(view, cmd.author_id, cal["rate_authority_id"], cmd.occurred_at_ms)
     if roaming is not None:
         return roaming
     if claim["currency"] != cal["currency"]:
-        return Rejection("CURRENCY_MISMATCH", f"station settles in {cal['currency']}")
+        return Rejection(Reason.CURRENCY_MISMATCH, f"station settles in {cal['currency']}")
     if claim["energy_wh"] <= 0:
-        return Rejection("INVALID_ENERGY", "energy_wh must be positive")
+        return Rejection(Reason.INVALID_ENERGY, "energy_wh must be positive")
     if any(r.order_id == p["order_id"] for r in state.reservations.values()) or any(
             b.order_id == p["order_id"] for b in state.bids):
-        return Rejection("DUPLICATE_ORDER", f"order {p['order_id']} is already on the ledger")
+        return Rejection(Reason.DUPLICATE_ORDER, f"order {p['order_id']} is already on the ledger")
     rate = p.get(rate_field, Decimal(0))
     flags = claim["grid_flags"]
     return Bid(order_id=p["order_id"], vehicle_credential_id=cmd.author_id,
@@ -392,18 +415,19 @@ def roaming_problem(view: GovernanceView, vehicle_credential_id: str, rate_autho
         return None
     if view.has_reciprocity(home, station_home, at_ms):
         return None
-    return Rejection("NO_RECIPROCITY", f"vehicle credentialed under {home}, station files under "
+    return Rejection(Reason.NO_RECIPROCITY,
+                     f"vehicle credentialed under {home}, station files under "
                      f"{station_home}: no reciprocity agreement in force at {at_ms}")
 
 
 def _past_problem(state: LedgerState, order: Bid) -> Rejection | None:
     if order.start_ms < state.clock_ms:
-        return Rejection("SLOT_IN_PAST", f"window starts {order.start_ms}, station time is "
+        return Rejection(Reason.SLOT_IN_PAST, f"window starts {order.start_ms}, station time is "
                          f"{state.clock_ms}")
     return None
 
 
-def _accept_posted(state: LedgerState, cmd: Command, view: GovernanceView,
+def accept_posted_price(state: LedgerState, cmd: Command, view: GovernanceView,
                    out: list[Decision]) -> Rejection | None:
     order = _order_from(cmd, state, "accepted_rate_per_kwh", view)
     if isinstance(order, Rejection):
@@ -413,12 +437,12 @@ def _accept_posted(state: LedgerState, cmd: Command, view: GovernanceView,
         return problem
     posted = Decimal(state.calendar["posted_rate_per_kwh"])  # type: ignore[index]
     if order.bid_rate_per_kwh != posted:
-        return Rejection("PRICE_MISMATCH", f"posted price is {posted}, accepted "
+        return Rejection(Reason.PRICE_MISMATCH, f"posted price is {posted}, accepted "
                          f"{order.bid_rate_per_kwh}")
     return _reserve_at_posted(state, cmd, order, posted, False, out)
 
 
-def _place_bid(state: LedgerState, cmd: Command, view: GovernanceView,
+def place_bid(state: LedgerState, cmd: Command, view: GovernanceView,
                out: list[Decision]) -> Rejection | None:
     order = _order_from(cmd, state, "bid_rate_per_kwh", view)
     if isinstance(order, Rejection):
@@ -429,23 +453,24 @@ def _place_bid(state: LedgerState, cmd: Command, view: GovernanceView,
     ceiling = cmd.payload["claim"]["ceiling_rate_per_kwh"]
     filed = Decimal(state.calendar["filed_ceiling_per_kwh"])  # type: ignore[index]
     if order.bid_rate_per_kwh > ceiling:
-        return Rejection("BID_ABOVE_OWN_CEILING",
+        return Rejection(Reason.BID_ABOVE_OWN_CEILING,
                          f"bid {order.bid_rate_per_kwh} > ceiling {ceiling}")
     if order.bid_rate_per_kwh > filed:
-        return Rejection("ABOVE_FILED_CEILING", f"bid {order.bid_rate_per_kwh} exceeds the rate "
+        return Rejection(Reason.ABOVE_FILED_CEILING,
+                         f"bid {order.bid_rate_per_kwh} exceeds the rate "
                          f"authority's filed ceiling {filed}")
     if order.bid_rate_per_kwh <= 0:
-        return Rejection("INVALID_RATE", "bid must be positive")
+        return Rejection(Reason.INVALID_RATE, "bid must be positive")
     # Late by its own signed time, or by the station's: either way the auction is closed.
     if order.start_ms - state.rules["bid_gate_closure_ms"] <= max(state.clock_ms,
                                                                    cmd.occurred_at_ms):
-        return Rejection("BIDDING_CLOSED", f"bids for {order.start_ms} closed")
+        return Rejection(Reason.BIDDING_CLOSED, f"bids for {order.start_ms} closed")
     if len(state.bids) >= BIDS_PENDING_MAX:
-        return Rejection("LEDGER_FULL", f"{BIDS_PENDING_MAX} bids pending")
+        return Rejection(Reason.LEDGER_FULL, f"{BIDS_PENDING_MAX} bids pending")
     candidates = [order.connector_id] if order.connector_id else state.connector_ids()
     if not any(state.capable(c, order.start_ms, order.stop_ms, order.energy_wh)
                for c in candidates):
-        return Rejection("CONNECTOR_UNAVAILABLE", "no connector can serve this window")
+        return Rejection(Reason.CONNECTOR_UNAVAILABLE, "no connector can serve this window")
     state.seq += 1
     state.bids.append(dataclasses.replace(order, seq=state.seq))
     return None
@@ -454,7 +479,7 @@ def _place_bid(state: LedgerState, cmd: Command, view: GovernanceView,
 def _bid_rank(state: LedgerState) -> Callable[[Bid], tuple[Any, ...]]:
     rules = state.rules
     dr = rules["demand_response_priority_wins"]
-    if rules["bid_resolution"] == "EARLIEST":
+    if rules["bid_resolution"] == BidResolution.EARLIEST:
         return lambda b: ((-b.dr_priority if dr else 0), b.seq)
     return lambda b: ((-b.dr_priority if dr else 0), -b.bid_rate_per_kwh, b.seq)
 
@@ -467,8 +492,9 @@ def _resolve_auction(state: LedgerState, start_ms: int, stop_ms: int,
     for bid in bids:
         connector = _pick_connector(state, bid)
         if isinstance(connector, Rejection):
-            reason = "OUTBID" if won_any and connector.reason == "SLOT_TAKEN" else connector.reason
-            _emit(state, out, ("OrderRejected", {
+            reason = (Reason.OUTBID if won_any and connector.reason == Reason.SLOT_TAKEN
+                      else connector.reason)
+            _emit(state, out, decided(DecisionType.ORDER_REJECTED, {
                 "order_id": bid.order_id, "station_id": state.station_id,
                 "vehicle_credential_id": bid.vehicle_credential_id, "reason_code": reason,
                 "detail": connector.detail}))
@@ -477,23 +503,24 @@ def _resolve_auction(state: LedgerState, start_ms: int, stop_ms: int,
         _emit(state, out, _reserved(state, bid, connector, bid.bid_rate_per_kwh, walk_up=False))
 
 
-def _walk_up(state: LedgerState, cmd: Command, view: GovernanceView,
+def request_walk_up(state: LedgerState, cmd: Command, view: GovernanceView,
              out: list[Decision]) -> Rejection | None:
     order = _order_from(cmd, state, "_none", view)
     if isinstance(order, Rejection):
         return order
     cal = state.calendar
     if cal is None:  # _order_from has refused it already; this narrows the type
-        return Rejection("NO_CALENDAR", f"station {state.station_id} has published no calendar")
+        return Rejection(Reason.NO_CALENDAR,
+                         f"station {state.station_id} has published no calendar")
     slot, base = cal["slot_duration_ms"], cal["horizon_start_at_ms"]
     arrived = cmd.payload["arrived_at_ms"]
     if abs(arrived - cmd.occurred_at_ms) > VEHICLE_CLOCK_LEAD_MS_MAX:
-        return Rejection("INVALID_ARRIVAL", "arrived_at_ms is not the request's own time")
+        return Rejection(Reason.INVALID_ARRIVAL, "arrived_at_ms is not the request's own time")
     start = base + ((arrived - base) // slot) * slot
     wanted_stop = max(cmd.payload["claim"]["slot_stop_at_ms"], start + slot)
     stop = base + -(-(wanted_stop - base) // slot) * slot
     if stop - arrived > state.rules["walk_up_horizon_ms"]:
-        return Rejection("WINDOW_TOO_LONG", f"walk-ups are authorised for at most "
+        return Rejection(Reason.WINDOW_TOO_LONG, f"walk-ups are authorised for at most "
                          f"{state.rules['walk_up_horizon_ms']} ms")
     order = dataclasses.replace(order, start_ms=start, stop_ms=stop)
     problem = state.window_problem(start, stop)
@@ -507,7 +534,7 @@ def _reserve_at_posted(state: LedgerState, cmd: Command, order: Bid, posted: Dec
     """Posted-price booking (acceptance or walk-up): within the ceiling, on a free connector."""
     ceiling = cmd.payload["claim"]["ceiling_rate_per_kwh"]
     if posted > ceiling:
-        return Rejection("ABOVE_CEILING", f"posted {posted} exceeds the vehicle's ceiling "
+        return Rejection(Reason.ABOVE_CEILING, f"posted {posted} exceeds the vehicle's ceiling "
                          f"{ceiling}")
     connector = _pick_connector(state, order)
     if isinstance(connector, Rejection):
@@ -516,26 +543,26 @@ def _reserve_at_posted(state: LedgerState, cmd: Command, order: Bid, posted: Dec
     return None
 
 
-def _cancel(state: LedgerState, cmd: Command, view: GovernanceView,
+def cancel_reservation(state: LedgerState, cmd: Command, view: GovernanceView,
             out: list[Decision]) -> Rejection | None:
     res = state.reservations.get(cmd.payload["reservation_id"])
     if res is None or res.status not in LIVE:
-        return Rejection("UNKNOWN_RESERVATION", f"{cmd.payload['reservation_id']} is not live")
+        return Rejection(Reason.UNKNOWN_RESERVATION, f"{cmd.payload['reservation_id']} is not live")
     if res.vehicle_credential_id != cmd.author_id:
-        return Rejection("NOT_YOUR_RESERVATION", "only the reserving vehicle may cancel")
-    if res.status == "ARRIVED":
-        return Rejection("SESSION_IN_PROGRESS", "stop the session instead")
-    _emit(state, out, ("SlotReleased", _released(state, res, "CANCELLED_BY_VEHICLE",
-                                                 cmd.payload.get("reason", ""))))
+        return Rejection(Reason.NOT_YOUR_RESERVATION, "only the reserving vehicle may cancel")
+    if res.status == ReservationStatus.ARRIVED:
+        return Rejection(Reason.SESSION_IN_PROGRESS, "stop the session instead")
+    _emit(state, out, released(state, res, Reason.CANCELLED_BY_VEHICLE,
+                               cmd.payload.get("reason", "")))
     return None
 
 
-def _heartbeat(state: LedgerState, cmd: Command, view: GovernanceView,
+def heartbeat(state: LedgerState, cmd: Command, view: GovernanceView,
                out: list[Decision]) -> Rejection | None:
     return None  # its only effect is the clock advance every command gets
 
 
-def _publish_calendar(state: LedgerState, cmd: Command, view: GovernanceView,
+def publish_calendar(state: LedgerState, cmd: Command, view: GovernanceView,
                       out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     problem = _calendar_problem(state, p, cmd.occurred_at_ms, view)
@@ -555,51 +582,53 @@ def _publish_calendar(state: LedgerState, cmd: Command, view: GovernanceView,
         "connectors": {c["connector_id"]: dict(c) for c in p["connectors"]},
     }
     for res in sorted(state.reservations.values(), key=lambda r: r.seq):
-        if res.status != "ACTIVE":
+        if res.status != ReservationStatus.ACTIVE:
             continue
         if state.connector(res.connector_id) is None:
-            _displace(state, [res], "CONNECTOR_WITHDRAWN", out)
+            _displace(state, [res], Reason.CONNECTOR_WITHDRAWN, out)
         elif not state.capable(res.connector_id, res.start_ms, res.stop_ms, res.energy_wh):
-            _displace(state, [res], "CONNECTOR_DERATED", out)  # less power than it was booked on
+            # less power than it was booked on
+            _displace(state, [res], Reason.CONNECTOR_DERATED, out)
     return None
 
 
 def _calendar_problem(state: LedgerState, p: dict[str, Any], at_ms: int,
                       view: GovernanceView) -> Rejection | None:
     if state.calendar and p["calendar_version"] <= state.calendar["calendar_version"]:
-        return Rejection("STALE_CALENDAR", f"version {p['calendar_version']} is not newer")
+        return Rejection(Reason.STALE_CALENDAR, f"version {p['calendar_version']} is not newer")
     if not view.is_rate_authority(p["rate_authority_id"], at_ms):
-        return Rejection("UNRECOGNISED_RATE_AUTHORITY",
+        return Rejection(Reason.UNRECOGNISED_RATE_AUTHORITY,
                          f"{p['rate_authority_id']} is not a recognised rate authority")
     tariff = view.tariffs.get(p["tariff_id"])
     if tariff is None or tariff["rate_authority_id"] != p["rate_authority_id"]:
-        return Rejection("UNKNOWN_TARIFF", f"{p['tariff_id']} is not filed by "
+        return Rejection(Reason.UNKNOWN_TARIFF, f"{p['tariff_id']} is not filed by "
                          f"{p['rate_authority_id']}")
     if tariff["station_ids"] and state.station_id not in tariff["station_ids"]:
-        return Rejection("UNKNOWN_TARIFF", f"{p['tariff_id']} does not cover this station")
+        return Rejection(Reason.UNKNOWN_TARIFF, f"{p['tariff_id']} does not cover this station")
     if tariff["currency"] != p["currency"]:
-        return Rejection("CURRENCY_MISMATCH", f"tariff is in {tariff['currency']}")
+        return Rejection(Reason.CURRENCY_MISMATCH, f"tariff is in {tariff['currency']}")
     if p["posted_rate_per_kwh"] > tariff["energy_rate_ceiling_per_kwh"]:
-        return Rejection("ABOVE_FILED_CEILING", "posted price exceeds the filed ceiling")
+        return Rejection(Reason.ABOVE_FILED_CEILING, "posted price exceeds the filed ceiling")
     if p["rules_version"] not in view.rules:
-        return Rejection("UNKNOWN_RULES", f"allocation rules {p['rules_version']} not published")
+        return Rejection(Reason.UNKNOWN_RULES,
+                         f"allocation rules {p['rules_version']} not published")
     if p["slot_duration_ms"] <= 0 or p["horizon_end_at_ms"] <= p["horizon_start_at_ms"]:
-        return Rejection("INVALID_CALENDAR", "slot duration and horizon must be positive")
+        return Rejection(Reason.INVALID_CALENDAR, "slot duration and horizon must be positive")
     if not 0 < len(p["connectors"]) <= CONNECTORS_PER_STATION_MAX:
-        return Rejection("INVALID_CALENDAR", f"1..{CONNECTORS_PER_STATION_MAX} connectors")
+        return Rejection(Reason.INVALID_CALENDAR, f"1..{CONNECTORS_PER_STATION_MAX} connectors")
     if any(c["power_w"] <= 0 for c in p["connectors"]):
-        return Rejection("INVALID_CALENDAR", "connector power must be positive")
+        return Rejection(Reason.INVALID_CALENDAR, "connector power must be positive")
     return None
 
 
-def _change_capacity(state: LedgerState, cmd: Command, view: GovernanceView,
+def change_capacity(state: LedgerState, cmd: Command, view: GovernanceView,
                      out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     if state.connector(p["connector_id"]) is None:
-        return Rejection("UNKNOWN_CONNECTOR", f"{p['connector_id']} is not in the calendar")
+        return Rejection(Reason.UNKNOWN_CONNECTOR, f"{p['connector_id']} is not in the calendar")
     if p["until_at_ms"] <= p["from_at_ms"]:
-        return Rejection("INVALID_WINDOW", "until_at_ms must be after from_at_ms")
-    if p["available"] and p["cause"] == "RESTORED":
+        return Rejection(Reason.INVALID_WINDOW, "until_at_ms must be after from_at_ms")
+    if p["available"] and p["cause"] == CapacityCause.RESTORED:
         # ends the outages in force in [from, until); one announced to begin later stands
         for outage in state.outages:
             if outage.connector_id == p["connector_id"] and outage.until_ms > p["from_at_ms"] and (
@@ -607,26 +636,26 @@ def _change_capacity(state: LedgerState, cmd: Command, view: GovernanceView,
                 outage.until_ms = max(outage.from_ms, p["from_at_ms"])
         return None
     if len(state.outages) >= OUTAGES_LIVE_MAX:
-        return Rejection("LEDGER_FULL", f"{OUTAGES_LIVE_MAX} outages live")
+        return Rejection(Reason.LEDGER_FULL, f"{OUTAGES_LIVE_MAX} outages live")
     power = 0 if not p["available"] else p["power_w"]
     state.outages.append(Outage(p["connector_id"], p["from_at_ms"], p["until_at_ms"], power,
                                 p["cause"]))
     hit = [r for r in state.reservations.values()
-           if r.status == "ACTIVE" and r.connector_id == p["connector_id"]
+           if r.status == ReservationStatus.ACTIVE and r.connector_id == p["connector_id"]
            and r.start_ms < p["until_at_ms"] and p["from_at_ms"] < r.stop_ms
            and not state.capable(r.connector_id, r.start_ms, r.stop_ms, r.energy_wh)]
-    _displace(state, hit, f"DISPLACED_{p['cause']}", out)
+    _displace(state, hit, displaced(p["cause"]), out)
     return None
 
 
 def _displacement_order(state: LedgerState) -> Callable[[Reservation], tuple[Any, ...]]:
     """Who picks first among displaced reservations (and who is bumped last)."""
-    if state.rules["curtailment_order"] == "LATEST_BOOKED_FIRST":
+    if state.rules["curtailment_order"] == CurtailmentOrder.LATEST_BOOKED_FIRST:
         return lambda r: (r.seq,)  # earliest booked keeps first pick
     return lambda r: (r.curtailable, -r.dr_priority, r.seq)
 
 
-def _displace(state: LedgerState, hit: list[Reservation], reason: str,
+def _displace(state: LedgerState, hit: list[Reservation], reason: Reason,
               out: list[Decision]) -> None:
     """Move each displaced reservation per the rules, or cancel it with ``reason``.
 
@@ -635,7 +664,7 @@ def _displace(state: LedgerState, hit: list[Reservation], reason: str,
     """
     rank = _displacement_order(state)
     for res in hit:  # free their places first, so they can trade among themselves
-        res.status = "DISPLACED"
+        res.status = ReservationStatus.DISPLACED
     queue = sorted(hit, key=rank)
     for _ in range(DISPLACEMENT_STEPS_MAX):
         if not queue:
@@ -643,32 +672,33 @@ def _displace(state: LedgerState, hit: list[Reservation], reason: str,
         res = queue.pop(0)
         target = _alternative(state, res, state.rules["reallocation"])
         if target is None:
-            res.status = "ACTIVE"
-            _emit(state, out, ("SlotReleased", _released(state, res, reason)))
+            res.status = ReservationStatus.ACTIVE
+            _emit(state, out, released(state, res, reason))
             continue
         connector_id, start_ms, victim = target
         if victim is not None:
-            victim.status = "DISPLACED"
+            victim.status = ReservationStatus.DISPLACED
             queue = sorted(queue + [victim], key=rank)
-        res.status = "ACTIVE"
-        _emit(state, out, ("SlotReallocated", {
+        res.status = ReservationStatus.ACTIVE
+        _emit(state, out, decided(DecisionType.SLOT_REALLOCATED, {
             "reservation_id": res.reservation_id, "station_id": state.station_id,
             "from_connector_id": res.connector_id, "from_slot_start_at_ms": res.start_ms,
             "to_connector_id": connector_id, "to_slot_start_at_ms": start_ms,
             "to_slot_stop_at_ms": start_ms + (res.stop_ms - res.start_ms),
             "reason_code": reason, "rules_version": state.rules["rules_version"]}))
     for res in queue:  # step limit reached: cancel the rest rather than loop on
-        res.status = "ACTIVE"
-        _emit(state, out, ("SlotReleased", _released(state, res, reason, "displacement limit")))
+        res.status = ReservationStatus.ACTIVE
+        _emit(state, out, released(state, res, reason, "displacement limit"))
 
 
 def _alternative(state: LedgerState, res: Reservation,
                  policy: str) -> tuple[str, int, Reservation | None] | None:
     """A free (connector, start) for ``res``, or one it may take by bumping a lower rank."""
-    if policy == "CANCEL":
+    if policy == Reallocation.CANCEL:
         return None
     slot = state.calendar["slot_duration_ms"]  # type: ignore[index]
-    shifts = REALLOCATION_SHIFT_SLOTS_MAX if policy.endswith("THEN_NEXT_SLOT") else 0
+    next_slots = policy == Reallocation.SAME_SLOT_OTHER_CONNECTOR_THEN_NEXT_SLOT
+    shifts = REALLOCATION_SHIFT_SLOTS_MAX if next_slots else 0
     duration = res.stop_ms - res.start_ms
     for shift in range(shifts + 1):
         start = res.start_ms + shift * slot
@@ -696,7 +726,7 @@ def _bump_target(state: LedgerState, res: Reservation) -> tuple[str, Reservation
                                                         res.energy_wh):
             continue
         holder = state.holder(cid, res.start_ms, res.stop_ms, ignore=res.reservation_id)
-        if (holder is not None and holder.status == "ACTIVE" and holder.curtailable
+        if (holder is not None and holder.status == ReservationStatus.ACTIVE and holder.curtailable
                 and holder.start_ms == res.start_ms and holder.stop_ms == res.stop_ms
                 and rank(holder) > rank(res)):
             candidates.append((rank(holder), cid, holder))
@@ -704,23 +734,6 @@ def _bump_target(state: LedgerState, res: Reservation) -> tuple[str, Reservation
         return None
     _, cid, victim = max(candidates, key=lambda c: c[0])
     return cid, victim
-
-
-_Handler = Callable[[LedgerState, Command, GovernanceView, list[Decision]], "Rejection | None"]
-_COMMANDS: dict[str, _Handler] = {
-    "SlotCalendarPublished": _publish_calendar,
-    "CapacityChanged": _change_capacity,
-    "StationHeartbeat": _heartbeat,
-    "PostedPriceAccepted": _accept_posted,
-    "BidPlaced": _place_bid,
-    "WalkUpRequested": _walk_up,
-    "ReservationCancelled": _cancel,
-}
-
-
-def register_commands(handlers: dict[str, _Handler]) -> None:
-    """Let the session module (M6) add its commands to the same single-writer ledger."""
-    _COMMANDS.update(handlers)
 
 
 # ---- state serialisation (Faust table values) -----------------------------------------------
@@ -757,6 +770,8 @@ def dump_state(state: LedgerState) -> bytes:
 def load_state(raw: bytes) -> LedgerState:
     data = json.loads(raw, object_hook=_json_hook)
     reservations = [Reservation(**r) for r in data["reservations"]]
+    for res in reservations:  # the persisted string, as its member
+        res.status = ReservationStatus(res.status)
     state = LedgerState(
         station_id=data["station_id"], calendar=data["calendar"],
         reservations={r.reservation_id: r for r in reservations},

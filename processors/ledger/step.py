@@ -7,23 +7,15 @@ of the market topic reproduces exactly what the processors decided.
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Any
 
-from chargemesh.processors.ledger import state as ledger  # noqa: F401 - sessions registers commands
-
-from chargemesh.processors.ledger import sessions
-from chargemesh.processors.ledger import disputes  # noqa: F401 - registers P2 dispute commands
-from chargemesh.processors.ledger import revocation  # noqa: F401 - registers RevocationRouted
-from chargemesh.processors.grid import observers  # noqa: F401 - registers ObserverDecisionRouted
-from chargemesh.processors.embodiments import wireless  # noqa: F401 - registers E1 trips and segment passes
-from chargemesh.processors.embodiments import swap  # noqa: F401 - registers E2 swap, E5 mobile
-from chargemesh.processors.embodiments import mobile
+from chargemesh.processors.decisions import Decision, DecisionType, decided
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ingress import Admitted, decode
+from chargemesh.processors.ledger import commands
+from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.streams.envelope import SignedEvent
-
 
 # A station's ledger is one record on its state topic (at most topics.MESSAGE_BYTES_MAX = 1 MiB
 # with key and framing): a step that would grow it past this is undone and refused LEDGER_FULL,
@@ -57,7 +49,8 @@ def routed_grid_event(routed: dict[str, Any], view: ledger.GovernanceView) -> di
         return None
     if not view.operates_zone(inner.body.author_credential_id, payload["grid_zone_id"]):
         return None
-    return payload
+    verified: dict[str, Any] = payload
+    return verified
 
 
 def grid_replay(zone: dict[str, Any], event: SignedEvent) -> Rejection | None:
@@ -77,7 +70,7 @@ def grid_replay(zone: dict[str, Any], event: SignedEvent) -> Rejection | None:
 class Step:
     applied: bool  # False: already applied before (redelivery), nothing to publish
     replay: bool = False
-    decisions: list[ledger.Decision] = dataclasses.field(default_factory=list)
+    decisions: list[Decision] = dataclasses.field(default_factory=list)
     rejection: Rejection | None = None
 
 
@@ -103,7 +96,7 @@ def market_step(state: ledger.LedgerState, verdict: Admitted, partition: int, of
     outcome = _handle_within_budget(state, cmd, view, len(event.body.payload))
     decisions = list(outcome.decisions)
     if outcome.rejection is not None and outcome.rejected_order is not None:
-        decisions.append(("OrderRejected", {
+        decisions.append(decided(DecisionType.ORDER_REJECTED, {
             "order_id": outcome.rejected_order["order_id"], "station_id": state.station_id,
             "vehicle_credential_id": event.body.author_credential_id,
             "reason_code": outcome.rejection.reason, "detail": outcome.rejection.detail}))
@@ -112,24 +105,24 @@ def market_step(state: ledger.LedgerState, verdict: Admitted, partition: int, of
 
 def _handle_within_budget(state: ledger.LedgerState, cmd: ledger.Command,
                           view: ledger.GovernanceView, payload_bytes: int) -> ledger.Outcome:
-    """``ledger.handle``, undone and refused LEDGER_FULL if it grew the state record past
+    """``commands.handle``, undone and refused LEDGER_FULL if it grew the state record past
     STATION_STATE_BYTES_MAX. ``_bytes_bound`` (not persisted) bounds the serialised size from
     above: exact after a load or a measurement, plus each unmeasured step's growth bound."""
     known = vars(state).get("_bytes_bound")
     bound = len(ledger.dump_state(state)) if known is None else int(known)
     growth = STATE_GROWTH_BYTES_PER_PAYLOAD_BYTE * payload_bytes + STATE_GROWTH_BYTES_PER_EVENT
     if bound + growth <= STATION_STATE_BYTES_MAX:
-        outcome = ledger.handle(state, cmd, view)
+        outcome = commands.handle(state, cmd, view)
         vars(state)["_bytes_bound"] = bound + growth
         return outcome
     before = ledger.dump_state(state)
-    outcome = ledger.handle(state, cmd, view)
+    outcome = commands.handle(state, cmd, view)
     after = len(ledger.dump_state(state))
     if after <= STATION_STATE_BYTES_MAX or after <= len(before):
         vars(state)["_bytes_bound"] = after
         return outcome
     vars(state).update(vars(ledger.load_state(before)))
     vars(state)["_bytes_bound"] = len(before)
-    rejection = Rejection("LEDGER_FULL", f"the station's ledger would hold {after} bytes > "
-                          f"{STATION_STATE_BYTES_MAX}")
+    rejection = Rejection(Reason.LEDGER_FULL, f"the station's ledger would hold {after} bytes "
+                          f"> {STATION_STATE_BYTES_MAX}")
     return ledger.Outcome([], rejection, cmd.payload if "order_id" in cmd.payload else None)

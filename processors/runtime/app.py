@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from chargemesh.infra.config import Settings
+from chargemesh.processors.decisions import Decision
 from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.grid import observers
 from chargemesh.processors.runtime.follower import GovernanceFollower
@@ -55,34 +56,6 @@ DECISION_NAMESPACE = uuid.UUID("0b9d6a8e-54f3-4f0b-8c1e-7a2f3d4e5c6b")
 STALE_VIEW_REASONS = frozenset({
     Reason.UNKNOWN_CREDENTIAL.value, Reason.UNRECOGNISED_AUTHORITY.value,
 })
-# Every decision kind the ledger emits: its event type, and the topic (and key field) it is
-# published on. Settlements go to the billing feed keyed by session; the rest stay per station.
-DECISION_ROUTES: dict[str, tuple[str, str, str]] = {
-    "SlotReserved": ("chargemesh.ledger.v1.SlotReserved", topics.DECISIONS.name, "station_id"),
-    "SlotReleased": ("chargemesh.ledger.v1.SlotReleased", topics.DECISIONS.name, "station_id"),
-    "SlotReallocated": ("chargemesh.ledger.v1.SlotReallocated", topics.DECISIONS.name,
-                        "station_id"),
-    "OrderRejected": ("chargemesh.ledger.v1.OrderRejected", topics.DECISIONS.name, "station_id"),
-    "CredentialReevaluated": ("chargemesh.ledger.v1.CredentialReevaluated",
-                              topics.DECISIONS.name, "station_id"),
-    "RepriceProposed": ("chargemesh.session.v1.RepriceProposed", topics.DECISIONS.name,
-                        "station_id"),
-    "SessionStopped": ("chargemesh.session.v1.SessionStopped", topics.DECISIONS.name,
-                       "station_id"),
-    "SettlementAdmitted": ("chargemesh.settlement.v1.SettlementAdmitted",
-                           topics.SETTLEMENTS.name, "session_id"),
-    "SettlementFinalised": ("chargemesh.settlement.v1.SettlementFinalised",
-                            topics.SETTLEMENTS.name, "session_id"),
-    "FleetAccountingRecorded": ("chargemesh.settlement.v1.FleetAccountingRecorded",
-                                topics.SETTLEMENTS.name, "session_id"),
-    "DisputeRecorded": ("chargemesh.dispute.v1.DisputeRecorded", topics.DISPUTES.name,
-                        "session_id"),
-    # E1: one record per segment pass batch and one per trip, on the road operator's key.
-    "SegmentPassesApplied": ("chargemesh.wireless.v1.SegmentPassesApplied",
-                             topics.DECISIONS.name, "road_operator_id"),
-    "TripSettled": ("chargemesh.wireless.v1.TripSettled", topics.DECISIONS.name,
-                    "road_operator_id"),
-}
 CALENDAR_PUBLISHED = "chargemesh.capacity.v1.SlotCalendarPublished"
 CREDENTIAL_REVOKED = "chargemesh.governance.v1.CredentialRevoked"
 REVOCATION_ROUTED = "chargemesh.ledger.v1.RevocationRouted"
@@ -656,12 +629,12 @@ class Processors:
                 zstate["observers"] = json.loads(before)
             return Refused(Rejection.of(Reason.INTERNAL_ERROR,
                                         f"{type(exc).__name__}: {exc}"[:500]), event)
-        for index, (event_type, key, payload) in enumerate(outcome.decisions):
-            sealed = seal(event_type, payload, author=self.signer, subject_key=key,
+        for index, decision in enumerate(outcome.decisions):
+            sealed = seal(decision.event_type, dict(decision.payload), author=self.signer,
+                          subject_key=decision.key,
                           occurred_at_ms=event.body.occurred_at_ms, chain_id=event.body.chain_id,
                           prev_hash=event.event_hash, event_id=decision_id(event.event_id, index))
-            outputs.append(Output(observers.OUTPUT_TOPICS[event_type], key.encode(),
-                                  sealed.encode()))
+            outputs.append(Output(decision.topic, decision.key.encode(), sealed.encode()))
         return verdict if outcome.rejection is None else Refused(outcome.rejection, event)
 
     def _position_of(self, event_id: str) -> str | None:
@@ -677,10 +650,9 @@ class Processors:
         return StationBatch(state, raw, partition)
 
     def _decision_output(self, state: ledger.LedgerState, cause: SignedEvent, index: int,
-                         decision: ledger.Decision, scope: str = "") -> Output:
+                         decision: Decision, scope: str = "") -> Output:
         sealed = seal_decision(self.signer, state, cause, index, decision, scope)
-        _, topic, key_field = DECISION_ROUTES[decision[0]]
-        return Output(topic, str(decision[1][key_field]).encode(), sealed.encode())
+        return Output(decision.topic, decision.key.encode(), sealed.encode())
 
     def _zone_joined(self, state: ledger.LedgerState, cause: SignedEvent) -> Output:
         """Tell the grid agent this station is in its calendar's grid zone."""
@@ -791,14 +763,12 @@ def guarded_step(batch: StationBatch, verdict: Admitted, partition: int, offset:
 
 
 def seal_decision(signer: Signer, state: ledger.LedgerState, cause: SignedEvent, index: int,
-                  decision: ledger.Decision, scope: str = "") -> SignedEvent:
+                  decision: Decision, scope: str = "") -> SignedEvent:
     """A ledger decision as a signed event: deterministic id, time and bytes (Ed25519 is).
 
     ``scope`` (the station) keeps ids distinct when one cause reaches many stations."""
-    kind, payload = decision
-    wire = {k: v for k, v in payload.items() if not k.startswith("_")}
-    event_type, _, key_field = DECISION_ROUTES[kind]
-    return seal(event_type, wire, author=signer, subject_key=str(wire[key_field]),
+    wire = dict(decision.payload)
+    return seal(decision.event_type, wire, author=signer, subject_key=decision.key,
                 occurred_at_ms=state.clock_ms,
                 chain_id=(wire.get("session_id") or wire.get("reservation_id")
                           or wire.get("order_id", "")),
