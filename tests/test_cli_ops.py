@@ -28,22 +28,12 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import NewTopic
 from rich.console import Console
 
-from chargemesh.infra.cli import ops as cli_ops
+from chargemesh.infra.cli import processes as cli_processes
 from chargemesh.infra.cli.root import cli
-from chargemesh.infra.cli.ops import (
-    Booking,
-    Calendar,
-    ConnectorInfo,
-    ManagedProcess,
-    ProcessorFleet,
-    build_day,
-    ledger_table,
-    process_running,
-    rate_text,
-    resolve_topic,
-    short_id,
-    summary_lines,
-)
+from chargemesh.infra.cli.events import resolve_topic
+from chargemesh.infra.cli.ledger import build_day, ledger_table, rate_text, short_id, summary_lines
+from chargemesh.infra.cli.processes import ManagedProcess, ProcessorFleet, process_running
+from chargemesh.sinks.queries.ledger import Booking, Calendar, ConnectorInfo
 from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.kafka_admin import admin_client
 from chargemesh.infra.stack.supervisor import ProcessRecord
@@ -216,7 +206,7 @@ def test_stop_never_signals_a_process_that_is_not_the_recorded_one(tmp_path: Pat
         assert result.exit_code == 0, result.output
         assert result.output.count("left alone") == 2
         assert all(s.poll() is None for s in sleepers)
-        assert run(settings, "ps").exit_code == cli_ops.EXIT_NOT_RUNNING
+        assert run(settings, "ps").exit_code == cli_processes.EXIT_NOT_RUNNING
     finally:
         for sleeper in sleepers:
             sleeper.kill()
@@ -281,7 +271,7 @@ def test_start_is_idempotent_restarts_the_dead_and_stop_stops_them(
         assert stopped.output.count(": stopped") == 3
         assert not any(process_running(p) for p in now.values())
         assert not (settings.state_dir / "processors.json").exists()
-        assert run(settings, "ps").exit_code == cli_ops.EXIT_NOT_RUNNING
+        assert run(settings, "ps").exit_code == cli_processes.EXIT_NOT_RUNNING
         assert "nothing to stop" in run(settings, "stop").output
     finally:
         run(settings, "stop")

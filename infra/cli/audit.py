@@ -20,10 +20,14 @@ from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.preflight import require_broker, require_clickhouse
 from chargemesh.infra.stack.worker import publisher
 from chargemesh.processors.audit import checkpoints as checkpointer
-from chargemesh.processors.runtime.app import PROCESSOR_CREDENTIAL_ID, load_anchors, load_processor_signer
-from chargemesh.processors.audit.replay import AuditReport, AuditSource, audit
 from chargemesh.processors.audit.checkpoints import Checkpoint, LogRecord
+from chargemesh.processors.audit.replay import AuditReport, AuditSource, audit
 from chargemesh.processors.governance import GOVERNANCE_EVENT_TYPES, TrustAnchor
+from chargemesh.processors.runtime.app import (
+    PROCESSOR_CREDENTIAL_ID,
+    load_anchors,
+    load_processor_signer,
+)
 from chargemesh.schemas import registry
 from chargemesh.streams import topics
 from chargemesh.streams.envelope import open_envelope, open_payload
@@ -179,9 +183,9 @@ def findings_table(report: AuditReport) -> Table:
 def record_findings(settings: Settings, report: AuditReport, audited_at_ms: int) -> str:
     """Write the report's findings to ClickHouse ``audit_findings``; returns the audit id."""
     from chargemesh.sinks.migrate import clickhouse_client
-    from chargemesh.sinks.projections.core import seconds
     from chargemesh.sinks.projections import TABLES
     from chargemesh.sinks.projections.audit import AUDIT_FINDINGS
+    from chargemesh.sinks.projections.core import seconds
 
     audit_id = f"{report.authority_id}/{audited_at_ms}"
     rows = [(audit_id, report.authority_id, audited_at_ms, seconds(audited_at_ms), report.source,

@@ -11,8 +11,8 @@ from decimal import Decimal
 from typing import Any
 
 import click
-from chargemesh.infra.cli.root import cli, settings_of
 from chargemesh.infra.cli.query import query_rows
+from chargemesh.infra.cli.root import cli, settings_of
 from chargemesh.infra.config import Settings
 from rich.console import Console
 from rich.table import Table

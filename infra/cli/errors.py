@@ -52,6 +52,11 @@ DEBUG_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _DEBUG_HANDLER = "chargemesh_debug_handler"
 
 
+
+class OpsError(RuntimeError):
+    """An operation could not be done; the message says what to do."""
+
+
 def configure_logging(debug: bool) -> None:
     """Without --debug, client libraries print nothing (the command reports failures itself);
     with it, their warnings go to stderr. The root logger is left alone either way: a command

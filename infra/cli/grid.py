@@ -8,9 +8,9 @@ import json
 from typing import Any
 
 import click
-from chargemesh.infra.cli.root import cli, settings_of
 from chargemesh.infra.cli.query import cli_client
 from chargemesh.infra.cli.query import named_rows as _rows
+from chargemesh.infra.cli.root import cli, settings_of
 from chargemesh.infra.config import Settings
 from rich.console import Console
 from rich.table import Table

@@ -28,8 +28,9 @@ from typing import Any, BinaryIO
 
 import click
 from chargemesh.checks import ensure
+from chargemesh.infra.cli.errors import OpsError
+from chargemesh.infra.cli.events import TailPlan, events, resolve_topic, tail_records
 from chargemesh.infra.cli.root import cli, settings_of
-from chargemesh.infra.cli.ops import OpsError, TailPlan, events, resolve_topic, tail_records
 from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.preflight import require_broker
 from chargemesh.infra.stack.worker import publisher

@@ -26,16 +26,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
-
 from chargemesh.infra.cli.errors import DEBUG_ENV, ChargemeshGroup, configure_logging
 from chargemesh.infra.config import ENV_PREFIX, Settings, load_settings
 from chargemesh.infra.stack.embedded import ComponentStatus, EmbeddedStack, StackError
 from chargemesh.streams.topics import ALL_TOPICS, RETENTION_FOREVER_MS, partitions_for
+from rich.console import Console
+from rich.table import Table
 
 # Modules that register more commands on ``cli`` when imported (e.g. "chargemesh.processors.cli").
-COMMAND_MODULES: tuple[str, ...] = ("chargemesh.infra.cli.ops", "chargemesh.infra.sim.demo",
+COMMAND_MODULES: tuple[str, ...] = ("chargemesh.infra.cli.anchors", "chargemesh.infra.cli.processes",
+                                     "chargemesh.infra.cli.ledger", "chargemesh.infra.cli.events",
+                                     "chargemesh.infra.sim.demo",
                                      "chargemesh.infra.cli.audit",
                                      "chargemesh.infra.cli.disputes",
                                      "chargemesh.infra.cli.grid",

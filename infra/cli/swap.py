@@ -10,9 +10,9 @@ from decimal import Decimal
 from typing import Any
 
 import click
-from chargemesh.infra.cli.root import cli, settings_of
 from chargemesh.infra.cli.query import cli_client
 from chargemesh.infra.cli.query import named_rows as _rows
+from chargemesh.infra.cli.root import cli, settings_of
 from chargemesh.infra.config import Settings
 from rich.console import Console
 from rich.table import Table

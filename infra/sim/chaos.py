@@ -501,7 +501,7 @@ def run_market(settings: Settings, plan: MarketPlan, schedule: tuple[Fault, ...]
                say: Say, outcomes_total: int = 0,
                processor_key: bytes | None = None) -> tuple[Observed, list[FaultRecord], bytes]:
     """One run on a fresh private stack: the market, the faults, then what it left behind."""
-    from chargemesh.infra.cli.ops import add_anchor
+    from chargemesh.infra.cli.anchors import add_anchor
 
     stack = EmbeddedStack(settings)
     stack.up()

@@ -338,7 +338,7 @@ def run_simulation(settings: Settings, config: SimConfig, compress: float = 0.0,
                    progress: Progress | None = None,
                    say: Callable[[str], None] | None = None) -> SimSummary:
     """Plan, publish, measure and record one run on a stack that is up (the caller's)."""
-    from chargemesh.infra.cli.ops import add_anchor
+    from chargemesh.infra.cli.anchors import add_anchor
 
     progress = progress or (lambda _d, _n, _t: None)
     say = say or (lambda _m: None)

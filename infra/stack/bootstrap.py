@@ -87,7 +87,7 @@ def ensure_dev_governance(settings: Settings, at_ms: int = 0) -> DevGovernance:
     authority declaration and issuer delegation published to the governance topic. A second call
     finds the marker file and changes nothing.
     """
-    from chargemesh.infra.cli.ops import add_anchor
+    from chargemesh.infra.cli.anchors import add_anchor
     from chargemesh.infra.cli.participant import load_key_file, write_key_file
 
     folder = settings.state_dir / DEV_GOVERNANCE_DIR
