@@ -12,7 +12,7 @@ import pstats
 
 import pytest
 from chargemesh.infra.bench import suite
-from chargemesh.infra.cli.root import _register_command_modules, cli
+from chargemesh.infra.cli.main import cli
 from click.testing import CliRunner
 
 WORKER_LOG = """\
@@ -69,7 +69,6 @@ def test_plan_counts_every_step_and_sizes_adjust() -> None:
 
 
 def test_bench_is_a_command_of_its_own() -> None:
-    _register_command_modules()
     assert cli.get_command(None, "bench") is not None  # type: ignore[arg-type]
     result = CliRunner().invoke(cli, ["bench", "--help"])
     assert result.exit_code == 0 and "--quick" in result.output

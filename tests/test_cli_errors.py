@@ -11,7 +11,6 @@ sees (no library log lines, no librdkafka noise).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from chargemesh.infra.stack import preflight
-from chargemesh.infra.cli.root import COMMAND_MODULES, cli
+from chargemesh.infra.cli.main import cli
 from chargemesh.infra.config import Settings
 from chargemesh.sinks.migrate import clickhouse_client
 from click.testing import CliRunner, Result
@@ -34,10 +33,6 @@ SUBPROCESS_TIMEOUT_S = 60
 # Short probes for the sockets that accept and never answer (the default is 5 s).
 TEST_PROBE_TIMEOUT_S = 1.0
 UP_REMEDY = "run `chargemesh up`"
-
-for _module in COMMAND_MODULES:
-    importlib.import_module(_module)
-
 
 # ---- helpers --------------------------------------------------------------------------------
 

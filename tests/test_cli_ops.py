@@ -29,7 +29,7 @@ from confluent_kafka.admin import NewTopic
 from rich.console import Console
 
 from chargemesh.infra.cli import processes as cli_processes
-from chargemesh.infra.cli.root import cli
+from chargemesh.infra.cli.main import cli
 from chargemesh.infra.cli.events import resolve_topic
 from chargemesh.infra.cli.ledger import build_day, ledger_table, rate_text, short_id, summary_lines
 from chargemesh.infra.cli.processes import ManagedProcess, ProcessorFleet, process_running

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chargemesh.infra.cli.root import cli
+from chargemesh.infra.cli.main import cli
 from chargemesh.infra.cli.participant import write_key_file
 from chargemesh.infra.config import Settings
 from chargemesh.schemas.codec import catalog

@@ -8,8 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from chargemesh.infra.cli import disputes as cli_disputes  # noqa: F401 - registers `disputes`
-from chargemesh.infra.cli.root import cli
+from chargemesh.infra.cli.main import cli
 from chargemesh.infra.stack.worker import Record, TopicReader
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent

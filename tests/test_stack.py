@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer
 
-from chargemesh.infra.cli.root import cli
+from chargemesh.infra.cli.main import cli
 from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.supervisor import ProcessRecord, pid_alive
 from chargemesh.infra.stack.embedded import BROKER, CLICKHOUSE, EmbeddedStack, StackError

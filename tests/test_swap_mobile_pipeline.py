@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from chargemesh.infra.cli.root import _register_command_modules, cli
+from chargemesh.infra.cli.main import cli
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk import swap_mobile
 from chargemesh.streams.sdk.participant import Participant, now_ms
@@ -101,7 +101,6 @@ def test_a_pack_through_two_swap_cycles_on_two_vehicles_and_its_history(mesh: Me
                          {"o": market.order_id("lfp")})
     assert why == [("PACK_CHEMISTRY_INCOMPATIBLE",)]
 
-    _register_command_modules()
     env: dict[str, str | None] = {**mesh.settings.as_environ(), "CHARGEMESH_CONFIG": None,
                                   "COLUMNS": "160"}
     as_json = CliRunner().invoke(cli, ["pack", "history", p1, "--json"], env=env,
@@ -221,7 +220,6 @@ def test_a_truck_delivers_in_two_jurisdictions_under_each_places_tariff(mesh: Me
                       ("DE-BY", eu.credential_id, "mob-by")]
 
     # P5: the foreign authority replays the settlement filed under it, alone, and finds it exact.
-    _register_command_modules()
     env: dict[str, str | None] = {**mesh.settings.as_environ(), "CHARGEMESH_CONFIG": None}
     done = CliRunner().invoke(cli, ["audit", "--authority", eu.credential_id, "--json"],
                               env=env, catch_exceptions=False)

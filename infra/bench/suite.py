@@ -1200,7 +1200,6 @@ def _derive(results: dict[str, Any]) -> None:
 # ---- the command ----------------------------------------------------------------------------------
 
 import click
-from chargemesh.infra.cli.root import cli
 
 
 def _sizes_from(quick: bool, overrides: dict[str, Any]) -> tuple[Sizes, str]:
@@ -1211,7 +1210,7 @@ def _sizes_from(quick: bool, overrides: dict[str, Any]) -> tuple[Sizes, str]:
     return dataclasses.replace(base, **changes), name
 
 
-@cli.command(name="bench")
+@click.command(name="bench")
 @click.option("--quick", is_flag=True,
               help="Smaller sizes: a run of about 2-3 minutes on 2 shared cores.")
 @click.option("--json", "as_json", is_flag=True,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 from chargemesh.checks import ensure
-from chargemesh.infra.cli.errors import OpsError
-from chargemesh.infra.cli.root import cli, settings_of
+from chargemesh.infra.cli.errors import ChargemeshGroup, OpsError
+from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.config import Settings
 from chargemesh.processors.governance import TrustAnchor
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -107,7 +107,7 @@ def _public_key_param(_ctx: click.Context, _param: click.Parameter, value: str) 
     return raw
 
 
-@cli.group()
+@click.group(cls=ChargemeshGroup)
 def anchors() -> None:
     """The trust anchors (root authorities) the processor workers start from."""
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from chargemesh.infra.cli.root import cli, settings_of
+from chargemesh.infra.cli.errors import ChargemeshGroup
+from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.preflight import require_broker, require_clickhouse
 from chargemesh.infra.stack.worker import publisher
@@ -201,7 +202,7 @@ def record_findings(settings: Settings, report: AuditReport, audited_at_ms: int)
     return audit_id
 
 
-@cli.group(name="audit", invoke_without_command=True)
+@click.group(cls=ChargemeshGroup, name="audit", invoke_without_command=True)
 @click.option("--authority", "authority_id", default="", help="The rate authority audited.")
 @click.option("--from", "from_ms", type=int, default=0, help="Settlements admitted from (ms).")
 @click.option("--to", "to_ms", type=int, default=2**62, help="... until before (ms).")
@@ -324,7 +325,7 @@ def audit_proof(ctx: click.Context, event_id: str, record_file: str | None,
     ctx.exit(0 if answer["included"] else EXIT_FINDINGS)
 
 
-@cli.command(name="checkpoint")
+@click.command(name="checkpoint")
 @click.pass_context
 def checkpoint_command(ctx: click.Context) -> None:
     """Sign and publish a Merkle checkpoint of every lineage log partition that grew."""

@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 from chargemesh.checks import ensure
-from chargemesh.infra.cli.errors import OpsError
-from chargemesh.infra.cli.root import cli, settings_of
+from chargemesh.infra.cli.errors import ChargemeshGroup, OpsError
+from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.preflight import require_broker
 from chargemesh.schemas import registry
@@ -304,7 +304,7 @@ def tail_records(settings: Settings, plan: TailPlan, emit: Callable[[Message], N
     return emitted
 
 
-@cli.group()
+@click.group(cls=ChargemeshGroup)
 def events() -> None:
     """Records on the chargemesh topics."""
 

@@ -10,8 +10,9 @@ from decimal import Decimal
 from typing import Any
 
 import click
+from chargemesh.infra.cli.errors import ChargemeshGroup
 from chargemesh.infra.cli.query import query_rows
-from chargemesh.infra.cli.root import cli, settings_of
+from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.config import Settings
 from rich.console import Console
 from rich.table import Table
@@ -71,7 +72,7 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-@cli.group()
+@click.group(cls=ChargemeshGroup)
 def fleet() -> None:
     """Fleet depots (E4): internal accounting entries and the tax/ESG report."""
 

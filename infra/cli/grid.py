@@ -8,9 +8,10 @@ import json
 from typing import Any
 
 import click
+from chargemesh.infra.cli.errors import ChargemeshGroup
 from chargemesh.infra.cli.query import cli_client
 from chargemesh.infra.cli.query import named_rows as _rows
-from chargemesh.infra.cli.root import cli, settings_of
+from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.config import Settings
 from rich.console import Console
 from rich.table import Table
@@ -91,7 +92,7 @@ def observer_tables(view: ObserverView) -> list[Table]:
     return [head, decided, caught, refusals]
 
 
-@cli.group()
+@click.group(cls=ChargemeshGroup)
 def grid() -> None:
     """Grid zones: observer sets and their co-signed decisions (P3)."""
 

@@ -10,9 +10,9 @@ from decimal import Decimal
 from typing import Any
 
 import click
-from chargemesh.infra.cli.errors import OpsError
+from chargemesh.infra.cli.errors import ChargemeshGroup, OpsError
 from chargemesh.infra.cli.events import iso_ms
-from chargemesh.infra.cli.root import cli, settings_of
+from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.preflight import require_clickhouse
 from chargemesh.sinks.migrate import clickhouse_client
@@ -294,7 +294,7 @@ def summary_lines(day: LedgerDay) -> list[str]:
     return lines
 
 
-@cli.group()
+@click.group(cls=ChargemeshGroup)
 def ledger() -> None:
     """The slot ledger, as the ClickHouse sink recorded it."""
 

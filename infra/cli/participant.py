@@ -1,6 +1,6 @@
 """The participant CLI: keys, credentials and publishing signed events.
 
-Registered on the ``chargemesh`` group through ``COMMAND_MODULES`` in :mod:`chargemesh.infra.cli.root`:
+Added to the ``chargemesh`` group in :mod:`chargemesh.infra.cli.main`:
 
 * ``chargemesh keys generate|show``: an Ed25519 key file (JSON, mode 0600) holding a credential
   id, a subject id, the public key and the private key; ``show`` prints the public part only;
@@ -28,9 +28,9 @@ from typing import Any, BinaryIO
 
 import click
 from chargemesh.checks import ensure
-from chargemesh.infra.cli.errors import OpsError
+from chargemesh.infra.cli.errors import ChargemeshGroup, OpsError
 from chargemesh.infra.cli.events import TailPlan, events, resolve_topic, tail_records
-from chargemesh.infra.cli.root import cli, settings_of
+from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.preflight import require_broker
 from chargemesh.infra.stack.worker import publisher
@@ -135,7 +135,7 @@ def _id_param(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     return value
 
 
-@cli.group()
+@click.group(cls=ChargemeshGroup)
 def keys() -> None:
     """Ed25519 key files of participants (vehicles, stations, issuers, authorities)."""
 
@@ -265,7 +265,7 @@ def _emit_event(settings: Settings | None, event: SignedEvent, out: Path | None)
     click.echo(json.dumps(view, indent=2, sort_keys=True))
 
 
-@cli.group()
+@click.group(cls=ChargemeshGroup)
 def credential() -> None:
     """Request, issue, revoke and inspect credentials."""
 

@@ -30,7 +30,7 @@ import click
 from chargemesh.checks import ensure
 from chargemesh.infra.cli.anchors import check_anchors
 from chargemesh.infra.cli.errors import OpsError
-from chargemesh.infra.cli.root import STATUS_EXTENSIONS, cli, settings_of
+from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.config import Settings, load_settings
 from chargemesh.infra.stack import supervisor as processes
 from chargemesh.infra.stack.embedded import (
@@ -325,10 +325,8 @@ def processor_components(settings: Settings) -> list[ComponentStatus]:
     ]
 
 
-STATUS_EXTENSIONS.append(processor_components)
 
-
-@cli.command()
+@click.command()
 @click.option(
     "--workers",
     type=click.IntRange(1, WORKERS_MAX),
@@ -370,7 +368,7 @@ def start(ctx: click.Context, workers: int, no_sink: bool, loglevel: str) -> Non
                        f"{workers - settings.partitions} will stay idle")
 
 
-@cli.command()
+@click.command()
 @click.pass_context
 def stop(ctx: click.Context) -> None:
     """Stop the workers and the sink `start` launched (SIGTERM, then SIGKILL); nothing else."""
@@ -385,7 +383,7 @@ def stop(ctx: click.Context) -> None:
         _out().print(f"{name}: {outcome}")
 
 
-@cli.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the processes as JSON.")
 @click.pass_context
 def ps(ctx: click.Context, as_json: bool) -> None:
@@ -418,7 +416,7 @@ def ps(ctx: click.Context, as_json: bool) -> None:
         ctx.exit(1)
 
 
-@cli.command()
+@click.command()
 @click.option("--index", type=click.IntRange(0, WORKERS_MAX - 1), default=0, show_default=True,
               help="Worker number (its web port is CHARGEMESH_WORKER_WEB_PORT + index).")
 @click.option("--loglevel", default="info", show_default=True)
@@ -439,7 +437,7 @@ def worker(ctx: click.Context, index: int, loglevel: str) -> None:
     run_worker(index, loglevel)
 
 
-@cli.command()
+@click.command()
 @click.option("--group-id", default=None, help="Consumer group (default: the sink's own).")
 @click.option("--loglevel", default="info", show_default=True)
 @click.pass_context

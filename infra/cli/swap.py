@@ -10,9 +10,10 @@ from decimal import Decimal
 from typing import Any
 
 import click
+from chargemesh.infra.cli.errors import ChargemeshGroup
 from chargemesh.infra.cli.query import cli_client
 from chargemesh.infra.cli.query import named_rows as _rows
-from chargemesh.infra.cli.root import cli, settings_of
+from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.config import Settings
 from rich.console import Console
 from rich.table import Table
@@ -68,7 +69,7 @@ def history_table(view: PackHistory) -> Table:
     return table
 
 
-@cli.group()
+@click.group(cls=ChargemeshGroup)
 def pack() -> None:
     """Battery packs of swap stations (E2)."""
 

@@ -28,12 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from chargemesh.infra.report import svg_charts as charts
 from chargemesh.checks import ensure
-from chargemesh.infra.cli.root import cli, settings_of
+from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.config import Settings
-from chargemesh.infra.stack.preflight import require_clickhouse
+from chargemesh.infra.report import svg_charts as charts
 from chargemesh.infra.report.queries import (
     CUMULATIVE,
     HEATMAP_HOURS_MAX,
@@ -50,6 +48,7 @@ from chargemesh.infra.report.queries import (
     resolve_run,
     utilisation,
 )
+from chargemesh.infra.stack.preflight import require_clickhouse
 from chargemesh.sinks.migrate import clickhouse_client
 
 MINUTE_MS = 60_000
@@ -472,7 +471,7 @@ def _file_safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
 
 
-@cli.command()
+@click.command()
 @click.option("--run-id", default=None, help="Simulation run to report on (default: the latest).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Output directory (default: <state_dir>/reports).")

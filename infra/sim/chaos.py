@@ -782,7 +782,6 @@ def run_chaos(seed: int = 7, runs: int = 1, kills: int = 3, scale: str = "small"
 # ---- the `chargemesh chaos` command ----------------------------------------------------------------
 
 import click
-from chargemesh.infra.cli.root import cli
 from rich.console import Console
 from rich.table import Table
 
@@ -811,7 +810,7 @@ def summary_table(summary: ChaosSummary) -> Table:
     return table
 
 
-@cli.command()
+@click.command()
 @click.option("--seed", type=int, default=7, show_default=True, help="The market's seed.")
 @click.option("--runs", type=int, default=1, show_default=True,
               help="Faulted runs (each on a fresh stack, with its own seeded fault schedule).")

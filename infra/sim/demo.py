@@ -16,14 +16,14 @@ import time
 from decimal import Decimal
 from typing import Any, Callable
 
-from chargemesh.infra.stack.bootstrap import Deployment, deploy
 from chargemesh.infra.config import Settings
-from chargemesh.infra.stack.worker import Record, TopicReader, WorkerProcess
+from chargemesh.infra.stack.bootstrap import Deployment, deploy
 from chargemesh.infra.stack.embedded import EmbeddedStack
+from chargemesh.infra.stack.worker import Record, TopicReader, WorkerProcess
 from chargemesh.sinks.clickhouse_sink import ClickHouseSink
 from chargemesh.sinks.migrate import clickhouse_client
-from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import DECISIONS, SETTLEMENTS
 
@@ -441,13 +441,12 @@ def money_text(value: Decimal) -> str:
 # ---- the `chargemesh demo` command ------------------------------------------------------------
 
 import click  # noqa: E402
+from chargemesh.infra.cli.root import settings_of  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from chargemesh.infra.cli.root import cli, settings_of  # noqa: E402
 
-
-@cli.command()
+@click.command()
 @click.option("--keep-running", is_flag=True, help="Leave the embedded stack up afterwards.")
 @click.pass_context
 def demo(ctx: click.Context, keep_running: bool) -> None:

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from chargemesh.infra.config import Settings
-from chargemesh.infra.stack.worker import WorkerProcess, log_tail, publisher
 from chargemesh.infra.sim.plan import MarketPlan, SimConfig, plan_market
 from chargemesh.infra.stack.embedded import EmbeddedStack
+from chargemesh.infra.stack.worker import WorkerProcess, log_tail, publisher
 from chargemesh.schemas.codec import catalog
 from chargemesh.sinks.clickhouse_sink import ClickHouseSink
 from chargemesh.sinks.migrate import clickhouse_client
@@ -425,7 +425,7 @@ def write_report(settings: Settings, run_id: str, out_dir: Path) -> Path | None:
 # ---- the `chargemesh simulate` command --------------------------------------------------------
 
 import click
-from chargemesh.infra.cli.root import cli, settings_of
+from chargemesh.infra.cli.root import settings_of
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -438,7 +438,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 
-@cli.command()
+@click.command()
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--stations", type=int, default=SimConfig.stations, show_default=True,
               help="Sites: one each of MCS, depot, destination, swap, mobile, V2G and wireless "
