@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any, Callable
 from confluent_kafka import Consumer, TopicPartition
 
 from chargemesh.infra.config import Settings
+from chargemesh.infra.stack import supervisor
 from chargemesh.schemas.codec import catalog
 from chargemesh.schemas import registry
 from chargemesh.streams.envelope import SignedEvent, open_envelope, open_payload
@@ -32,27 +31,40 @@ def write_anchors(settings: Settings, *roots: Participant) -> None:
         [{"authority_id": r.credential_id, "public_key_hex": r.public_key.hex()} for r in roots]))
 
 
+WORKER_MODULE = "chargemesh.infra.stack.worker_main"
+WORKER_STOP_GRACE_S = 20.0
+
+
 class WorkerProcess:
-    """A processor worker in its own process, so tests can SIGKILL it for real."""
+    """A processor worker in its own process, so tests can SIGKILL it for real.
+
+    Started, watched and stopped through :mod:`chargemesh.infra.stack.supervisor`.
+    """
+
+    stop_grace_s = WORKER_STOP_GRACE_S
 
     def __init__(self, settings: Settings, index: int = 0, loglevel: str = "warning") -> None:
         self.settings, self.index, self.loglevel = settings, index, loglevel
         self.log_path = settings.state_dir / f"worker-{index}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.record: supervisor.ProcessRecord | None = None
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", WORKER_MODULE, "--index", str(self.index),
+                "--loglevel", self.loglevel]
 
     def start(self) -> "WorkerProcess":
         env = dict(os.environ, **self.settings.as_environ())
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chargemesh.infra.stack.worker_main", "--index", str(self.index),
-             "--loglevel", self.loglevel],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.record = supervisor.spawn(f"worker-{self.index}", self.argv(), {}, self.log_path,
+                                       env=env)
         return self
 
+    @property
+    def pid(self) -> int | None:
+        return None if self.record is None else self.record.pid
+
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        if self.record is not None:
+            supervisor.kill(self.record)
 
     def restart_after_kill(self) -> "WorkerProcess":
         """SIGKILL, then start again once the dead member's group session has expired.
@@ -66,15 +78,12 @@ class WorkerProcess:
         return self.start()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """SIGTERM, SIGKILL after ``stop_grace_s``."""
+        if self.record is not None:
+            supervisor.stop(self.record, self.stop_grace_s)
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.record is not None and supervisor.pid_alive(self.record)
 
 
 @dataclasses.dataclass
