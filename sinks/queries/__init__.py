@@ -2,7 +2,7 @@
 
 Each function takes a ``clickhouse_driver.Client`` (or settings satisfying
 ``chargemesh.ports.ClickHouseSettings``) and returns rows or dataclasses. The CLI and the report
-call them; nothing here imports ``chargemesh.infra``.
+call them; nothing here imports the infra package.
 """
 
 from __future__ import annotations
