@@ -9,6 +9,7 @@ import click
 from chargemesh.checks import ensure
 from chargemesh.infra.cli.errors import ChargemeshGroup, OpsError
 from chargemesh.infra.cli.root import settings_of
+from chargemesh.infra.cli.tables import print_table
 from chargemesh.infra.config import Settings
 from chargemesh.processors.governance import TrustAnchor
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -156,4 +157,4 @@ def anchors_list(ctx: click.Context, as_json: bool) -> None:
     table.add_column("Ed25519 public key", overflow="fold")
     for entry in entries:
         table.add_row(entry["authority_id"], entry["public_key_hex"])
-    _out().print(table)
+    print_table(_out(), table)

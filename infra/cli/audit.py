@@ -17,6 +17,7 @@ from typing import Any
 import click
 from chargemesh.infra.cli.errors import ChargemeshGroup
 from chargemesh.infra.cli.root import settings_of
+from chargemesh.infra.cli.tables import print_table
 from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.preflight import require_broker, require_clickhouse
 from chargemesh.infra.stack.worker import publisher
@@ -229,9 +230,9 @@ def audit_command(ctx: click.Context, authority_id: str, from_ms: int, to_ms: in
         click.echo(json.dumps(report.as_json(), indent=2, sort_keys=True))
     else:
         out = Console()
-        out.print(summary_table(report))
+        print_table(out, summary_table(report))
         if report.findings:
-            out.print(findings_table(report))
+            print_table(out, findings_table(report))
     ctx.exit(0 if report.ok else EXIT_FINDINGS)
 
 
@@ -338,5 +339,5 @@ def checkpoint_command(ctx: click.Context) -> None:
     for p in published:
         table.add_row(p["log_id"], str(p["tree_size"]),
                       f"{p['first_offset']}..{p['last_offset']}", p["root_hash"].hex()[:32])
-    Console().print(table)
+    print_table(Console(), table)
     sys.stdout.flush()

@@ -14,6 +14,7 @@ import click
 from chargemesh.infra.cli.errors import ChargemeshGroup
 from chargemesh.infra.cli.query import query_rows
 from chargemesh.infra.cli.root import settings_of
+from chargemesh.infra.cli.tables import print_table
 from chargemesh.infra.config import Settings
 from rich.console import Console
 from rich.table import Table
@@ -177,7 +178,7 @@ def disputes_list(ctx: click.Context, only_open: bool, station: str | None, limi
         click.echo(json.dumps(rows, indent=2, sort_keys=True, default=_jsonable))
         return
     title = f"{'open ' if only_open else ''}disputes ({len(rows)})"
-    Console(highlight=False).print(disputes_table(rows, title))
+    print_table(Console(highlight=False), disputes_table(rows, title))
 
 
 @disputes.command("show")
@@ -194,6 +195,6 @@ def disputes_show(ctx: click.Context, dispute_id: str, as_json: bool) -> None:
         click.echo(json.dumps(view.to_json(), indent=2, sort_keys=True, default=_jsonable))
         return
     console = Console(highlight=False)
-    console.print(changes_table(view))
+    print_table(console, changes_table(view))
     if view.correction_lines:
-        console.print(lines_table(view))
+        print_table(console, lines_table(view))

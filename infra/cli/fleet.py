@@ -13,6 +13,7 @@ import click
 from chargemesh.infra.cli.errors import ChargemeshGroup
 from chargemesh.infra.cli.query import query_rows
 from chargemesh.infra.cli.root import settings_of
+from chargemesh.infra.cli.tables import print_table
 from chargemesh.infra.config import Settings
 from rich.console import Console
 from rich.table import Table
@@ -96,4 +97,4 @@ def fleet_report(ctx: click.Context, fleet_id: str, month: str | None, as_json: 
         click.echo(f"no internal accounting entries for fleet {fleet_id!r}"
                    + (f" in {month}" if month else ""))
         return
-    Console(highlight=False).print(report_table(fleet_id, rows))
+    print_table(Console(highlight=False), report_table(fleet_id, rows))

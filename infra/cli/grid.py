@@ -12,6 +12,7 @@ from chargemesh.infra.cli.errors import ChargemeshGroup
 from chargemesh.infra.cli.query import cli_client
 from chargemesh.infra.cli.query import named_rows as _rows
 from chargemesh.infra.cli.root import settings_of
+from chargemesh.infra.cli.tables import print_table
 from chargemesh.infra.config import Settings
 from rich.console import Console
 from rich.table import Table
@@ -109,4 +110,4 @@ def grid_observers(ctx: click.Context, zone: str, as_json: bool) -> None:
         return
     console = Console()
     for table in observer_tables(view):
-        console.print(table)
+        print_table(console, table)

@@ -13,6 +13,7 @@ import click
 from chargemesh.infra.cli.errors import ChargemeshGroup, OpsError
 from chargemesh.infra.cli.events import iso_ms
 from chargemesh.infra.cli.root import settings_of
+from chargemesh.infra.cli.tables import print_table
 from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.preflight import require_clickhouse
 from chargemesh.sinks.migrate import clickhouse_client
@@ -318,6 +319,6 @@ def ledger_show(ctx: click.Context, station: str, day: dt.datetime | None, all_s
     if as_json:
         click.echo(json.dumps(view.to_json(), indent=2, sort_keys=True))
         return
-    _out().print(ledger_table(view, all_slots))
+    print_table(_out(), ledger_table(view, all_slots))
     for line in summary_lines(view):
         _out().print(Text(line))

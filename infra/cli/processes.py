@@ -31,6 +31,7 @@ from chargemesh.checks import ensure
 from chargemesh.infra.cli.anchors import check_anchors
 from chargemesh.infra.cli.errors import OpsError
 from chargemesh.infra.cli.root import settings_of
+from chargemesh.infra.cli.tables import print_table
 from chargemesh.infra.config import Settings, load_settings
 from chargemesh.infra.stack import supervisor as processes
 from chargemesh.infra.stack.embedded import (
@@ -359,7 +360,7 @@ def start(ctx: click.Context, workers: int, no_sink: bool, loglevel: str) -> Non
         style = "green" if outcome.outcome == "started" else "cyan"
         table.add_row(outcome.process.name, str(outcome.process.pid),
                       f"[{style}]{outcome.outcome}[/{style}]", outcome.process.record.log_path)
-    _out().print(table)
+    print_table(_out(), table)
     extra = set(fleet.read_state()) - {o.process.name for o in outcomes}
     if extra:
         _out().print(f"also recorded (not asked for, left as they are): {sorted(extra)}")
@@ -409,7 +410,7 @@ def ps(ctx: click.Context, as_json: bool) -> None:
                 view.detail() if view.running else "not running",
                 view.log_path,
             )
-        _out().print(table)
+        print_table(_out(), table)
     if not views:
         ctx.exit(EXIT_NOT_RUNNING)
     if not all(view.healthy for view in views):

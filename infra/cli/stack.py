@@ -7,6 +7,7 @@ import time
 import click
 from chargemesh.infra.cli.processes import processor_components
 from chargemesh.infra.cli.root import settings_of
+from chargemesh.infra.cli.tables import print_table
 from chargemesh.infra.stack.embedded import ComponentStatus, EmbeddedStack, StackError
 from chargemesh.streams.topics import ALL_TOPICS, RETENTION_FOREVER_MS, partitions_for
 from chargemesh.units import DAY_MS
@@ -68,7 +69,7 @@ def status(ctx: click.Context) -> None:
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
     components += processor_components(settings)
-    _console.print(_status_table(components))
+    print_table(_console, _status_table(components))
     if not all(component.healthy for component in components):
         ctx.exit(1)
 
@@ -89,7 +90,7 @@ def topics(ctx: click.Context) -> None:
             _retention_text(spec.retention_ms),
             spec.doc,
         )
-    _console.print(table)
+    print_table(_console, table)
 
 
 def _status_table(components: list[ComponentStatus]) -> Table:

@@ -14,6 +14,7 @@ from chargemesh.infra.cli.errors import ChargemeshGroup
 from chargemesh.infra.cli.query import cli_client
 from chargemesh.infra.cli.query import named_rows as _rows
 from chargemesh.infra.cli.root import settings_of
+from chargemesh.infra.cli.tables import print_table
 from chargemesh.infra.config import Settings
 from rich.console import Console
 from rich.table import Table
@@ -87,4 +88,4 @@ def pack_history(ctx: click.Context, pack_id: str, as_json: bool) -> None:
     if not view.steps:
         click.echo(f"no history for pack {pack_id}")
         return
-    Console().print(history_table(view))
+    print_table(Console(), history_table(view))

@@ -442,6 +442,7 @@ def money_text(value: Decimal) -> str:
 
 import click  # noqa: E402
 from chargemesh.infra.cli.root import settings_of  # noqa: E402
+from chargemesh.infra.cli.tables import print_table  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -459,7 +460,7 @@ def demo(ctx: click.Context, keep_running: bool) -> None:
         console.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim]  {message}")
 
     result = run_demo(settings, say, keep_running=keep_running)
-    console.print(_revenue_table(result))
+    print_table(console, _revenue_table(result))
     for title, key, headers in (("Settlement lines", "lines", ("kind", "lines", "amount")),
                                 ("Ledger decisions", "decisions", ("decision", "count")),
                                 ("Re-pricing", "reprices", ("stage", "count")),
@@ -472,7 +473,7 @@ def demo(ctx: click.Context, keep_running: bool) -> None:
                              else "right")
         for row in result[key]:
             table.add_row(*[money_text(v) if isinstance(v, Decimal) else str(v) for v in row])
-        console.print(table)
+        print_table(console, table)
     console.print(f"{result['events'][0][0]} signed events in ClickHouse table `events` "
                   "(cumulative: every run in this state folder; the tables above are this "
                   "demo's own). "

@@ -426,6 +426,7 @@ def write_report(settings: Settings, run_id: str, out_dir: Path) -> Path | None:
 
 import click
 from chargemesh.infra.cli.root import settings_of
+from chargemesh.infra.cli.tables import print_table
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -518,11 +519,12 @@ def _table(title: str, headers: tuple[str, ...], rows: list[tuple[Any, ...]]) ->
 
 def print_summary(console: Console, settings: Settings, summary: SimSummary) -> None:
     result = summary_tables(settings, summary.run_id, summary.prefix, summary.started_at_ms)
-    console.print(_table("Settlements by jurisdiction and currency (ClickHouse)",
+    print_table(console, _table("Settlements by jurisdiction and currency (ClickHouse)",
                          ("jurisdiction", "currency", "kind", "settlements", "import Wh",
                           "export Wh", "total"), result["settlements"]))
-    console.print(_table("Settlement finality", ("status", "settlements"), result["finality"]))
-    console.print(_table("Rejections by reason (this run)", ("reason", "events"),
+    print_table(console, _table("Settlement finality", ("status", "settlements"),
+                                result["finality"]))
+    print_table(console, _table("Rejections by reason (this run)", ("reason", "events"),
                          result["rejections"]))
-    console.print(_table("Latency, participant's side (ms)",
+    print_table(console, _table("Latency, participant's side (ms)",
                          ("kind", "samples", "p50", "p99", "max"), result["latencies"]))
