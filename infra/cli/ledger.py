@@ -26,6 +26,7 @@ from chargemesh.sinks.queries.ledger import (
     read_bookings,
     read_calendar,
 )
+from chargemesh.units import DAY_MS, MINUTE_MS
 from clickhouse_driver import errors as ch_errors
 from rich.console import Console
 from rich.table import Table
@@ -35,8 +36,6 @@ SLOTS_SHOWN_MAX = 1_440  # one day of 1-minute slots
 FREE_RUN_COLLAPSE_MIN = 3  # this many free slots in a row show as one row (without --all-slots)
 SHORT_ID_CHARS = 10
 LEDGER_QUERY_TIMEOUT_S = 30.0
-MS_PER_DAY = 86_400_000
-MS_PER_MINUTE = 60_000
 
 
 def _out() -> Console:
@@ -105,7 +104,7 @@ class LedgerDay:
 def _day_window(day: dt.date) -> tuple[int, int]:
     start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
     start_ms = int(start.timestamp() * 1000)
-    return start_ms, start_ms + MS_PER_DAY
+    return start_ms, start_ms + DAY_MS
 
 
 def _utc_date(at_ms: int) -> dt.date:
@@ -204,7 +203,7 @@ def rate_text(rate: Decimal) -> str:
 
 def _hhmm(at_ms: int, end: bool = False) -> str:
     """UTC hours and minutes; the end of a day (``end``) reads 24:00, not 00:00."""
-    if end and at_ms % MS_PER_DAY == 0:
+    if end and at_ms % DAY_MS == 0:
         return "24:00"
     return dt.datetime.fromtimestamp(at_ms / 1000, tz=dt.UTC).strftime("%H:%M")
 
@@ -277,7 +276,7 @@ def summary_lines(day: LedgerDay) -> list[str]:
     if cal is None:
         lines.append("no calendar of this station in ClickHouse: booked slots only")
     else:
-        lines.append(f"calendar v{cal.version}: {cal.slot_duration_ms // MS_PER_MINUTE} min "
+        lines.append(f"calendar v{cal.version}: {cal.slot_duration_ms // MINUTE_MS} min "
                      f"slots, posted {rate_text(Decimal(cal.posted_rate_per_kwh))} "
                      f"{cal.currency}/kWh")
     markers = [("W", "walk-up", any(b.walk_up for b in day.bookings)),

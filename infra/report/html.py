@@ -50,8 +50,8 @@ from chargemesh.infra.report.queries import (
 )
 from chargemesh.infra.stack.preflight import require_clickhouse
 from chargemesh.sinks.migrate import clickhouse_client
+from chargemesh.units import MINUTE_MS
 
-MINUTE_MS = 60_000
 REPRICE_WINDOW_BEFORE_MS = 30 * MINUTE_MS
 REPRICE_WINDOW_AFTER_MS = 60 * MINUTE_MS
 REJECTION_REASONS_MAX = 30

@@ -26,9 +26,9 @@ from typing import Any
 
 from chargemesh.infra.config import Settings
 from chargemesh.infra.sim.plan import SimConfig
+from chargemesh.units import HOUR_MS
 from clickhouse_driver import Client
 
-HOUR_MS = 3_600_000
 HEATMAP_STATIONS_MAX = 40
 HEATMAP_HOURS_MAX = 168
 REPRICE_SESSIONS_MAX = 8

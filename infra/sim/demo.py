@@ -26,9 +26,8 @@ from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import DECISIONS, SETTLEMENTS
+from chargemesh.units import HOUR_MS, MINUTE_MS
 
-HOUR_MS = 3_600_000
-MINUTE_MS = 60_000
 SLOT_MS = 15 * MINUTE_MS
 WAIT_S_MAX = 90.0
 SINK_STOP_S_MAX = 30.0
