@@ -1,7 +1,7 @@
 """P4: a revoked credential propagates into every station ledger that rested on it. Pure.
 
 The governance processor fans each admitted ``CredentialRevoked`` out to every partition of the
-market topic as a ``RevocationRouted`` record (``processors/runtime/app.py``); each station ledger on that
+market topic as a ``RevocationRouted`` record (:func:`fan_out`); each station ledger on that
 partition then re-evaluates, in its own single-writer order, everything whose admissibility rested
 on one of the revoked credentials (the revoked one and everything that chained through it):
 
@@ -23,8 +23,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.decisions import Decision, DecisionType, decided
+from chargemesh.processors.governance import TrustStore
+from chargemesh.processors.ledger import state as ledger
+from chargemesh.processors.ledger.sessions import sessions
 from chargemesh.processors.ledger.state import (
     Command,
     GovernanceView,
@@ -35,6 +37,7 @@ from chargemesh.processors.ledger.state import (
     released,
 )
 from chargemesh.processors.reasons import Reason, Rejection
+from chargemesh.processors.records import Output, decision_id, routing_key
 from chargemesh.processors.statuses import (
     CapacityCause,
     ReevaluationOutcome,
@@ -44,9 +47,15 @@ from chargemesh.processors.statuses import (
     SessionStatus,
     StopReason,
 )
-from chargemesh.processors.ledger.sessions import sessions
+from chargemesh.streams import topics
+from chargemesh.streams.envelope import SignedEvent, seal
+from chargemesh.streams.keys import Signer
 
+CREDENTIAL_REVOKED = "chargemesh.governance.v1.CredentialRevoked"
 REVOCATION_ROUTED = "chargemesh.ledger.v1.RevocationRouted"
+# A revocation names at most this many cascaded credentials (the rest still fail their chain
+# at ingress; the record says it was truncated).
+REVOCATION_CASCADE_MAX = 10_000
 REVOKED = Reason.CREDENTIAL_REVOKED
 OUTAGE_FOREVER_MS = 2**62
 
@@ -148,3 +157,25 @@ def _stop(state: LedgerState, s: dict[str, Any], stopped_at: int, out: list[Deci
         "session_id": s["session_id"], "station_id": state.station_id,
         "stopped_at_ms": stopped_at, "reason": StopReason.REVOCATION}))
 
+
+def fan_out(event: SignedEvent, payload: dict[str, Any], store: TrustStore, signer: Signer,
+            partitions: int) -> list[Output]:
+    """One ``RevocationRouted`` per market partition for an admitted ``CredentialRevoked``, so
+    every station ledger re-evaluates in its own order what rested on the revoked credentials
+    (the revoked one and everything ``store`` knows to chain through it)."""
+    cascade = store.descendants(payload["credential_id"])
+    truncated = len(cascade) > REVOCATION_CASCADE_MAX
+    outputs = []
+    for partition in range(partitions):
+        key = routing_key(f"revocation:{event.event_id}", partition, partitions)
+        routed = seal(REVOCATION_ROUTED, {
+            "routing_key": key, "market_partition": partition,
+            "revocation_event_id": event.event_id,
+            "revoked_credential_id": payload["credential_id"],
+            "effective_at_ms": payload["effective_at_ms"],
+            "revoked_credential_ids": cascade[:REVOCATION_CASCADE_MAX],
+            "cascade_truncated": truncated, "revocation_event": event.encode(),
+        }, author=signer, subject_key=key, occurred_at_ms=event.body.occurred_at_ms,
+            prev_hash=event.event_hash, event_id=decision_id(event.event_id, partition))
+        outputs.append(Output(topics.MARKET.name, key.encode(), routed.encode()))
+    return outputs
