@@ -39,11 +39,11 @@ def decode(raw: bytes) -> tuple[SignedEvent, dict[str, Any]] | Refused:
     try:
         event = open_envelope(raw)
     except DecodeError as exc:
-        return Refused(Rejection(exc.reason_code, exc.detail), None)
+        return Refused(Rejection(Reason(exc.reason_code), exc.detail), None)
     try:
         payload = open_payload(event)
     except DecodeError as exc:
-        return Refused(Rejection(exc.reason_code, exc.detail), event)
+        return Refused(Rejection(Reason(exc.reason_code), exc.detail), event)
     return event, payload
 
 

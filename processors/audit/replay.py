@@ -29,13 +29,8 @@ from decimal import Decimal
 from typing import Any
 
 from chargemesh.processors.audit import checkpoints as checkpointer
-
-from chargemesh.processors.embodiments import fleet
-
-from chargemesh.processors.embodiments import swap
-
-from chargemesh.processors.embodiments import v2g
 from chargemesh.processors.audit.checkpoints import Checkpoint, LogRecord
+from chargemesh.processors.embodiments import fleet, swap, v2g
 from chargemesh.processors.governance import (
     GOVERNANCE_EVENT_TYPES,
     TrustAnchor,
@@ -43,8 +38,9 @@ from chargemesh.processors.governance import (
 )
 from chargemesh.processors.ingress import Refused, admit, admit_governance
 from chargemesh.processors.policy import POLICIES
-from chargemesh.processors.reasons import Rejection
+from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.processors.settlement import Reading, Reprice, Tariff, segments, settle
+from chargemesh.processors.statuses import SettlementShape
 from chargemesh.schemas.codec import DecodeError
 from chargemesh.streams import merkle, topics
 from chargemesh.streams.envelope import SignedEvent, open_envelope, open_payload
@@ -69,13 +65,13 @@ TRIP_CLOSED = WIRELESS + "TripClosed"
 PASSES_RECORDED = WIRELESS + "SegmentPassesRecorded"
 # Settlements the audit verifies (signatures, chains, hash links, finality) but does not
 # recompute, by what they are: reported, never a finding.
-NOT_RECOMPUTED_WIRELESS = "WIRELESS_TRIP"
+NOT_RECOMPUTED_WIRELESS = SettlementShape.WIRELESS_TRIP
 PROGRESS_EVERY = 500
 
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
-    code: str
+    code: Reason
     event_id: str
     event_type: str
     where: str  # "<topic>/<partition>@<offset>"
@@ -205,7 +201,7 @@ class Audit:
 
     # ---- findings ---------------------------------------------------------------------------
 
-    def find(self, code: str, record: LogRecord | None, event: SignedEvent | None,
+    def find(self, code: Reason, record: LogRecord | None, event: SignedEvent | None,
              detail: str, session_id: str = "") -> None:
         if len(self.report.findings) >= FINDINGS_MAX:
             return
@@ -275,7 +271,7 @@ class Audit:
             return
         event_id, event_hash = archived
         if event_id != entry.event.event_id or event_hash != entry.event.event_hash.hex():
-            self.find("ARCHIVE_MISMATCH", r, entry.event,
+            self.find(Reason.ARCHIVE_MISMATCH, r, entry.event,
                       f"archived as {event_id} / hash {event_hash[:16]}..., the bytes decode to "
                       f"{entry.event.event_id} / hash {entry.event.event_hash.hex()[:16]}...")
 
@@ -303,18 +299,18 @@ class Audit:
         if isinstance(verdict, Rejection):
             self.find(verdict.reason, entry.record, event, verdict.detail)
         elif "PROCESSOR" not in verdict.principal.roles:
-            self.find("ROLE_NOT_PERMITTED", entry.record, event,
+            self.find(Reason.ROLE_NOT_PERMITTED, entry.record, event,
                       f"{event.body.author_credential_id} is not a processor key")
         cause = self.by_hash.get(event.body.prev_hash)
         if cause is None or cause.record.topic != topics.ADMITTED.name:
-            self.find("BROKEN_HASH_LINK", entry.record, event,
+            self.find(Reason.BROKEN_HASH_LINK, entry.record, event,
                       f"prev_hash {event.body.prev_hash.hex()[:16]}... names no admitted event")
 
     def _verify_admitted(self, entry: Entry) -> None:
         event, record = entry.event, entry.record
         if event.event_type in GOVERNANCE_EVENT_TYPES:
             if event.event_id not in self.store.applied_event_ids:
-                self.find("GOVERNANCE_NOT_REPLAYED", record, event,
+                self.find(Reason.GOVERNANCE_NOT_REPLAYED, record, event,
                           "admitted, but the governance replay did not admit it")
             return
         policy = POLICIES.get(event.event_type)
@@ -335,7 +331,7 @@ class Audit:
                       "routed grid event: " + verdict.rejection.detail)
         elif entry.event.body.prev_hash != verdict.event.event_hash or (
                 verdict.event.event_hash not in self.by_hash):
-            self.find("BROKEN_HASH_LINK", entry.record, entry.event,
+            self.find(Reason.BROKEN_HASH_LINK, entry.record, entry.event,
                       "the routed grid event is not the admitted one its prev_hash names")
 
     def in_window(self, at_ms: int) -> bool:
@@ -387,13 +383,13 @@ class Audit:
             self._check_trip(entry, evidence)
             return
         if SWAPPED in types:
-            self._shape("SWAP")
+            self._shape(SettlementShape.SWAP)
             self._check_swap(entry, evidence)
             return
         closes = [e for e in evidence if e.event.event_type == SESSION + "MeterClosedOut"]
         if not closes:
-            self.find("MISSING_EVIDENCE", entry.record, entry.event, "no close-out in evidence",
-                      sid)
+            self.find(Reason.MISSING_EVIDENCE, entry.record, entry.event,
+                      "no close-out in evidence", sid)
             return
         close = closes[-1]
         signing = [e for e in self.signatures.get(sid, {}).values() if self.verify(e)]
@@ -401,7 +397,7 @@ class Audit:
             if not (
                     e.event.body.prev_hash == close.event.event_hash
                     == bytes(e.payload["close_out_event_hash"])):
-                self.find("BROKEN_HASH_LINK", e.record, e.event,
+                self.find(Reason.BROKEN_HASH_LINK, e.record, e.event,
                           "signature event is not linked to the session's close-out", sid)
         priced_by = None
         if int(p.get("energy_export_wh", 0)) > 0:
@@ -412,11 +408,11 @@ class Audit:
             if priced:
                 priced_by = priced[0]
             else:
-                self.find("BROKEN_HASH_LINK", entry.record, entry.event,
+                self.find(Reason.BROKEN_HASH_LINK, entry.record, entry.event,
                           "a V2G settlement's prev_hash is not the grid operator's co-signature "
                           "of its session's close-out", sid)
         elif entry.event.body.prev_hash != close.event.event_hash:
-            self.find("BROKEN_HASH_LINK", entry.record, entry.event,
+            self.find(Reason.BROKEN_HASH_LINK, entry.record, entry.event,
                       "the settlement's prev_hash is not its session's close-out", sid)
         if p["kind"] in (fleet.CHARGE, fleet.INTERNAL):
             self._recompute(entry, evidence, close, priced_by)
@@ -424,7 +420,7 @@ class Audit:
             self._not_recomputed(str(p["kind"]))
         self._check_finality(entry, signing, close)
 
-    def _shape(self, shape: str) -> None:
+    def _shape(self, shape: SettlementShape) -> None:
         self.report.settlements_by_shape[shape] = self.report.settlements_by_shape.get(
             shape, 0) + 1
 
@@ -447,20 +443,20 @@ class Audit:
         self._not_recomputed(NOT_RECOMPUTED_WIRELESS)
         authorised = [e for e in evidence if e.event.event_type == TRIP_AUTHORISED]
         if not authorised:
-            self.find("MISSING_EVIDENCE", entry.record, entry.event,
+            self.find(Reason.MISSING_EVIDENCE, entry.record, entry.event,
                       "no TripAuthorised in the trip's evidence", sid)
             return
         vehicle = authorised[0].event.body.author_credential_id
         if entry.payload["identity"]["vehicle_credential_id"] != vehicle:
-            self.find("IDENTITY_MISMATCH", entry.record, entry.event,
+            self.find(Reason.IDENTITY_MISMATCH, entry.record, entry.event,
                       "the settlement names another vehicle than the trip's authorisation", sid)
         for fin in self.finalised.get(sid, []):
             self.verify(fin)
             if fin.event.body.prev_hash != entry.event.body.prev_hash:
-                self.find("BROKEN_HASH_LINK", fin.record, fin.event,
+                self.find(Reason.BROKEN_HASH_LINK, fin.record, fin.event,
                           "finality does not rest on the event that settled the trip", sid)
             if list(fin.payload["signer_ids"]) != [vehicle]:
-                self.find("FINAL_WITHOUT_SIGNATURES", fin.record, fin.event,
+                self.find(Reason.FINAL_WITHOUT_SIGNATURES, fin.record, fin.event,
                           f"a trip is final on its vehicle's signature: {vehicle}", sid)
         if self.finalised.get(sid):
             self.report.settlements_final += 1
@@ -471,23 +467,26 @@ class Audit:
         p, sid = entry.payload, entry.payload["session_id"]
         swapped = next(e for e in evidence if e.event.event_type == SWAPPED)
         if entry.event.body.prev_hash != swapped.event.event_hash:
-            self.find("BROKEN_HASH_LINK", entry.record, entry.event,
+            self.find(Reason.BROKEN_HASH_LINK, entry.record, entry.event,
                       "the settlement's prev_hash is not its co-signed swap", sid)
         sp = swapped.payload
         filed = self.store.tariff(p["tariff_id"])
         reservation = self.reserved.get(sp["reservation_id"])
-        problem = ""
+        problem: Rejection | None = None
         if sp["identity"] != p["identity"]:
-            problem = "IDENTITY_MISMATCH: settlement identity differs from the swap's"
+            problem = Rejection(Reason.IDENTITY_MISMATCH,
+                                "settlement identity differs from the swap's")
         elif filed is None:
-            problem = f"TARIFF_NOT_FILED: {p['tariff_id']} was never filed"
+            problem = Rejection(Reason.TARIFF_NOT_FILED, f"{p['tariff_id']} was never filed")
         elif filed["rate_authority_id"] != p["identity"]["rate_authority_id"]:
-            problem = f"TARIFF_OF_ANOTHER_AUTHORITY: filed by {filed['rate_authority_id']}"
+            problem = Rejection(Reason.TARIFF_OF_ANOTHER_AUTHORITY,
+                                f"filed by {filed['rate_authority_id']}")
         elif reservation is None:
-            problem = "MISSING_EVIDENCE: no SlotReserved for the swap's booking"
-        if problem or filed is None or reservation is None:
-            code, _, detail = problem.partition(": ")
-            self.find(code, entry.record, entry.event, detail, sid)
+            problem = Rejection(Reason.MISSING_EVIDENCE,
+                                "no SlotReserved for the swap's booking")
+        if problem is not None or filed is None or reservation is None:
+            if problem is not None:
+                self.find(problem.reason, entry.record, entry.event, problem.detail, sid)
         else:
             self.verify(reservation)
             tariff = Tariff.from_filing(filed)
@@ -502,10 +501,10 @@ class Audit:
             missing = [x for x in p["required_signer_ids"]
                        if x not in fin.payload["signer_ids"] or x not in signers]
             if missing:
-                self.find("FINAL_WITHOUT_SIGNATURES", fin.record, fin.event,
+                self.find(Reason.FINAL_WITHOUT_SIGNATURES, fin.record, fin.event,
                           f"required signers without a signature on the swap: {missing}", sid)
             if fin.event.body.prev_hash != swapped.event.event_hash:
-                self.find("BROKEN_HASH_LINK", fin.record, fin.event,
+                self.find(Reason.BROKEN_HASH_LINK, fin.record, fin.event,
                           "finality does not link to the co-signed swap", sid)
         if self.finalised.get(sid):
             self.report.settlements_final += 1
@@ -515,16 +514,16 @@ class Audit:
         for event_id in entry.payload["evidence_event_ids"]:
             ev = self.by_id.get(event_id)
             if ev is None or ev.record.topic != topics.ADMITTED.name:
-                self.find("MISSING_EVIDENCE", entry.record, entry.event,
+                self.find(Reason.MISSING_EVIDENCE, entry.record, entry.event,
                           f"evidence {event_id} is not in the admitted log", sid)
                 continue
             if not self.verify(ev):
-                self.find("EVIDENCE_NOT_VERIFIABLE", entry.record, entry.event,
+                self.find(Reason.EVIDENCE_NOT_VERIFIABLE, entry.record, entry.event,
                           f"evidence {event_id} fails verification: left out of the recompute",
                           sid)
                 continue
             if not names_session(ev.payload, sid):
-                self.find("EVIDENCE_OF_ANOTHER_SESSION", ev.record, ev.event,
+                self.find(Reason.EVIDENCE_OF_ANOTHER_SESSION, ev.record, ev.event,
                           f"cited by {sid}'s settlement", sid)
                 continue
             out.append(ev)
@@ -556,17 +555,18 @@ class Audit:
                 if priced_by is None:
                     return  # found already: no co-signature carries the clearing price
                 s["clearing_price_per_kwh"] = Decimal(priced_by.payload["clearing_price_per_kwh"])
-                self._shape("V2G")
+                self._shape(SettlementShape.V2G)
             lines, total = v2g.with_export_credit(tariff, s, lines, total)
             fleet.start(s, p["identity"]["station_id"], self.store)
             kind, lines, total = fleet.internal_entry(s, lines, total)
         except ValueError as exc:
-            self.find("EVIDENCE_INCONSISTENT", entry.record, entry.event, str(exc), sid)
+            self.find(Reason.EVIDENCE_INCONSISTENT, entry.record, entry.event, str(exc), sid)
             return
-        self._shape(kind if kind == fleet.INTERNAL else "SESSION")
+        self._shape(SettlementShape.INTERNAL_ACCOUNTING if kind == fleet.INTERNAL
+                    else SettlementShape.SESSION)
         self._counted(entry, tariff.currency, total)
         if kind != p["kind"] or v2g.exported_wh(s) != int(p.get("energy_export_wh", 0)):
-            self.find("SETTLEMENT_MISMATCH", entry.record, entry.event,
+            self.find(Reason.SETTLEMENT_MISMATCH, entry.record, entry.event,
                       f"recomputed a {kind} settlement exporting {v2g.exported_wh(s)} Wh; "
                       f"admitted {p['kind']} exporting {p.get('energy_export_wh', 0)} Wh", sid)
         self._compare(entry, lines, total, final.import_wh - start.import_wh, tariff.currency)
@@ -576,7 +576,7 @@ class Audit:
         p = entry.payload
         if (comparable(lines) != comparable(p["lines"]) or total != p["total_amount"]
                 or energy_wh != p["energy_import_wh"] or currency != p["currency"]):
-            self.find("SETTLEMENT_MISMATCH", entry.record, entry.event,
+            self.find(Reason.SETTLEMENT_MISMATCH, entry.record, entry.event,
                       f"recomputed {total} {currency} for {energy_wh} Wh in {len(lines)} "
                       f"lines; admitted {p['total_amount']} {p['currency']} for "
                       f"{p['energy_import_wh']} Wh in {len(p['lines'])} lines", p["session_id"])
@@ -587,27 +587,30 @@ class Audit:
         handshakes = [e for e in evidence
                       if e.event.event_type == SESSION + "ConnectorHandshakeCompleted"]
         filed = self.store.tariff(p["tariff_id"])
-        problem = ""
+        problem: Rejection | None = None
         if not handshakes:
-            problem = "MISSING_EVIDENCE: no handshake in evidence"
+            problem = Rejection(Reason.MISSING_EVIDENCE, "no handshake in evidence")
         elif handshakes[0].payload["identity"] != p["identity"]:
-            problem = "IDENTITY_MISMATCH: settlement identity differs from the handshake's"
+            problem = Rejection(Reason.IDENTITY_MISMATCH,
+                                "settlement identity differs from the handshake's")
         elif filed is None:
-            problem = f"TARIFF_NOT_FILED: {p['tariff_id']} was never filed"
+            problem = Rejection(Reason.TARIFF_NOT_FILED, f"{p['tariff_id']} was never filed")
         elif filed["rate_authority_id"] != p["identity"]["rate_authority_id"]:
-            problem = f"TARIFF_OF_ANOTHER_AUTHORITY: filed by {filed['rate_authority_id']}"
+            problem = Rejection(Reason.TARIFF_OF_ANOTHER_AUTHORITY,
+                                f"filed by {filed['rate_authority_id']}")
         reservation = self.reserved.get(handshakes[0].payload["reservation_id"]) \
             if handshakes else None
-        if not problem and reservation is None:
-            problem = "MISSING_EVIDENCE: no SlotReserved for the session's reservation"
-        if problem or filed is None or reservation is None:
-            code, _, detail = problem.partition(": ")
-            self.find(code, entry.record, entry.event, detail, sid)
+        if problem is None and reservation is None:
+            problem = Rejection(Reason.MISSING_EVIDENCE,
+                                "no SlotReserved for the session's reservation")
+        if problem is not None or filed is None or reservation is None:
+            if problem is not None:
+                self.find(problem.reason, entry.record, entry.event, problem.detail, sid)
             return None
         self.verify(reservation)
         base_rate = Decimal(reservation.payload["rate_per_kwh"])
         if base_rate > Decimal(filed["energy_rate_ceiling_per_kwh"]):
-            self.find("RATE_ABOVE_FILED_CEILING", reservation.record, reservation.event,
+            self.find(Reason.RATE_ABOVE_FILED_CEILING, reservation.record, reservation.event,
                       f"{base_rate} > filed {filed['energy_rate_ceiling_per_kwh']}", sid)
         hs = handshakes[0].payload
         start = Reading(int(hs["started_at_ms"]), int(hs["meter_start_wh"]))
@@ -622,7 +625,7 @@ class Audit:
             proposal = self.proposed.get((sid, e.payload["grid_event_id"]))
             if proposal is None or Decimal(proposal.payload["new_rate_per_kwh"]) != Decimal(
                     e.payload["accepted_rate_per_kwh"]):
-                self.find("REPRICE_NOT_PROPOSED", e.record, e.event,
+                self.find(Reason.REPRICE_NOT_PROPOSED, e.record, e.event,
                           "accepted re-price matches no proposal of the ledger", sid)
                 continue
             self.verify(proposal)
@@ -645,10 +648,10 @@ class Audit:
             self.verify(fin)
             missing = [s for s in required if s not in fin.payload["signer_ids"] or s not in signed]
             if missing:
-                self.find("FINAL_WITHOUT_SIGNATURES", fin.record, fin.event,
+                self.find(Reason.FINAL_WITHOUT_SIGNATURES, fin.record, fin.event,
                           f"required signers without a signature in the lineage: {missing}", sid)
             if fin.event.body.prev_hash not in signing_hashes:
-                self.find("BROKEN_HASH_LINK", fin.record, fin.event,
+                self.find(Reason.BROKEN_HASH_LINK, fin.record, fin.event,
                           "finality does not link to a signature of this session", sid)
         if finals:
             self.report.settlements_final += 1
@@ -666,7 +669,8 @@ class Audit:
                 event = open_envelope(record.value)
                 payload = open_payload(event)
             except DecodeError as exc:
-                self.find(exc.reason_code, record, None, f"checkpoint does not decode: {exc}")
+                self.find(Reason(exc.reason_code), record, None,
+                          f"checkpoint does not decode: {exc}")
                 continue
             verdict = self.store.check_event(event, payload)
             if isinstance(verdict, Rejection):
@@ -688,7 +692,7 @@ class Audit:
             if seen != cp.previous_root_hash or not merkle.verify_consistency(
                     cp.previous_tree_size, cp.tree_size, cp.previous_root_hash, cp.root_hash,
                     cp.consistency_proof):
-                self.find("CHECKPOINT_INCONSISTENT", record, cp.event,
+                self.find(Reason.CHECKPOINT_INCONSISTENT, record, cp.event,
                           f"{cp.log_id}: tree {cp.tree_size} does not extend tree "
                           f"{cp.previous_tree_size}")
         covered = log[:cp.tree_size]
@@ -699,13 +703,13 @@ class Audit:
             if archive:  # the archive keeps one row per event id: copies' offsets are gone
                 self.report.checkpoints_skipped += 1
                 return
-            self.find("CHECKPOINT_BEYOND_LOG", record, cp.event,
+            self.find(Reason.CHECKPOINT_BEYOND_LOG, record, cp.event,
                       f"{cp.log_id}: signed {cp.tree_size} records up to offset "
                       f"{cp.last_offset}; the log holds {len(log)}")
             return
         root = merkle.subtree_root(hashes, 0, cp.tree_size)
         if root != cp.root_hash:
-            self.find("CHECKPOINT_MISMATCH", record, cp.event,
+            self.find(Reason.CHECKPOINT_MISMATCH, record, cp.event,
                       f"{cp.log_id}: the tree head over offsets {cp.first_offset}.."
                       f"{cp.last_offset} is {root.hex()[:16]}..., signed "
                       f"{cp.root_hash.hex()[:16]}...: a covered record was changed")

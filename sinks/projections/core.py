@@ -35,6 +35,7 @@ from decimal import Decimal
 from typing import Any
 
 from chargemesh.checks import InvariantError, ensure
+from chargemesh.processors.reasons import Reason
 from chargemesh.schemas import framing
 from chargemesh.schemas.codec import DecodeError, catalog, render_json
 from chargemesh.streams.envelope import REJECTED_SCHEMA, SignedEvent, open_envelope, open_payload
@@ -42,8 +43,8 @@ from chargemesh.streams.envelope import REJECTED_SCHEMA, SignedEvent, open_envel
 Row = tuple[Any, ...]
 Rows = dict[str, list[Row]]
 
-SINK_UNDECODABLE = "SINK_UNDECODABLE"
-SINK_PROJECTION_FAILED = "SINK_PROJECTION_FAILED"
+SINK_UNDECODABLE = Reason.SINK_UNDECODABLE
+SINK_PROJECTION_FAILED = Reason.SINK_PROJECTION_FAILED
 # Own namespace: a sink rejection id never equals a processor's rejection id for the same spot.
 SINK_REJECTION_NAMESPACE = uuid.UUID("0b7c3e52-9d4f-4a61-8f2e-5c1d7a9e3b40")
 RAW_BYTES_KEPT_MAX = 64 * 1024
@@ -180,7 +181,7 @@ def _project_rejection_record(message: SourceMessage) -> Rows:
     except DecodeError as exc:
         return _undecodable(message, exc, None)
     if name != REJECTED_SCHEMA:
-        error = DecodeError("WRONG_SCHEMA", f"{name} on the rejections topic")
+        error = DecodeError(Reason.WRONG_SCHEMA, f"{name} on the rejections topic")
         return _undecodable(message, error, None)
     row = (
         record["rejection_id"], record["source_topic"], record["source_partition"],
