@@ -136,7 +136,7 @@ class PlainLoop:
 
     def batch(self, msgs: list[Any]) -> None:
         from chargemesh.processors.ledger import state as ledger
-        from chargemesh.processors.runtime.app import DECISION_ROUTES, expected_partition, seal_decision
+        from chargemesh.processors.runtime.app import expected_partition, seal_decision
         from chargemesh.processors.ingress import Admitted, Refused, admit, rejection_record
         from chargemesh.processors.ledger.step import market_step
         from chargemesh.processors.reasons import Reason, Rejection
@@ -188,9 +188,7 @@ class PlainLoop:
             with self.phase("sign decisions (seal)"):
                 for i, d in enumerate(step.decisions):
                     sealed = seal_decision(self.signer, state, verdict.event, i, d)
-                    _, topic, key_field = DECISION_ROUTES[d[0]]
-                    outputs.append((topic, str(d[1][key_field]).encode(), sealed.encode(),
-                                    None))
+                    outputs.append((d.topic, d.key.encode(), sealed.encode(), None))
             if step.rejection is not None:
                 record = rejection_record(value, msg.topic(), partition, offset,
                                           Refused(step.rejection, verdict.event),
