@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from chargemesh.infra.cli.main import cli
-from chargemesh.infra.cli.participant import write_key_file
+from chargemesh.streams.sdk.key_files import write_key_file
 from chargemesh.infra.config import Settings
 from chargemesh.schemas.codec import catalog
 from chargemesh.schemas.json_avro import PayloadError, from_json

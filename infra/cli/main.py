@@ -15,9 +15,11 @@ from chargemesh.infra.cli.disputes import disputes
 from chargemesh.infra.cli.events import events
 from chargemesh.infra.cli.fleet import fleet
 from chargemesh.infra.cli.grid import grid
+from chargemesh.infra.cli.keys import keys
 from chargemesh.infra.cli.ledger import ledger
-from chargemesh.infra.cli.participant import credential, keys
+from chargemesh.infra.cli.participant import credential
 from chargemesh.infra.cli.processes import ps, sink, start, stop, worker
+from chargemesh.infra.cli.publish import events_publish
 from chargemesh.infra.cli.root import cli as root_group
 from chargemesh.infra.cli.stack import down, status, topics, up
 from chargemesh.infra.cli.swap import pack
@@ -35,6 +37,7 @@ COMMANDS: tuple[click.Command, ...] = (
 
 def build() -> click.Group:
     """The root group with every command added (idempotent: adding one twice replaces it)."""
+    events.add_command(events_publish)
     for command in COMMANDS:
         root_group.add_command(command)
     return root_group

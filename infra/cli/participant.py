@@ -19,28 +19,27 @@ events); progress and notes go to stderr.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import click
 from chargemesh.checks import ensure
 from chargemesh.infra.cli.errors import ChargemeshGroup, OpsError
-from chargemesh.infra.cli.events import TailPlan, events, resolve_topic, tail_records
+from chargemesh.infra.cli.events import TailPlan, tail_records
 from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.preflight import require_broker
 from chargemesh.infra.stack.worker import publisher
 from chargemesh.processors.governance import ChainOk, TrustAnchor, TrustStore
 from chargemesh.processors.ingress import Refused, admit_governance
-from chargemesh.processors.policy import POLICIES, field_at
-from chargemesh.schemas.codec import DecodeError, SchemaError, catalog, to_jsonable
-from chargemesh.schemas.json_avro import from_json
+from chargemesh.schemas.codec import DecodeError, catalog, to_jsonable
 from chargemesh.streams.envelope import ENVELOPE_BYTES_MAX, SignedEvent, event_view, open_payload
-from chargemesh.streams.keys import PUBLIC_KEY_BYTES, Signer, verify_signature
+from chargemesh.streams.keys import PUBLIC_KEY_BYTES, verify_signature
+from chargemesh.streams.sdk.key_files import (
+    KeyFileError,
+    load_key_file,
+)
 from chargemesh.streams.sdk.participant import FOREVER_MS, Participant, now_ms, topic_for
 from chargemesh.streams.topics import GOVERNANCE
 from confluent_kafka import Message
@@ -48,12 +47,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
 from rich.progress import Progress
 
-KEY_FILE_KIND = "chargemesh.key.v1"
 REQUEST_KIND = "chargemesh.credential-request.v1"
 REQUEST_DOMAIN = b"chargemesh/credential-request/v1\x00"
 ISSUED_TYPE = "chargemesh.governance.v1.CredentialIssued"
 REVOKED_TYPE = "chargemesh.governance.v1.CredentialRevoked"
-KEY_FILE_BYTES_MAX = 4_096
 REQUEST_FILE_BYTES_MAX = 64 * 1024
 PAYLOAD_FILE_BYTES_MAX = 64 * 1024 * 1024
 # Several times the envelope limit, so oversized envelopes can be published to test refusal.
@@ -65,7 +62,7 @@ ID_CHARS_MAX = 128
 
 
 class ParticipantError(RuntimeError):
-    """A key file, request or payload that cannot be used; the message says why."""
+    """A request or payload that cannot be used; the message says why."""
 
 
 def _enum_symbols(event_type: str, field: str) -> list[str]:
@@ -84,48 +81,10 @@ REVOCATION_REASONS = _enum_symbols(REVOKED_TYPE, "reason_code")
 # ==== key files =================================================================================
 
 
-def write_key_file(path: Path, participant: Participant, overwrite: bool = False) -> None:
-    """Write the key file with mode 0600; an existing file is only replaced with ``overwrite``."""
-    private_hex = participant.signer.private_key.private_bytes_raw().hex()
-    doc = {"kind": KEY_FILE_KIND, **public_view(participant), "ed25519_private_hex": private_hex}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise ParticipantError(f"{path} exists; pass --force to replace it") from None
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(doc, handle, indent=2)
-        handle.write("\n")
-
-
-def public_view(participant: Participant) -> dict[str, str]:
-    return {"credential_id": participant.credential_id, "subject_id": participant.subject_id,
-            "public_key_hex": participant.public_key.hex()}
-
-
-def load_key_file(path: Path) -> Participant:
-    """A participant from a key file (``keys generate``'s, or a ``Signer.save`` file)."""
-    try:
-        if path.stat().st_size > KEY_FILE_BYTES_MAX:
-            raise ParticipantError(f"{path} is larger than a key file ({KEY_FILE_BYTES_MAX} B)")
-        doc = json.loads(path.read_text())
-        signer = Signer.from_seed(str(doc["credential_id"]),
-                                  bytes.fromhex(doc["ed25519_private_hex"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ParticipantError(f"{path} is not a chargemesh key file: {exc!r}") from exc
-    participant = Participant(signer, str(doc.get("subject_id") or signer.credential_id))
-    stated = doc.get("public_key_hex")
-    if stated is not None and stated.lower() != participant.public_key.hex():
-        raise ParticipantError(f"{path}: public_key_hex does not match the private key")
-    return participant
-
-
 def _participant(path: Path) -> Participant:
     try:
         return load_key_file(path)
-    except ParticipantError as exc:
+    except KeyFileError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -133,42 +92,6 @@ def _id_param(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     if value is not None and not (0 < len(value) <= ID_CHARS_MAX and value.strip() == value):
         raise click.BadParameter(f"1 to {ID_CHARS_MAX} characters, no surrounding spaces")
     return value
-
-
-@click.group(cls=ChargemeshGroup)
-def keys() -> None:
-    """Ed25519 key files of participants (vehicles, stations, issuers, authorities)."""
-
-
-@keys.command("generate")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Key file to write (mode 0600).")
-@click.option("--credential-id", callback=_id_param, default=None,
-              help="The credential id this key signs as (default: a new cred:<uuid>).")
-@click.option("--subject-id", callback=_id_param, default=None,
-              help="The subject it stands for, e.g. a station id (default: the credential id).")
-@click.option("--force", is_flag=True, help="Replace an existing file.")
-def keys_generate(out: Path, credential_id: str | None, subject_id: str | None,
-                  force: bool) -> None:
-    """Generate a key; prints its public part as JSON."""
-    participant = Participant.generate(credential_id or f"cred:{uuid.uuid4()}", subject_id)
-    try:
-        write_key_file(out, participant, overwrite=force)
-    except ParticipantError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(json.dumps({**public_view(participant), "file": str(out)}, indent=2))
-
-
-@keys.command("show")
-@click.argument("key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def keys_show(key_file: Path) -> None:
-    """The public part of a key file (never the private key)."""
-    participant = _participant(key_file)
-    mode = key_file.stat().st_mode & 0o777
-    if mode & 0o077:
-        click.echo(f"warning: {key_file} is readable by others (mode {mode:o}); "
-                   f"chmod 600 it", err=True)
-    click.echo(json.dumps({**public_view(participant), "file": str(key_file)}, indent=2))
 
 
 # ==== credential requests =======================================================================
@@ -495,61 +418,6 @@ def credential_show(ctx: click.Context, credential_id: str, at_ms: int | None) -
     click.echo(json.dumps(status, indent=2, sort_keys=True))
 
 
-# ==== events publish ============================================================================
-
-
-def resolve_event_type(name: str) -> str:
-    """A packaged event type by full name or by its unique short name (``StationHeartbeat``)."""
-    names: list[str] = catalog().names()
-    if name in names:
-        return name
-    matches = [n for n in names if n.rsplit(".", 1)[-1] == name]
-    if len(matches) == 1:
-        return matches[0]
-    hint = ", ".join(matches) if matches else "see schemas/avro/ for the event types"
-    raise click.BadParameter(f"unknown event type {name!r} ({hint})", param_hint="--type")
-
-
-def read_payloads(source: BinaryIO) -> list[Any]:
-    """One JSON object, or a JSON list of them."""
-    data = source.read(PAYLOAD_FILE_BYTES_MAX + 1)
-    if len(data) > PAYLOAD_FILE_BYTES_MAX:
-        raise ParticipantError(f"payload input larger than {PAYLOAD_FILE_BYTES_MAX} B")
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ParticipantError(f"payload input is not JSON: {exc}") from exc
-    payloads = doc if isinstance(doc, list) else [doc]
-    if not payloads or len(payloads) > EVENTS_PER_PUBLISH_MAX:
-        raise ParticipantError(f"1 to {EVENTS_PER_PUBLISH_MAX} payloads per publish, "
-                               f"got {len(payloads)}")
-    return payloads
-
-
-@dataclasses.dataclass(frozen=True)
-class SealOptions:
-    event_type: str
-    subject_key: str | None
-    occurred_at_ms: int | None
-    chain_id: str
-    prev_hash: bytes
-    event_id: str | None
-
-
-def seal_payload(author: Participant, raw: Any, options: SealOptions) -> SignedEvent:
-    """Convert one JSON payload under the event type's schema and sign it; PayloadError or
-    SchemaError when it does not fit."""
-    payload = from_json(options.event_type, raw)
-    subject_key = options.subject_key
-    if subject_key is None:
-        policy = POLICIES.get(options.event_type)
-        keyed = field_at(payload, policy.key_path) if policy and policy.key_path else None
-        subject_key = keyed if isinstance(keyed, str) else author.subject_id
-    return author.sign(options.event_type, payload, subject_key=subject_key,
-                       occurred_at_ms=options.occurred_at_ms, chain_id=options.chain_id,
-                       prev_hash=options.prev_hash, event_id=options.event_id)
-
-
 def _publish_all(settings: Settings, records: list[tuple[str, str, bytes]]) -> None:
     """Publish (topic, key, value) records in order with a progress bar past one record."""
     require_broker(settings)
@@ -567,115 +435,3 @@ def _publish_all(settings: Settings, records: list[tuple[str, str, bytes]]) -> N
     except RuntimeError as exc:
         raise click.ClickException(f"publishing to {settings.bootstrap_servers} failed ({exc}): "
                                    "is the stack up (`chargemesh status`)?") from exc
-
-
-def _raw_bytes(file: Path | None, hex_text: str | None) -> bytes:
-    if (file is None) == (hex_text is None):
-        raise click.UsageError("--raw takes the bytes from exactly one of --file or --hex")
-    if hex_text is not None:
-        try:
-            data = bytes.fromhex(hex_text)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--hex") from exc
-    else:
-        with open(str(file), "rb") as handle:
-            data = handle.read(RAW_BYTES_MAX + 1)
-    if len(data) > RAW_BYTES_MAX:
-        raise click.UsageError(f"more than {RAW_BYTES_MAX} bytes")
-    return data
-
-
-def _publish_raw(ctx: click.Context, topic: str | None, partition_key: str | None,
-                 file: Path | None, hex_text: str | None, dry_run: bool) -> None:
-    if topic is None:
-        raise click.UsageError("--raw needs --topic")
-    name = resolve_topic(topic)
-    data = _raw_bytes(file, hex_text)
-    key = partition_key or ""
-    if not dry_run:
-        _publish_all(settings_of(ctx), [(name, key, data)])
-    click.echo(json.dumps({"topic": name, "partition_key": key, "bytes": len(data),
-                           "sha256": hashlib.sha256(data).hexdigest(),
-                           "published": not dry_run}, indent=2, sort_keys=True))
-
-
-@events.command("publish")
-@click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="The author's key file.")
-@click.option("--type", "type_name", default=None,
-              help="Event type: full name or short (StationHeartbeat).")
-@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="JSON payload (an object, or a list of them); default: stdin. "
-              "With --raw: the bytes to publish.")
-@click.option("--subject-key", "--partition-key", "subject_key", default=None,
-              help="The subject key = Kafka partition key (default: the policy's key field of "
-              "the payload, e.g. station_id, else the author's subject).")
-@click.option("--occurred-at-ms", type=click.IntRange(min=0), default=None,
-              help="Default: now.")
-@click.option("--topic", default=None, help="Default: the event type's topic.")
-@click.option("--chain-id", default="", help="Lineage chain id (e.g. the session id).")
-@click.option("--prev-hash", "prev_hash_hex", default="", help="Previous event hash, hex.")
-@click.option("--event-id", default=None, help="Fixed event id (one payload only).")
-@click.option("--raw", is_flag=True, help="Publish the bytes of --file or --hex unchanged.")
-@click.option("--hex", "hex_text", default=None, help="With --raw: the bytes as hex.")
-@click.option("--dry-run", is_flag=True, help="Build, sign and print; publish nothing.")
-@click.pass_context
-def events_publish(ctx: click.Context, key_file: Path | None, type_name: str | None,
-                   file: Path | None, subject_key: str | None, occurred_at_ms: int | None,
-                   topic: str | None, chain_id: str, prev_hash_hex: str, event_id: str | None,
-                   raw: bool, hex_text: str | None, dry_run: bool) -> None:
-    """Sign JSON payloads as Avro events and publish them (or, with --raw, publish bytes as
-    given). Prints event id, topic, partition key and the event's JSON view for each."""
-    if raw:
-        if key_file is not None or type_name is not None:
-            raise click.UsageError("--raw publishes bytes as given: no --key or --type "
-                                   "(the Kafka key is --subject-key/--partition-key)")
-        _publish_raw(ctx, topic, subject_key, file, hex_text, dry_run)
-        return
-    if key_file is None or type_name is None or hex_text is not None:
-        raise click.UsageError("publishing a payload needs --key and --type (and no --hex)")
-    author = _participant(key_file)
-    options = SealOptions(resolve_event_type(type_name), subject_key, occurred_at_ms, chain_id,
-                          _hex_option(prev_hash_hex, "--prev-hash"), event_id)
-    target = resolve_topic(topic) if topic else topic_for(options.event_type)
-    sealed = _seal_all(author, _payloads(file), options)
-    if not dry_run:
-        _publish_all(settings_of(ctx),
-                     [(target, e.body.subject_key, e.encode()) for e in sealed])
-    for event in sealed:
-        doc = {"event_id": event.event_id, "topic": target,
-               "partition_key": event.body.subject_key, "published": not dry_run,
-               "event": event_view(event, to_jsonable(open_payload(event)))}
-        click.echo(json.dumps(doc, sort_keys=True, indent=2 if len(sealed) == 1 else None))
-
-
-def _hex_option(text: str, hint: str) -> bytes:
-    try:
-        return bytes.fromhex(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=hint) from exc
-
-
-def _payloads(file: Path | None) -> list[Any]:
-    try:
-        if file is None:
-            return read_payloads(click.get_binary_stream("stdin"))
-        with open(file, "rb") as handle:
-            return read_payloads(handle)
-    except ParticipantError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _seal_all(author: Participant, payloads: list[Any], options: SealOptions) -> list[SignedEvent]:
-    """Every payload converted and signed before anything is published (all or nothing)."""
-    if options.event_id is not None and len(payloads) != 1:
-        raise click.UsageError("--event-id names one event: give one payload")
-    sealed = []
-    for index, raw in enumerate(payloads):
-        try:
-            sealed.append(seal_payload(author, raw, options))
-        except SchemaError as exc:
-            which = f"payload {index + 1} of {len(payloads)}" if len(payloads) > 1 else "payload"
-            raise click.ClickException(
-                f"{which} does not fit {options.event_type}: {exc}") from exc
-    return sealed

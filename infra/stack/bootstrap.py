@@ -88,7 +88,7 @@ def ensure_dev_governance(settings: Settings, at_ms: int = 0) -> DevGovernance:
     finds the marker file and changes nothing.
     """
     from chargemesh.infra.cli.anchors import add_anchor
-    from chargemesh.infra.cli.participant import load_key_file, write_key_file
+    from chargemesh.streams.sdk.key_files import load_key_file, write_key_file
 
     folder = settings.state_dir / DEV_GOVERNANCE_DIR
     root_file, issuer_file = folder / "root.key.json", folder / "issuer.key.json"
