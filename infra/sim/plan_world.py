@@ -15,6 +15,7 @@ from chargemesh.infra.sim.plan_model import (
     Jurisdiction,
     MINUTE_MS,
     PLACEMENT_TRIES_MAX,
+    PASS_MS,
     ROAD_POWER_W,
     ROAD_SEGMENTS,
     ROAMING_PERCENT,
@@ -383,3 +384,33 @@ class WorldPlanner:
                 if visit is not None:
                     self.visits.append(visit)
                     break
+
+    def trip(self, v: Vehicle, at: int, n: int) -> None:
+        """E1: a drive over every segment of the road; the trip settles when the vehicle closes it."""
+        op, trip_id = self.road_operator, f"trip:{self.cfg.prefix}-{n}"
+        self.day.add(wireless.trip_authorised(
+            v.participant, trip_id=trip_id, road_operator_id=op.credential_id,
+            rate_authority_id=self.root.credential_id, jurisdiction="US-CA",
+            ceiling_rate_per_kwh="0.50", currency="USD", energy_wh_max=100_000, start_ms=at,
+            stop_ms=at + 2 * HOUR_MS, at_ms=at))
+        left = at
+        for i, seg in enumerate(self.road_segments):
+            entered = at + MINUTE_MS + i * PASS_MS
+            left = entered + PASS_MS
+            box = road_box(i)
+            one = wireless.SegmentPass(
+                pass_id=f"{trip_id}/{i}", trip_id=trip_id,
+                vehicle_credential_id=v.participant.credential_id,
+                geofence_id=f"gf-{seg.subject_id}", latitude_microdeg=(box[0] + box[2]) // 2,
+                longitude_microdeg=(box[1] + box[3]) // 2, entered_at_ms=entered,
+                left_at_ms=left, meter_seconds=PASS_MS // 1000,
+                energy_wh=self.rng.randint(600, 950))
+            self.day.add(wireless.segment_passes(seg, road_operator_id=op.credential_id,
+                                                 batch_id=f"{seg.subject_id}@{trip_id}",
+                                                 passes=[one], at_ms=left + 500))
+        closed = self.day.add(wireless.trip_closed(v.participant, trip_id=trip_id,
+                                                   road_operator_id=op.credential_id,
+                                                   at_ms=left + 2 * MINUTE_MS))
+        self.final_signatures[closed.event_id] = f"stl:{trip_id}"
+        self.settlements.add(f"stl:{trip_id}")
+        self.count("wireless_trip")
