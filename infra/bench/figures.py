@@ -50,9 +50,10 @@ PROFILE_TOP = 12
 AUDIT_CORES = 1            # measure_replay_rate replays in one process, one thread
 FAUST_PHASES = {           # function name in the Faust worker -> phase
     "admit": "verify (ingress.admit)", "market_step": "ledger (market_step)",
-    "seal_decision": "sign decisions (seal)", "_admitted": "admitted copies",
+    "seal_decision": "sign decisions (seal)", "admitted_output": "admitted copies",
     "dump_state": "state encode (dump_state)", "load_state": "state decode (load_state)",
-    "_publish": "publish outputs (CPU)", "_persist": "persist state (CPU)",
+    "market_batch": "pipeline (market_batch)",
+    "publish": "publish outputs (CPU)", "persist": "persist state (CPU)",
 }
 
 

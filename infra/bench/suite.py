@@ -3,8 +3,8 @@
 1. single-core Ed25519 verify rate (the physical limit of the pipeline) against the sustained
    throughput of signed orders through ingress verification, the station ledger and ClickHouse,
    per worker; the same work done by a plain confluent-kafka loop (consume the market topic ->
-   ``ingress.admit`` -> ``market.market_step`` on a ``LedgerState`` -> produce the outputs and
-   the state, acknowledged), to show what the stream framework costs;
+   ``pipeline.verify`` -> ``pipeline.market_batch``, the function the Faust agent calls ->
+   produce the outputs and the state, acknowledged), to show what the stream framework costs;
 2. walk-up authorisation latency; 3. re-pricing latency after a grid event with N active sessions
    (until every session has its ``RepriceProposed``); 4. settlement finality latency;
 5. audit replay rate against 80% of the verify limit times the cores used;
@@ -42,22 +42,24 @@ from chargemesh.infra.config import Settings, load_settings
 
 PLAIN_BATCH_MAX = 500
 PLAIN_BATCH_WAIT_S = 0.005
+MS_PER_S = 1000
 
 
 class PlainLoop:
     """The market processor's work without Faust: one confluent-kafka consumer assigned every
-    market partition (from the Faust group's committed offsets), the same pure steps, outputs
-    produced and acknowledged, then the station state written and acknowledged, per batch."""
+    market partition (from the Faust group's committed offsets), the same pure pipeline
+    (``processors/pipeline.py``), outputs produced and acknowledged, then the station state
+    written and acknowledged, per batch."""
 
     def __init__(self, settings: Settings, profile: bool,
                  from_offsets: dict[int, int] | None = None) -> None:
+        from chargemesh.processors.governance import TrustAnchor
         from chargemesh.processors.runtime.app import (
             APP_ID,
-            ChangelogTable,
             load_anchors,
             load_processor_signer,
         )
-        from chargemesh.processors.governance import TrustAnchor
+        from chargemesh.processors.runtime.changelog import ChangelogTable
         from chargemesh.streams import topics
         from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -82,6 +84,8 @@ class PlainLoop:
         self.producer = Producer(dict(settings.kafka_client_config(), **{
             "acks": "all", "linger.ms": 2, "enable.idempotence": False,
             "message.max.bytes": topics.MESSAGE_BYTES_MAX}))
+        # Station ledgers as decoded when last written (the Faust worker keeps the same cache).
+        self.decoded: dict[str, Any] = {}
         self.phases: dict[str, float] = {}
         self.profiles: dict[str, cProfile.Profile] = {}
         self.profile = profile
@@ -90,7 +94,7 @@ class PlainLoop:
 
     async def _restore(self, anchors: list[Any], processors: list[Any], *tables: Any) -> Any:
         from aiokafka import AIOKafkaProducer
-        from chargemesh.processors.runtime.app import read_changelog
+        from chargemesh.processors.runtime.changelog import read_changelog
         from chargemesh.processors.runtime.follower import GovernanceFollower
         from chargemesh.streams import topics
 
@@ -135,81 +139,34 @@ class PlainLoop:
                 self.last_s = time.perf_counter()
 
     def batch(self, msgs: list[Any]) -> None:
-        from chargemesh.processors.ledger import state as ledger
-        from chargemesh.processors.runtime.app import expected_partition, seal_decision
-        from chargemesh.processors.ingress import Admitted, Refused, admit, rejection_record
-        from chargemesh.processors.ledger.step import market_step
-        from chargemesh.processors.reasons import Reason, Rejection
-        from chargemesh.schemas.codec import catalog
-        from chargemesh.streams import topics
-        from chargemesh.streams.envelope import REJECTED_SCHEMA
+        """One batch through the same pure pipeline the Faust agent calls: verify, decide,
+        publish the outputs (acknowledged), then write the state (acknowledged)."""
+        from chargemesh.processors import pipeline
+        from chargemesh.processors.records import Record
 
-        outputs: list[tuple[str, bytes, bytes, list[tuple[str, bytes]] | None]] = []
-        touched: dict[str, ledger.LedgerState] = {}
-        partition_of: dict[str, int] = {}
-        first_seen: dict[str, str] = {}
-        for msg in msgs:
-            key, value, partition, offset = msg.key(), msg.value(), msg.partition(), msg.offset()
-            self.next_offsets[partition] = offset + 1
-            with self.phase("verify (ingress.admit)"):
-                verdict = admit(value, key, msg.topic(), self.store)
-            if isinstance(verdict, Admitted) and partition != expected_partition(
-                    key or b"", self.settings.partitions):
-                verdict = Refused(Rejection.of(Reason.KEY_MISMATCH, "not on the key's partition"),
-                                  verdict.event)
-            if isinstance(verdict, Refused):
-                record = rejection_record(value, msg.topic(), partition, offset, verdict,
-                                          int(time.time() * 1000))
-                outputs.append((topics.REJECTIONS.name, msg.topic().encode(),
-                                catalog().single_object_encode(REJECTED_SCHEMA, record), None))
-                continue
-            station = verdict.event.body.subject_key
-            state = touched.get(station)
-            if state is None:
-                with self.phase("state decode (load_state)"):
-                    raw = self.ledgers.get(station.encode())
-                    state = ledger.load_state(raw) if raw else ledger.LedgerState(station)
-                touched[station], partition_of[station] = state, partition
-            event_id = verdict.event.event_id
-            seen = first_seen.get(event_id)
-            if seen is None:
-                raw_pos = self.positions.get(event_id.encode())
-                seen = raw_pos.decode() if raw_pos else None
-            with self.phase("ledger (market_step)"):
-                step = market_step(state, verdict, partition, offset, seen, self.store)
-            if not step.applied:
-                continue
-            if not step.replay and event_id not in first_seen:
-                first_seen[event_id] = f"{partition}:{offset}"
-                outputs.append((topics.ADMITTED.name, key or b"", value, [
-                    ("source_topic", msg.topic().encode()),
-                    ("source_partition", str(partition).encode()),
-                    ("source_offset", str(offset).encode())]))
-            with self.phase("sign decisions (seal)"):
-                for i, d in enumerate(step.decisions):
-                    sealed = seal_decision(self.signer, state, verdict.event, i, d)
-                    outputs.append((d.topic, d.key.encode(), sealed.encode(), None))
-            if step.rejection is not None:
-                record = rejection_record(value, msg.topic(), partition, offset,
-                                          Refused(step.rejection, verdict.event),
-                                          int(time.time() * 1000))
-                outputs.append((topics.REJECTIONS.name, msg.topic().encode(),
-                                catalog().single_object_encode(REJECTED_SCHEMA, record), None))
+        records = [Record(m.topic(), m.partition(), m.offset(), m.key(), m.value())
+                   for m in msgs]
+        for record in records:
+            self.next_offsets[record.partition] = record.offset + 1
+        with self.phase("verify (pipeline.verify)"):
+            verdicts = [pipeline.verify(record, self.store) for record in records]
+        with self.phase("decide (pipeline.market_batch)"):
+            context = pipeline.BatchContext(self.store, self.signer, self.settings.partitions,
+                                            int(time.time() * MS_PER_S))
+            tables = pipeline.MarketTables(self.ledgers.data, self.positions.data, self.decoded)
+            result = pipeline.market_batch(records, verdicts, tables, context)
         with self.phase("publish outputs (produce + ack)"):
-            for topic, key, value, headers in outputs:
-                self._produce(topic, key, value, headers=headers)
+            for out in result.outputs:
+                self._produce(out.topic, out.key, out.value, headers=list(out.headers) or None)
             self._flush()
-        with self.phase("state encode (dump_state)"):
-            writes = [(self.ledgers, station.encode(), partition_of[station],
-                       ledger.dump_state(state)) for station, state in touched.items()]
-            writes += [(self.positions, eid.encode(), int(pos.split(":")[0]), pos.encode())
-                       for eid, pos in first_seen.items()]
         with self.phase("persist state (produce + ack)"):
-            for table, key, part, value in writes:
-                self._produce(table.topic, key, value, partition=part)
+            for write in result.state_writes:
+                self._produce(write.topic, write.key, write.value, partition=write.partition)
             self._flush()
-            for table, key, _, value in writes:
-                table.data[key] = value
+            by_topic = {table.topic: table for table in (self.ledgers, self.positions)}
+            for write in result.state_writes:
+                by_topic[write.topic].data[write.key] = write.value
+        self.decoded.update(result.ledgers)
         self.events += len(msgs)
         self.batches += 1
 

@@ -227,9 +227,11 @@ class SuiteStack(LedgerBench):
                                             started_at_ms=start))
         admitted = TopicReader(self.settings, ADMITTED.name)
         try:
-            from chargemesh.processors.runtime.app import decision_id
+            from chargemesh.processors.grid.zone_router import ZONE_JOINED_INDEX
+            from chargemesh.processors.records import decision_id
 
-            zone_joined = {decision_id(c, 1_000) for c in self._calendar_ids(stations)}
+            zone_joined = {decision_id(c, ZONE_JOINED_INDEX)
+                           for c in self._calendar_ids(stations)}
             self.dep.publish(bookings)
             self.dep.publish(handshakes)
             wanted = {h.event_id for h in handshakes} | zone_joined
