@@ -41,7 +41,7 @@ class SuiteStack(LedgerBench):
     # -- processes
     def _start_sink(self) -> supervisor.ProcessRecord:
         env = dict(os.environ, **self.settings.as_environ())
-        return supervisor.spawn("sink", [sys.executable, "-m", "chargemesh.infra.sink_main"], {},
+        return supervisor.spawn("sink", [sys.executable, "-m", "chargemesh.infra.stack.sink_main"], {},
                                 self.settings.state_dir / "sink.log", env=env)
 
     def start_workers(self, count: int, profile_path: Path | None = None) -> None:
