@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from chargemesh.processors.ledger import state as ledger
-from chargemesh.processors.runtime.app import load_processor_signer, seal_decision
+from chargemesh.processors.pipeline import seal_decision
+from chargemesh.processors.runtime.app import load_processor_signer
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ingress import Admitted, admit, admit_governance
 from chargemesh.processors.ledger.step import market_step

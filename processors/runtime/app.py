@@ -28,24 +28,14 @@ from chargemesh.ports import KafkaSettings, ProcessorSettings
 from chargemesh.processors import pipeline
 from chargemesh.processors.governance import TrustAnchor
 from chargemesh.processors.ledger import state as ledger
-from chargemesh.processors.pipeline import seal_decision
-from chargemesh.processors.records import Record, decision_id, expected_partition
-from chargemesh.processors.runtime.changelog import ChangelogTable, read_changelog, restore_tables
+from chargemesh.processors.records import Record
+from chargemesh.processors.runtime.changelog import ChangelogTable, restore_tables
 from chargemesh.processors.runtime.follower import GovernanceFollower
 from chargemesh.processors.runtime.producer import OutputProducer
 from chargemesh.processors.runtime.stats import STATS_INTERVAL_S, BatchStats
 from chargemesh.schemas import registry
 from chargemesh.streams import topics
 from chargemesh.streams.keys import Signer
-
-# ChangelogTable, decision_id, expected_partition, read_changelog and
-# seal_decision are still imported from here by infra/ and tests (their homes:
-# processors.pipeline, processors.records, runtime.changelog); drop them once those callers move.
-__all__ = [
-    "APP_ID", "PROCESSOR_CREDENTIAL_ID", "ChangelogTable", "Processors",
-    "create_app", "decision_id", "expected_partition", "load_anchors", "load_processor_signer",
-    "now_ms", "read_changelog", "seal_decision",
-]
 
 log = logging.getLogger(__name__)
 
