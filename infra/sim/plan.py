@@ -406,8 +406,6 @@ class Planner(WorldPlanner):
         return tuple(out)
 
     def plan(self) -> MarketPlan:
-        self.late_bookings: list[SignedEvent] = []
-        self.booking_ids: list[str] = []
         self.credential_world()
         self.build_stations()
         self.mobile_legs_and_moves()

@@ -96,8 +96,10 @@ class Phase:
     label: str
     until_ms: int  # simulated (station) time this phase reaches
     events: tuple[SignedEvent, ...]
-    # ("decided", order id) | ("reprice", session id) | ("reevaluated", subject id)
+    # ("decided" | "reserved", order id) | ("reprice", session id) | ("reevaluated", subject id)
+    # | ("final", settlement id)
     barrier: tuple[tuple[str, str], ...] = ()
+    narration: str = ""  # said once the barrier is met (the demo's steps)
 
 
 @dataclasses.dataclass(frozen=True)

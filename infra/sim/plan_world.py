@@ -56,6 +56,8 @@ class WorldPlanner:
         self.governance: list[SignedEvent] = []
         self.setup: list[SignedEvent] = []  # calendars, packs, first relocation
         self.bookings: list[SignedEvent] = []
+        self.late_bookings: list[SignedEvent] = []  # the hostile double bookings
+        self.booking_ids: list[str] = []  # orders of bookings and late_bookings
         self.day = Timeline()
         self.stations: list[Station] = []
         self.vehicles: list[Vehicle] = []
@@ -82,12 +84,25 @@ class WorldPlanner:
     # ---- governance ------------------------------------------------------------------------
 
     def credential_world(self) -> None:
+        """The simulated market's governance: three jurisdictions (GB-LDN with its own vehicle
+        issuer), a swap tariff, and the grid operator's demand-response and V2G programs."""
+        self.govern(JURISDICTIONS)
         at, gov = self.setup_at, self.governance
-        codes = [j.code for j in JURISDICTIONS]
+        gb = self.authorities["GB-LDN"]
+        gov.append(gb.delegate_issuer(self.gb_issuer, ["VEHICLE"], ["GB-LDN"], at_ms=at))
+        gov.append(self.tariff(self.jurisdiction("US-CA"), self.swap_tariff, swap_fee="5.00"))
+        self.grid_operator((("caiso-sfbay", "DEMAND_RESPONSE"), (V2G_ZONE, "V2G")))
+
+    def govern(self, jurisdictions: tuple[Jurisdiction, ...]) -> None:
+        """The root authority (the first jurisdiction's rate authority) and its issuer; for every
+        other jurisdiction a rate authority the root recognises (with reciprocity where agreed);
+        each jurisdiction's tariff and rules."""
+        at, gov = self.setup_at, self.governance
+        codes = [j.code for j in jurisdictions]
         gov.append(self.root.declare_authority("simulated root authority", codes[0],
                                                ["AUTHORITY", "RATE_AUTHORITY"], "USD", at_ms=at))
         gov.append(self.root.delegate_issuer(self.issuer, ALL_DELEGATED_ROLES, codes, at_ms=at))
-        for j in JURISDICTIONS:
+        for j in jurisdictions:
             authority = self.root if j.code == "US-CA" else self.participant(
                 f"authority:{self.cfg.prefix}:{j.code.lower()}")
             self.authorities[j.code] = authority
@@ -105,19 +120,18 @@ class WorldPlanner:
             gov.append(self.tariff(j, f"tariff:{self.cfg.prefix}:{j.code}"))
             gov.append(sdk.rules_published(authority, rules_version=self.rules_of(j),
                                            jurisdiction=j.code, at_ms=at))
-        gb = self.authorities["GB-LDN"]
-        gov.append(gb.delegate_issuer(self.gb_issuer, ["VEHICLE"], ["GB-LDN"], at_ms=at))
-        gov.append(self.tariff(self.jurisdiction("US-CA"), self.swap_tariff, swap_fee="5.00"))
-        gov.append(self.issuer.issue_credential(
-            self.operator, ["GRID_OPERATOR"], "US-CA",
-            attributes={"grid_zones": f"{self.zone('caiso-sfbay')},{self.zone(V2G_ZONE)}"},
-            at_ms=at))
-        gov.append(sdk.grid_program(self.operator, grid_zone_id=self.zone("caiso-sfbay"),
-                                    program="DEMAND_RESPONSE",
-                                    operator_ids=[self.operator.credential_id], at_ms=at))
-        gov.append(sdk.grid_program(self.operator, grid_zone_id=self.zone(V2G_ZONE),
-                                    program="V2G", operator_ids=[self.operator.credential_id],
-                                    at_ms=at))
+
+    def grid_operator(self, programs: tuple[tuple[str, str], ...]) -> None:
+        """The grid operator, credentialed for the zones of its ``(zone name, program)``s, and
+        each program declared."""
+        zones = ",".join(self.zone(name) for name, _ in programs)
+        self.governance.append(self.issuer.issue_credential(
+            self.operator, ["GRID_OPERATOR"], "US-CA", attributes={"grid_zones": zones},
+            at_ms=self.setup_at))
+        for name, program in programs:
+            self.governance.append(sdk.grid_program(
+                self.operator, grid_zone_id=self.zone(name), program=program,
+                operator_ids=[self.operator.credential_id], at_ms=self.setup_at))
 
     @property
     def swap_tariff(self) -> str:
@@ -182,9 +196,12 @@ class WorldPlanner:
         }
         return table[kind]
 
-    def build_station(self, i: int, kind: str, j: Jurisdiction) -> Station:
-        sid = f"{self.cfg.prefix}-{kind.lower().replace('_', '')}-{i}"
-        connectors, slot_ms, zone = self._connectors(kind)
+    def build_station(self, i: int, kind: str, j: Jurisdiction, site: str = "",
+                      layout: list[tuple[str, int, str, bool]] | None = None) -> Station:
+        """A credentialed station of ``kind``, its meters and slot calendar; ``site`` names it
+        and ``layout`` fixes its connectors (else drawn for the kind)."""
+        sid = f"{self.cfg.prefix}-{site or kind.lower().replace('_', '') + f'-{i}'}"
+        connectors, slot_ms, zone = (layout, SLOT_MS, "") if layout else self._connectors(kind)
         zone = self.zone(zone or j.grid_zone)
         roles, attributes = ["STATION"], None
         if kind == "DEPOT":

@@ -11,12 +11,13 @@ settlement finality, and writes ``simulation_latencies`` and ``simulation_runs``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,7 @@ class Watcher:
         self.consumer.assign(parts)
         self.lock = threading.Lock()
         self.decided: dict[str, float] = {}  # order id -> first decision
+        self.reserved: dict[str, float] = {}  # order id -> SlotReserved
         self.reprices: dict[str, float] = {}  # session id -> RepriceProposed
         self.reevaluated: dict[str, float] = {}  # subject id -> CredentialReevaluated
         self.final: dict[str, float] = {}  # settlement id -> SettlementFinalised
@@ -129,6 +131,8 @@ class Watcher:
         with self.lock:
             if kind in ("SlotReserved", "OrderRejected") and p.get("order_id"):
                 self.decided.setdefault(p["order_id"], at)
+                if kind == "SlotReserved":
+                    self.reserved.setdefault(p["order_id"], at)
             elif kind == "RepriceProposed":
                 self.reprices.setdefault(p["session_id"], at)
             elif kind == "CredentialReevaluated":
@@ -140,7 +144,8 @@ class Watcher:
 
     def seen(self, kind: str, key: str) -> bool:
         tables: dict[str, dict[str, Any]] = {
-            "decided": self.decided, "reprice": self.reprices, "reevaluated": self.reevaluated,
+            "decided": self.decided, "reserved": self.reserved, "reprice": self.reprices,
+            "reevaluated": self.reevaluated,
             "final": self.final, "rejected": self.rejected}
         table = tables[kind]
         with self.lock:
@@ -179,13 +184,40 @@ def remember_run(settings: Settings, run_id: str, seed: int, tag: str) -> None:
     path.write_text(json.dumps(runs, indent=1))
 
 
+@contextlib.contextmanager
+def worker_and_sink(settings: Settings) -> Iterator[WorkerProcess]:
+    """A processor worker and the ClickHouse sink (a thread) for one run, stopped after it."""
+    worker = WorkerProcess(settings, loglevel="warning").start()
+    stop = threading.Event()
+    sink_thread: threading.Thread | None = None
+    sink: ClickHouseSink | None = None
+    try:
+        sink = ClickHouseSink(settings)
+        sink_thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+        sink_thread.start()
+        yield worker
+    finally:
+        stop.set()
+        if sink_thread is not None:
+            sink_thread.join(SINK_STOP_S_MAX)
+        if sink is not None:
+            sink.close()
+        worker.stop()
+
+
 class Run:
-    """One simulation on a running stack (worker and sink started by the caller)."""
+    """One run of a plan on a running stack (worker and sink started by the caller).
+
+    ``say`` hears each phase's narration once its barrier is met; ``strict`` makes a barrier
+    not met within ``barrier_wait_s`` an error instead of a note in ``missing``."""
 
     def __init__(self, settings: Settings, plan: MarketPlan, run_id: str, compress: float,
-                 progress: Progress, worker: WorkerProcess) -> None:
+                 progress: Progress, worker: WorkerProcess,
+                 say: Callable[[str], None] | None = None, strict: bool = False,
+                 barrier_wait_s: float = BARRIER_WAIT_S_MAX) -> None:
         self.settings, self.plan, self.run_id = settings, plan, run_id
         self.compress, self.progress, self.worker = compress, progress, worker
+        self.say, self.strict, self.barrier_wait_s = say, strict, barrier_wait_s
         self.tracked = set(plan.walk_ups) | set(plan.final_signatures) | set(plan.grid_events)
         self.published_at: dict[str, float] = {}
         self.published = 0
@@ -208,6 +240,11 @@ class Run:
             pub.flush()
             self.progress(f"simulated {phase.label}", self.published, total)
             self._barrier(phase.label, phase.barrier)
+            if self.strict and self.missing:
+                raise RuntimeError(f"not observed within {self.barrier_wait_s:.0f}s at "
+                                   f"{phase.label}: " + ", ".join(self.missing[:10]))
+            if phase.narration and self.say is not None:
+                self.say(phase.narration)
 
     def _keep_pace(self, wall0: float, virtual_ms: int) -> None:
         if self.compress <= 0 or virtual_ms <= 0:
@@ -221,7 +258,7 @@ class Run:
         if not self.worker.alive():
             raise RuntimeError("worker died:\n" + log_tail(self.worker.log_path))
         seen = wait_until(lambda: sum(self.watcher.seen(k, s) for k, s in barrier),
-                          len(barrier), BARRIER_WAIT_S_MAX, f"waiting at {label}", self.progress)
+                          len(barrier), self.barrier_wait_s, f"waiting at {label}", self.progress)
         if seen < len(barrier):
             self.missing += [f"{k}:{s}" for k, s in barrier if not self.watcher.seen(k, s)]
 
@@ -354,38 +391,30 @@ def run_simulation(settings: Settings, config: SimConfig, compress: float = 0.0,
     add_anchor(settings.trust_anchors_path, plan.root.credential_id, plan.root.public_key,
                replace=True)
     remember_run(settings, run_id, config.seed, tag)
-    worker = WorkerProcess(settings, loglevel="warning").start()
-    stop = threading.Event()
-    sink = ClickHouseSink(settings)
-    sink_thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
-    sink_thread.start()
-    run = Run(settings, plan, run_id, compress, progress, worker)
-    try:
-        run.publish_phases()
-        run.await_outcomes()
-        latencies = run.latencies()
-        write_latencies(settings, run_id, latencies)
-        wait_for_sink(settings, run, progress)
-        with run.watcher.lock:
-            final = sum(1 for s in plan.expected_settlements if s in run.watcher.final)
-            hostile_rejected = sum(1 for e in plan.hostile if e in run.watcher.rejected)
-            refused_seen = sum(1 for e in plan.refused if e in run.watcher.rejected)
-        summary = SimSummary(
-            run_id, config.seed, run.published, round(time.monotonic() - wall0, 1),
-            len(plan.expected_settlements), final, len(plan.hostile), hostile_rejected,
-            len(plan.refused), refused_seen,
-            {k: [ms for _, ms in v] for k, v in latencies.items()}, run.missing,
-            started_ms, int(time.time() * 1000), config.prefix)
-        params = dict(dataclasses.asdict(config), compress=compress,
-                      capabilities=plan.capabilities)
-        write_run(settings, summary, params)
-        return summary
-    finally:
-        run.close()
-        stop.set()
-        sink_thread.join(SINK_STOP_S_MAX)
-        sink.close()
-        worker.stop()
+    with worker_and_sink(settings) as worker:
+        run = Run(settings, plan, run_id, compress, progress, worker)
+        try:
+            run.publish_phases()
+            run.await_outcomes()
+            latencies = run.latencies()
+            write_latencies(settings, run_id, latencies)
+            wait_for_sink(settings, run, progress)
+            with run.watcher.lock:
+                final = sum(1 for s in plan.expected_settlements if s in run.watcher.final)
+                hostile_rejected = sum(1 for e in plan.hostile if e in run.watcher.rejected)
+                refused_seen = sum(1 for e in plan.refused if e in run.watcher.rejected)
+            summary = SimSummary(
+                run_id, config.seed, run.published, round(time.monotonic() - wall0, 1),
+                len(plan.expected_settlements), final, len(plan.hostile), hostile_rejected,
+                len(plan.refused), refused_seen,
+                {k: [ms for _, ms in v] for k, v in latencies.items()}, run.missing,
+                started_ms, int(time.time() * 1000), config.prefix)
+            params = dict(dataclasses.asdict(config), compress=compress,
+                          capabilities=plan.capabilities)
+            write_run(settings, summary, params)
+            return summary
+        finally:
+            run.close()
 
 
 def summary_tables(settings: Settings, run_id: str, prefix: str,
