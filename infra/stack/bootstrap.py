@@ -1,6 +1,7 @@
 """Stand up a small credentialed deployment: a private stack, a root authority, an issuer.
 
-Used by the main job, the simulator and the benchmarks (tests have their own in tests/).
+Used by the benchmarks (the simulator and the demo plan their own governance; tests have their own
+in tests/).
 """
 
 from __future__ import annotations
