@@ -9,18 +9,11 @@ import click
 from chargemesh.checks import ensure
 from chargemesh.infra.cli.errors import ChargemeshGroup, OpsError
 from chargemesh.infra.cli.root import settings_of
-from chargemesh.infra.cli.tables import print_table
+from chargemesh.infra.cli.tables import out, print_table
 from chargemesh.infra.config import Settings
 from chargemesh.processors.governance import TrustAnchor
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from rich.console import Console
 from rich.table import Table
-
-
-def _out() -> Console:
-    """A console per use: it writes to the current stdout and reads COLUMNS when it is made."""
-    return Console(highlight=False)
-
 
 ED25519_PUBLIC_KEY_BYTES = 32
 ANCHORS_MAX = 1_000
@@ -133,7 +126,7 @@ def anchors_add(ctx: click.Context, authority_id: str, public_key: bytes, replac
         outcome = add_anchor(path, authority_id, public_key, replace)
     except OpsError as exc:
         raise click.ClickException(str(exc)) from exc
-    _out().print(f"{authority_id}: {outcome} in {path}")
+    out().print(f"{authority_id}: {outcome} in {path}")
 
 
 @anchors.command("list")
@@ -150,11 +143,11 @@ def anchors_list(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps(entries, indent=2))
         return
     if not entries:
-        _out().print(f"no trust anchors in {path}")
+        out().print(f"no trust anchors in {path}")
         return
     table = Table(title=f"trust anchors ({path})")
     table.add_column("authority")
     table.add_column("Ed25519 public key", overflow="fold")
     for entry in entries:
         table.add_row(entry["authority_id"], entry["public_key_hex"])
-    print_table(_out(), table)
+    print_table(out(), table)

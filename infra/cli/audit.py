@@ -24,7 +24,7 @@ from chargemesh.infra.stack.worker import publisher
 from chargemesh.processors.audit import checkpoints as checkpointer
 from chargemesh.processors.audit.checkpoints import Checkpoint, LogRecord
 from chargemesh.processors.audit.replay import AuditReport, AuditSource, audit
-from chargemesh.processors.governance import GOVERNANCE_EVENT_TYPES, TrustAnchor
+from chargemesh.processors.governance import TrustAnchor
 from chargemesh.processors.runtime.app import (
     PROCESSOR_CREDENTIAL_ID,
     load_anchors,
@@ -46,7 +46,6 @@ EMPTY_POLLS_TO_END = 8
 POLL_TIMEOUT_S = 0.1
 CONSUME_BATCH_MAX = 5_000
 READ_RECORDS_MAX = 20_000_000
-ARCHIVE_ROWS_MAX = 20_000_000
 EXIT_FINDINGS = 1
 FINDINGS_SHOWN_MAX = 50
 _console = Console(stderr=True)
@@ -90,37 +89,16 @@ def kafka_source(settings: Settings) -> AuditSource:
 
 
 def clickhouse_source(settings: Settings) -> AuditSource:
-    """The ``events`` archive: one row per event id (FINAL), the envelope bytes as archived.
-    Governance events are the admitted copies, replayed to a fixpoint (the archive does not keep
-    the governance topic's order)."""
+    """The ``events`` archive as an audit source (``sinks.queries.audit.read_archive``)."""
     from chargemesh.sinks.migrate import clickhouse_client
+    from chargemesh.sinks.queries.audit import read_archive
 
     require_clickhouse(settings)
     client = clickhouse_client(settings)
     try:
-        rows = client.execute(
-            "SELECT topic, kafka_partition, kafka_offset, subject_key, event_id, event_type, "
-            "event_hash, envelope_bytes, occurred_at_ms FROM events FINAL "
-            f"ORDER BY topic, kafka_partition, kafka_offset LIMIT {ARCHIVE_ROWS_MAX}",
-            settings={"strings_as_bytes": True})
+        return read_archive(client)
     finally:
         client.disconnect()
-    governance, logs, checkpoints = [], [], []
-    archived: dict[tuple[str, int, int], tuple[str, str]] = {}
-    for topic_b, partition, offset, key, event_id, event_type, event_hash, value, at_ms in rows:
-        topic = topic_b.decode()
-        record = LogRecord(topic, int(partition), int(offset), bytes(key), bytes(value))
-        archived[(topic, record.partition, record.offset)] = (event_id.decode(),
-                                                              event_hash.decode())
-        if topic == topics.CHECKPOINTS.name:
-            checkpoints.append(record)
-            continue
-        if event_type.decode() in GOVERNANCE_EVENT_TYPES:
-            governance.append((int(at_ms), record))
-        logs.append(record)
-    ordered = [r for _, r in sorted(governance, key=lambda g: (g[0], g[1].partition,
-                                                                g[1].offset))]
-    return AuditSource("clickhouse", ordered, False, logs, checkpoints, archived)
 
 
 def processor_keys(settings: Settings, public_key_hex: str) -> list[TrustAnchor]:
@@ -185,19 +163,13 @@ def findings_table(report: AuditReport) -> Table:
 def record_findings(settings: Settings, report: AuditReport, audited_at_ms: int) -> str:
     """Write the report's findings to ClickHouse ``audit_findings``; returns the audit id."""
     from chargemesh.sinks.migrate import clickhouse_client
-    from chargemesh.sinks.projections import TABLES
-    from chargemesh.sinks.projections.audit import AUDIT_FINDINGS
-    from chargemesh.sinks.projections.core import seconds
+    from chargemesh.sinks.queries.audit import finding_rows, insert_findings
 
-    audit_id = f"{report.authority_id}/{audited_at_ms}"
-    rows = [(audit_id, report.authority_id, audited_at_ms, seconds(audited_at_ms), report.source,
-             f.code, f.event_id, f.event_type, f.where, f.session_id, f.detail)
-            for f in report.findings]
+    audit_id, rows = finding_rows(report, audited_at_ms)
     if rows:
         client = clickhouse_client(settings)
         try:
-            client.execute(f"INSERT INTO {AUDIT_FINDINGS} "
-                           f"({', '.join(TABLES[AUDIT_FINDINGS])}) VALUES", rows)
+            insert_findings(client, rows)
         finally:
             client.disconnect()
     return audit_id

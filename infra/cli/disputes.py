@@ -1,10 +1,8 @@
-"""``chargemesh disputes list [--open]`` and ``chargemesh disputes show ID`` (P2), read from
-ClickHouse (``disputes_current``, ``disputes``, ``settlement_adjustments``, ``settlement_lines``
-of migrations 0003 and 0004)."""
+"""``chargemesh disputes list [--open]`` and ``chargemesh disputes show ID`` (P2): the disputes
+read model (:mod:`chargemesh.sinks.queries.disputes`), printed."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 from decimal import Decimal
@@ -12,84 +10,29 @@ from typing import Any
 
 import click
 from chargemesh.infra.cli.errors import ChargemeshGroup
-from chargemesh.infra.cli.query import query_rows
+from chargemesh.infra.cli.query import read_model
 from chargemesh.infra.cli.root import settings_of
-from chargemesh.infra.cli.tables import print_table
+from chargemesh.infra.cli.tables import out, print_table
 from chargemesh.infra.config import Settings
-from rich.console import Console
+from chargemesh.sinks.queries.disputes import DisputeView, read_dispute, read_disputes
 from rich.table import Table
 
 QUERY_TIMEOUT_S = 30.0
 LIST_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 10_000
-CHANGES_SHOWN_MAX = 1_000
 STATEMENT_CHARS_SHOWN = 80
-
-LIST_COLUMNS = (
-    "dispute_id", "station_id", "session_id", "kind", "status", "outcome", "opened_at_ms",
-    "opened_by_credential_id", "evidence_count", "settlement_id", "adjustment_settlement_id",
-    "adjustment_total", "currency", "resolved_by_credential_id",
-)
-CHANGE_COLUMNS = ("seq", "change", "status", "actor_credential_id", "recorded_at_ms",
-                  "evidence_event_ids", "statement", "outcome", "adjustment_settlement_id",
-                  "adjustment_total", "cause_event_id")
-LINE_COLUMNS = ("settlement_id", "line_no", "kind", "description", "quantity_wh", "amount",
-                "currency")
-
-
-class DisputeQueryError(RuntimeError):
-    """ClickHouse could not answer, or the dispute is not there."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DisputeView:
-    summary: dict[str, Any]
-    changes: list[dict[str, Any]]
-    correction_lines: list[dict[str, Any]]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"dispute": self.summary, "changes": self.changes,
-                "correction_lines": self.correction_lines}
-
-
-def _query(settings: Settings, sql: str, params: dict[str, Any],
-           columns: tuple[str, ...]) -> list[dict[str, Any]]:
-    return query_rows(settings, sql, params, columns, DisputeQueryError, QUERY_TIMEOUT_S)
 
 
 def load_disputes(settings: Settings, only_open: bool, station_id: str | None,
                   limit: int) -> list[dict[str, Any]]:
     """Current state of disputes, latest opened first."""
-    where = ["1 = 1"]
-    if only_open:
-        where.append("status = 'OPEN'")
-    if station_id:
-        where.append("station_id = %(station)s")
-    sql = (f"SELECT {', '.join(LIST_COLUMNS)} FROM disputes_current WHERE {' AND '.join(where)}"
-           " ORDER BY opened_at_ms DESC, dispute_id LIMIT %(limit)s")
-    return _query(settings, sql, {"station": station_id or "", "limit": limit}, LIST_COLUMNS)
+    return read_model(settings, lambda client: read_disputes(client, only_open, station_id,
+                                                             limit), QUERY_TIMEOUT_S)
 
 
 def load_dispute(settings: Settings, dispute_id: str) -> DisputeView:
-    found = _query(settings, f"SELECT {', '.join(LIST_COLUMNS)} FROM disputes_current "
-                   "WHERE dispute_id = %(id)s", {"id": dispute_id}, LIST_COLUMNS)
-    if not found:
-        raise DisputeQueryError(f"no dispute {dispute_id!r} in ClickHouse (is the sink running?)")
-    if len(found) > 1:
-        raise DisputeQueryError(f"{dispute_id!r} names {len(found)} disputes at different "
-                                "stations or sessions: use `disputes list --station`")
-    summary = found[0]
-    changes = _query(settings, f"SELECT {', '.join(CHANGE_COLUMNS)} FROM disputes FINAL "
-                     "WHERE dispute_id = %(id)s AND station_id = %(station)s ORDER BY seq "
-                     "LIMIT %(limit)s",
-                     {"id": dispute_id, "station": summary["station_id"],
-                      "limit": CHANGES_SHOWN_MAX}, CHANGE_COLUMNS)
-    lines: list[dict[str, Any]] = []
-    if summary["adjustment_settlement_id"]:
-        lines = _query(settings, f"SELECT {', '.join(LINE_COLUMNS)} FROM settlement_lines FINAL "
-                       "WHERE settlement_id = %(sid)s ORDER BY line_no",
-                       {"sid": summary["adjustment_settlement_id"]}, LINE_COLUMNS)
-    return DisputeView(summary, changes, lines)
+    return read_model(settings, lambda client: read_dispute(client, dispute_id),
+                      QUERY_TIMEOUT_S)
 
 
 def _text(value: Any) -> str:
@@ -170,15 +113,12 @@ def disputes() -> None:
 def disputes_list(ctx: click.Context, only_open: bool, station: str | None, limit: int,
                   as_json: bool) -> None:
     """Disputes with their current state, latest opened first."""
-    try:
-        rows = load_disputes(settings_of(ctx), only_open, station, limit)
-    except DisputeQueryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    rows = load_disputes(settings_of(ctx), only_open, station, limit)
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True, default=_jsonable))
         return
     title = f"{'open ' if only_open else ''}disputes ({len(rows)})"
-    print_table(Console(highlight=False), disputes_table(rows, title))
+    print_table(out(), disputes_table(rows, title))
 
 
 @disputes.command("show")
@@ -187,14 +127,11 @@ def disputes_list(ctx: click.Context, only_open: bool, station: str | None, limi
 @click.pass_context
 def disputes_show(ctx: click.Context, dispute_id: str, as_json: bool) -> None:
     """One dispute: every change in order, and the correcting settlement's lines if any."""
-    try:
-        view = load_dispute(settings_of(ctx), dispute_id)
-    except DisputeQueryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    view = load_dispute(settings_of(ctx), dispute_id)
     if as_json:
         click.echo(json.dumps(view.to_json(), indent=2, sort_keys=True, default=_jsonable))
         return
-    console = Console(highlight=False)
+    console = out()
     print_table(console, changes_table(view))
     if view.correction_lines:
         print_table(console, lines_table(view))

@@ -1,49 +1,32 @@
 """``chargemesh fleet report FLEET [--month YYYY-MM] [--json]`` (E4): a fleet's tax/ESG report
-(energy, renewable share and internal cost by depot site and month), read from ClickHouse
-(``fleet_esg_monthly`` of migration 0008)."""
+(energy, renewable share and internal cost by depot site and month): the fleet read model
+(:mod:`chargemesh.sinks.queries.fleet`), printed."""
 
 from __future__ import annotations
 
 import json
-import re
 from decimal import Decimal
 from typing import Any
 
 import click
 from chargemesh.infra.cli.errors import ChargemeshGroup
-from chargemesh.infra.cli.query import query_rows
+from chargemesh.infra.cli.query import read_model
 from chargemesh.infra.cli.root import settings_of
-from chargemesh.infra.cli.tables import print_table
+from chargemesh.infra.cli.tables import out, print_table
 from chargemesh.infra.config import Settings
-from rich.console import Console
+from chargemesh.sinks.queries import ReadModelError
+from chargemesh.sinks.queries.fleet import check_report_args, read_fleet_report
 from rich.table import Table
 
 QUERY_TIMEOUT_S = 30.0
-REPORT_ROWS_MAX = 10_000
-FLEET_ID_CHARS_MAX = 200
-MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-REPORT_COLUMNS = (
-    "site_id", "month", "currency", "sessions", "final_sessions", "energy_import_wh",
-    "energy_export_wh", "renewable_wh", "renewable_share", "internal_amount",
-)
-
-
-class FleetReportError(RuntimeError):
-    """ClickHouse could not answer the report."""
 
 
 def load_report(settings: Settings, fleet_id: str, month: str | None) -> list[dict[str, Any]]:
-    """One row per (site, month, currency) of ``fleet_id``, months in order."""
-    if not fleet_id or len(fleet_id) > FLEET_ID_CHARS_MAX:
-        raise FleetReportError(f"fleet id must be 1..{FLEET_ID_CHARS_MAX} characters")
-    if month is not None and MONTH.match(month) is None:
-        raise FleetReportError(f"--month {month!r} is not YYYY-MM")
-    where = "fleet_id = %(fleet)s" + (" AND month = %(month)s" if month else "")
-    sql = (f"SELECT {', '.join(REPORT_COLUMNS)} FROM fleet_esg_monthly WHERE {where} "
-           "ORDER BY month, site_id, currency LIMIT %(limit)s")
-    return query_rows(settings, sql, {"fleet": fleet_id, "month": month or "",
-                                      "limit": REPORT_ROWS_MAX},
-                      REPORT_COLUMNS, FleetReportError, QUERY_TIMEOUT_S)
+    """One row per (site, month, currency) of ``fleet_id``, months in order; the arguments are
+    checked before ClickHouse is asked."""
+    check_report_args(fleet_id, month)
+    return read_model(settings, lambda client: read_fleet_report(client, fleet_id, month),
+                      QUERY_TIMEOUT_S)
 
 
 def _kwh(wh: int) -> str:
@@ -87,7 +70,7 @@ def fleet_report(ctx: click.Context, fleet_id: str, month: str | None, as_json: 
     """Energy, renewable share and internal cost of FLEET_ID by depot site and month."""
     try:
         rows = load_report(settings_of(ctx), fleet_id, month)
-    except FleetReportError as exc:
+    except ReadModelError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps({"fleet_id": fleet_id, "month": month, "rows": rows}, indent=2,
@@ -97,4 +80,4 @@ def fleet_report(ctx: click.Context, fleet_id: str, month: str | None, as_json: 
         click.echo(f"no internal accounting entries for fleet {fleet_id!r}"
                    + (f" in {month}" if month else ""))
         return
-    print_table(Console(highlight=False), report_table(fleet_id, rows))
+    print_table(out(), report_table(fleet_id, rows))

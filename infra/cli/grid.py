@@ -1,64 +1,27 @@
 """``chargemesh grid observers ZONE``: a zone's observer set, its quorum decisions and the
-observers caught equivocating (P3), read back from ClickHouse."""
+observers caught equivocating (P3): the observers read model
+(:mod:`chargemesh.sinks.queries.observers`), printed."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
 
 import click
 from chargemesh.infra.cli.errors import ChargemeshGroup
-from chargemesh.infra.cli.query import cli_client
-from chargemesh.infra.cli.query import named_rows as _rows
+from chargemesh.infra.cli.query import read_model
 from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.cli.tables import print_table
 from chargemesh.infra.config import Settings
+from chargemesh.sinks.queries.observers import ObserverView, read_observer_view
 from rich.console import Console
 from rich.table import Table
 
-DECISIONS_SHOWN_MAX = 20
-EQUIVOCATIONS_SHOWN_MAX = 20
 DIGEST_CHARS_SHOWN = 16
 
 
-@dataclasses.dataclass(frozen=True)
-class ObserverView:
-    zone: str
-    observer_set: dict[str, Any] | None
-    decisions: list[dict[str, Any]]
-    equivocations: list[dict[str, Any]]
-    refusals: dict[str, int]  # reason code -> attestations refused for it (all zones)
-
-
 def load_observer_view(settings: Settings, zone: str) -> ObserverView:
-    client = cli_client(settings)
-    try:
-        params = {"z": zone}
-        sets = _rows(client, "SELECT observer_set_version, observer_credential_ids, threshold_k, "
-                     "faults_tolerated_f, interval_ms, effective_from_ms, "
-                     "declared_by_authority_id, grid_operator_credential_id FROM observer_sets "
-                     "FINAL WHERE grid_zone_id = %(z)s ORDER BY observer_set_version DESC "
-                     "LIMIT 1", params)
-        decisions = _rows(client, "SELECT interval_start_at_ms, interval_end_at_ms, "
-                          "decision_digest, signer_credential_ids, curtailment_order, "
-                          "rate_per_kwh, station_ids FROM grid_quorum_decisions FINAL "
-                          "WHERE grid_zone_id = %(z)s ORDER BY interval_start_at_ms DESC "
-                          f"LIMIT {DECISIONS_SHOWN_MAX}", params)
-        equivocations = _rows(client, "SELECT observer_credential_id, interval_start_at_ms, "
-                              "first_attestation_event_id, second_attestation_event_id, "
-                              "interval_decided FROM observer_equivocations FINAL "
-                              "WHERE grid_zone_id = %(z)s ORDER BY interval_start_at_ms DESC "
-                              f"LIMIT {EQUIVOCATIONS_SHOWN_MAX}", params)
-        # Refused attestations never reach the events table (a forged one may not even name a
-        # real observer), and a rejection keeps no partition key: these are for all zones.
-        refused = client.execute(
-            "SELECT reason_code, count() FROM rejections FINAL WHERE event_type = "
-            "'chargemesh.grid.v1.ObserverAttestation' GROUP BY reason_code")
-    finally:
-        client.disconnect()
-    return ObserverView(zone, sets[0] if sets else None, decisions, equivocations,
-                        {str(reason): int(n) for reason, n in refused})
+    return read_model(settings, lambda client: read_observer_view(client, zone))
 
 
 def observer_tables(view: ObserverView) -> list[Table]:

@@ -12,12 +12,10 @@ from typing import Any
 import click
 from chargemesh.infra.cli.errors import ChargemeshGroup, OpsError
 from chargemesh.infra.cli.events import iso_ms
+from chargemesh.infra.cli.query import read_model
 from chargemesh.infra.cli.root import settings_of
-from chargemesh.infra.cli.tables import print_table
+from chargemesh.infra.cli.tables import out, print_table
 from chargemesh.infra.config import Settings
-from chargemesh.infra.stack.preflight import require_clickhouse
-from chargemesh.sinks.migrate import clickhouse_client
-from chargemesh.sinks.queries import ReadModelError
 from chargemesh.sinks.queries.ledger import (
     REALLOCATED,
     Booking,
@@ -27,8 +25,7 @@ from chargemesh.sinks.queries.ledger import (
     read_calendar,
 )
 from chargemesh.units import DAY_MS, MINUTE_MS
-from clickhouse_driver import errors as ch_errors
-from rich.console import Console
+from clickhouse_driver import Client
 from rich.table import Table
 from rich.text import Text
 
@@ -36,11 +33,6 @@ SLOTS_SHOWN_MAX = 1_440  # one day of 1-minute slots
 FREE_RUN_COLLAPSE_MIN = 3  # this many free slots in a row show as one row (without --all-slots)
 SHORT_ID_CHARS = 10
 LEDGER_QUERY_TIMEOUT_S = 30.0
-
-
-def _out() -> Console:
-    """A console per use: it writes to the current stdout and reads COLUMNS when it is made."""
-    return Console(highlight=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,9 +158,7 @@ def build_day(station_id: str, day: dt.date, calendar: Calendar | None,
 
 def load_ledger_day(settings: Settings, station_id: str, day: dt.date | None,
                     now_ms: int) -> LedgerDay:
-    require_clickhouse(settings)
-    client = clickhouse_client(settings, query_timeout_s=LEDGER_QUERY_TIMEOUT_S)
-    try:
+    def read(client: Client) -> LedgerDay:
         calendar = read_calendar(client, station_id)
         span = read_booking_span(client, station_id)
         if calendar is None and span is None:
@@ -178,15 +168,10 @@ def load_ledger_day(settings: Settings, station_id: str, day: dt.date | None,
             )
         chosen = day or default_day(calendar, span, now_ms)
         day_from, day_until = _day_window(chosen)
-        bookings = read_bookings(client, station_id, day_from, day_until)
-    except ReadModelError as exc:
-        raise OpsError(str(exc)) from exc
-    except (ch_errors.Error, OSError, EOFError) as exc:
-        host, port = settings.clickhouse_address
-        raise OpsError(f"ClickHouse at {host}:{port} did not answer: {exc}") from exc
-    finally:
-        client.disconnect()
-    return build_day(station_id, chosen, calendar, bookings)
+        return build_day(station_id, chosen, calendar,
+                         read_bookings(client, station_id, day_from, day_until))
+
+    return read_model(settings, read, LEDGER_QUERY_TIMEOUT_S)
 
 
 def short_id(text: str, width: int = SHORT_ID_CHARS) -> str:
@@ -318,6 +303,6 @@ def ledger_show(ctx: click.Context, station: str, day: dt.datetime | None, all_s
     if as_json:
         click.echo(json.dumps(view.to_json(), indent=2, sort_keys=True))
         return
-    print_table(_out(), ledger_table(view, all_slots))
+    print_table(out(), ledger_table(view, all_slots))
     for line in summary_lines(view):
-        _out().print(Text(line))
+        out().print(Text(line))

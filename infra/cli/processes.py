@@ -31,7 +31,7 @@ from chargemesh.checks import ensure
 from chargemesh.infra.cli.anchors import check_anchors
 from chargemesh.infra.cli.errors import OpsError
 from chargemesh.infra.cli.root import settings_of
-from chargemesh.infra.cli.tables import print_table
+from chargemesh.infra.cli.tables import out, print_table
 from chargemesh.infra.config import Settings, load_settings
 from chargemesh.infra.stack import supervisor as processes
 from chargemesh.infra.stack.embedded import (
@@ -48,14 +48,7 @@ from chargemesh.infra.stack.supervisor import (
     process_running,
     stop_processes,
 )
-from rich.console import Console
 from rich.table import Table
-
-
-def _out() -> Console:
-    """A console per use: it writes to the current stdout and reads COLUMNS when it is made."""
-    return Console(highlight=False)
-
 
 # Exit codes besides click's 0 (done), 1 (failed: the message says why) and 2 (usage error).
 EXIT_NOT_RUNNING = 3  # `ps`: nothing started (the LSB "program is not running" status)
@@ -349,7 +342,7 @@ def start(ctx: click.Context, workers: int, no_sink: bool, loglevel: str) -> Non
     try:
         count = check_anchors(settings)
         check_stack(settings, with_sink=not no_sink)
-        with _out().status("starting") as status:
+        with out().status("starting") as status:
             outcomes = fleet.start(workers, not no_sink, loglevel, status.update)
     except OpsError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -360,12 +353,12 @@ def start(ctx: click.Context, workers: int, no_sink: bool, loglevel: str) -> Non
         style = "green" if outcome.outcome == "started" else "cyan"
         table.add_row(outcome.process.name, str(outcome.process.pid),
                       f"[{style}]{outcome.outcome}[/{style}]", outcome.process.record.log_path)
-    print_table(_out(), table)
+    print_table(out(), table)
     extra = set(fleet.read_state()) - {o.process.name for o in outcomes}
     if extra:
-        _out().print(f"also recorded (not asked for, left as they are): {sorted(extra)}")
+        out().print(f"also recorded (not asked for, left as they are): {sorted(extra)}")
     if workers > settings.partitions:
-        _out().print(f"note: {workers} workers for {settings.partitions} partitions: "
+        out().print(f"note: {workers} workers for {settings.partitions} partitions: "
                        f"{workers - settings.partitions} will stay idle")
 
 
@@ -374,14 +367,14 @@ def start(ctx: click.Context, workers: int, no_sink: bool, loglevel: str) -> Non
 def stop(ctx: click.Context) -> None:
     """Stop the workers and the sink `start` launched (SIGTERM, then SIGKILL); nothing else."""
     try:
-        with _out().status("stopping") as status:
+        with out().status("stopping") as status:
             outcomes = ProcessorFleet(settings_of(ctx)).stop(status.update)
     except OpsError as exc:
         raise click.ClickException(str(exc)) from exc
     if not outcomes:
-        _out().print("nothing to stop")
+        out().print("nothing to stop")
     for name, outcome in outcomes.items():
-        _out().print(f"{name}: {outcome}")
+        out().print(f"{name}: {outcome}")
 
 
 @click.command()
@@ -396,7 +389,7 @@ def ps(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([view.to_json() for view in views], indent=2))
     elif not views:
-        _out().print("no processors started: run `chargemesh start`")
+        out().print("no processors started: run `chargemesh start`")
     else:
         table = Table(title="chargemesh processors")
         for column in ("process", "pid", "healthy", "web", "detail", "log"):
@@ -410,7 +403,7 @@ def ps(ctx: click.Context, as_json: bool) -> None:
                 view.detail() if view.running else "not running",
                 view.log_path,
             )
-        print_table(_out(), table)
+        print_table(out(), table)
     if not views:
         ctx.exit(EXIT_NOT_RUNNING)
     if not all(view.healthy for view in views):

@@ -1,15 +1,21 @@
-"""ClickHouse reads shared by the read-only ``chargemesh`` commands (disputes, fleet, grid,
-pack, ledger, report): a client checked first, rows as dicts keyed by column name."""
+"""How a read-only ``chargemesh`` command (disputes, fleet, grid, pack, ledger) reads ClickHouse:
+a client checked first, one read model of :mod:`chargemesh.sinks.queries` called on it, and its
+failures said as one line. The SQL lives in the read models, not here."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TypeVar
 
+from chargemesh.infra.cli.errors import OpsError
 from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.preflight import require_clickhouse
 from chargemesh.sinks.migrate import QUERY_TIMEOUT_S, clickhouse_client
+from chargemesh.sinks.queries import ReadModelError
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
+
+T = TypeVar("T")
 
 
 def cli_client(settings: Settings, query_timeout_s: float = QUERY_TIMEOUT_S) -> Client:
@@ -20,22 +26,18 @@ def cli_client(settings: Settings, query_timeout_s: float = QUERY_TIMEOUT_S) -> 
     return clickhouse_client(settings, query_timeout_s=query_timeout_s)
 
 
-def named_rows(client: Any, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of ``sql`` on an open ``client``, keyed by the column names ClickHouse reports."""
-    rows, columns = client.execute(sql, params, with_column_types=True)
-    return [dict(zip([c[0] for c in columns], row)) for row in rows]
-
-
-def query_rows(settings: Settings, sql: str, params: dict[str, Any], columns: tuple[str, ...],
-               error: type[Exception], query_timeout_s: float) -> list[dict[str, Any]]:
-    """Rows of ``sql`` on a client of its own, keyed by ``columns``; ``error`` if ClickHouse
-    does not answer."""
+def read_model(settings: Settings, read: Callable[[Client], T],
+               query_timeout_s: float = QUERY_TIMEOUT_S) -> T:
+    """``read(client)`` on a client of its own. A read model's ``ReadModelError`` and a
+    ClickHouse that does not answer become an ``OpsError`` (the error handler names a
+    connection problem with what to do); an ``OpsError`` raised by ``read`` passes as it is."""
     client = cli_client(settings, query_timeout_s=query_timeout_s)
     try:
-        rows = client.execute(sql, params)
+        return read(client)
+    except ReadModelError as exc:
+        raise OpsError(str(exc)) from exc
     except (ch_errors.Error, OSError, EOFError) as exc:
         host, port = settings.clickhouse_address
-        raise error(f"ClickHouse at {host}:{port} did not answer: {exc}") from exc
+        raise OpsError(f"ClickHouse at {host}:{port} did not answer: {exc}") from exc
     finally:
         client.disconnect()
-    return [dict(zip(columns, row)) for row in rows]

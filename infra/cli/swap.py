@@ -1,59 +1,25 @@
 """``chargemesh pack history PACK``: a battery pack's lineage through every swap cycle (E2) —
 registered into a station's inventory, fitted to a vehicle, returned — with each swap's
-settlement, read back from ClickHouse (``pack_history_valid``, ``settlements``)."""
+settlement: the packs read model (:mod:`chargemesh.sinks.queries.packs`), printed."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from decimal import Decimal
-from typing import Any
 
 import click
 from chargemesh.infra.cli.errors import ChargemeshGroup
-from chargemesh.infra.cli.query import cli_client
-from chargemesh.infra.cli.query import named_rows as _rows
+from chargemesh.infra.cli.query import read_model
 from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.cli.tables import print_table
 from chargemesh.infra.config import Settings
+from chargemesh.sinks.queries.packs import PackHistory, read_pack_history
 from rich.console import Console
 from rich.table import Table
 
-STEPS_SHOWN_MAX = 1_000
-
-
-@dataclasses.dataclass(frozen=True)
-class PackHistory:
-    pack_id: str
-    steps: list[dict[str, Any]]  # oldest first; a swap step carries its settlement, if any
-    cycles: int  # times the pack went out on a vehicle
-    vehicles: list[str]  # vehicle credentials it went out on, in order
-
 
 def load_pack_history(settings: Settings, pack_id: str) -> PackHistory:
-    client = cli_client(settings)
-    try:
-        steps = _rows(client, "SELECT at_ms, action, station_id, session_id, "
-                      "vehicle_credential_id, vehicle_id, chemistry, state_of_health_permille, "
-                      "capacity_wh, charge_wh, counterpart_pack_id, event_id "
-                      "FROM pack_history_valid WHERE pack_id = %(p)s "
-                      f"ORDER BY at_ms, action LIMIT {STEPS_SHOWN_MAX}", {"p": pack_id})
-        sessions = tuple(sorted({s["session_id"] for s in steps if s["session_id"]}))
-        settled: dict[str, dict[str, Any]] = {}
-        if sessions:
-            for row in _rows(client, "SELECT session_id, settlement_id, total_amount, currency, "
-                             "jurisdiction FROM settlements FINAL WHERE session_id IN %(s)s "
-                             "AND kind = 'CHARGE'", {"s": sessions}):
-                settled[row["session_id"]] = row
-    finally:
-        client.disconnect()
-    for step in steps:
-        found = settled.get(step["session_id"], {})
-        step["settlement_id"] = found.get("settlement_id", "")
-        step["total_amount"] = found.get("total_amount", Decimal(0))
-        step["currency"] = found.get("currency", "")
-    out = [s["vehicle_credential_id"] for s in steps if s["action"] == "SWAPPED_OUT"]
-    return PackHistory(pack_id, steps, len(out), out)
+    return read_model(settings, lambda client: read_pack_history(client, pack_id))
 
 
 def history_table(view: PackHistory) -> Table:
