@@ -38,6 +38,7 @@ from chargemesh.processors.statuses import (
     ReservationStatus,
     SessionStatus,
 )
+from chargemesh.units import DAY_MS, HOUR_MS, MINUTE_MS
 
 SLOTS_PER_ORDER_MAX = 96
 CONNECTORS_PER_STATION_MAX = 64
@@ -49,15 +50,14 @@ REALLOCATION_SHIFT_SLOTS_MAX = 8
 DISPLACEMENT_STEPS_MAX = 1_000
 # Finished reservations stay in the live ledger this long after their slot ends (then only in
 # the lineage and ClickHouse): bounds the state of a station that runs for years.
-FINISHED_KEPT_MS = 2 * 24 * 3_600_000
-MS_PER_HOUR = 3_600_000
+FINISHED_KEPT_MS = 2 * DAY_MS
 LIVE = (ReservationStatus.ACTIVE, ReservationStatus.ARRIVED)
 # Bound once: on Python 3.11 reading an enum member off its class costs ~60 ns, and the scans
 # below compare every reservation (or session) of the station on every event.
 ACTIVE = ReservationStatus.ACTIVE
 SESSIONS_FINISHED = (SessionStatus.FINAL, SessionStatus.VOID)
 # A vehicle's timestamp may move a station's ledger clock this far past the station's own.
-VEHICLE_CLOCK_LEAD_MS_MAX = 2 * 60_000
+VEHICLE_CLOCK_LEAD_MS_MAX = 2 * MINUTE_MS
 # The event types a station signs on its own clock (full event types: the version counts).
 STATION_CLOCK_EVENTS = frozenset({
     "chargemesh.capacity.v1.SlotCalendarPublished", "chargemesh.capacity.v1.CapacityChanged",
@@ -190,7 +190,7 @@ class LedgerState:
 
     def capable(self, connector_id: str, start_ms: int, stop_ms: int, energy_wh: int) -> bool:
         power = self.power_w(connector_id, start_ms, stop_ms)
-        return power > 0 and energy_wh * MS_PER_HOUR <= power * (stop_ms - start_ms)
+        return power > 0 and energy_wh * HOUR_MS <= power * (stop_ms - start_ms)
 
     def connector_ids(self) -> list[str]:
         return sorted(self.calendar["connectors"]) if self.calendar else []
@@ -254,6 +254,8 @@ class Outcome:
     rejected_order: dict[str, Any] | None = None
 
 
+# A command's handler: checks the command, appends what it decides to ``out`` (each decision
+# folded into the state through ``evolve`` as it is made) and returns why it refused, or None.
 Handler = Callable[[LedgerState, Command, GovernanceView, list[Decision]], "Rejection | None"]
 
 
