@@ -8,11 +8,11 @@ from typing import Any
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import Participant
+from chargemesh.units import HOUR_MS, MINUTE_MS
 
 from .conftest import Mesh
 
-HOUR_MS = 3_600_000
-SLOT_MS = 15 * 60_000
+SLOT_MS = 15 * MINUTE_MS
 
 
 def future_hour(now_ms: int, hours_ahead: int = 24) -> int:

@@ -7,10 +7,9 @@ from typing import Any
 
 from chargemesh.processors.ledger import state as ledger
 from chargemesh.streams.sdk import participant as sdk
+from chargemesh.units import HOUR_MS
 
 from .world import T0_MS, World
-
-HOUR_MS = 3_600_000
 
 
 class PureStation:

@@ -27,12 +27,12 @@ from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent, open_envelope
 from chargemesh.streams.sdk.participant import Participant, now_ms
 from chargemesh.streams.topics import SETTLEMENTS
+from chargemesh.units import MINUTE_MS
 
 from .conftest import Mesh
 from .market import SLOT_MS, future_hour
 
 pytestmark = pytest.mark.integration
-MINUTE_MS = 60_000
 PREFIX = "p5audit"
 TARIFF = {"tax_percent": "8.25", "congestion_fee_per_kwh": "0.02",
           "renewable_adder_per_kwh": "0.015", "rounding": "HALF_UP", "minor_units": 2}

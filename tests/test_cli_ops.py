@@ -48,13 +48,13 @@ from chargemesh.streams.envelope import REJECTED_SCHEMA
 from chargemesh.streams.keys import Signer
 from chargemesh.streams.sdk.participant import now_ms
 from chargemesh.streams.topics import DECISIONS, REJECTIONS
+from chargemesh.units import DAY_MS
 
 from .conftest import Mesh
 from .market import HOUR_MS, SLOT_MS, open_market
 
 TERMINAL_COLUMNS = 100
 WAIT_S = 60.0
-DAY_MS = 86_400_000
 
 
 def run(settings: Settings, *args: str) -> Result:

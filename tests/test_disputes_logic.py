@@ -13,12 +13,11 @@ from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import MARKET
+from chargemesh.units import HOUR_MS, MINUTE_MS
 
 from .session_world import PureStation
 from .world import T0_MS, make_world, pairs
 
-HOUR_MS = 3_600_000
-MINUTE_MS = 60_000
 TARIFF = {"currency": "USD", "ceiling_per_kwh": "0.80", "tax_percent": "8.25",
           "rounding": "HALF_UP", "minor_units": 2}
 

@@ -48,6 +48,7 @@ from chargemesh.streams.envelope import (
     seal,
 )
 from chargemesh.streams.keys import Signer
+from chargemesh.units import HOUR_MS, MINUTE_MS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -67,10 +68,9 @@ REASON_CODE = re.compile(r"[A-Z][A-Z0-9_]{2,63}")
 INPUT_TOPICS = [topics.GOVERNANCE.name, topics.MARKET.name, topics.GRID.name]
 SINK_TOPICS = [topics.ADMITTED.name, topics.DECISIONS.name, topics.SETTLEMENTS.name,
                topics.DISPUTES.name, topics.REJECTIONS.name]
-HOUR_MS = 3_600_000
 # Key, headers and record framing around a rejection's value.
 REJECTION_OVERHEAD_BYTES_MAX = 4_096
-SLOT_MS = 15 * 60_000
+SLOT_MS = 15 * MINUTE_MS
 
 
 # ---- a small world whose credentials can sign anything a policy allows -------------------------

@@ -32,6 +32,7 @@ from chargemesh.streams.sdk.participant import (
     rules_published,
     tariff_filed,
 )
+from chargemesh.units import HOUR_MS, MINUTE_MS
 
 from .world import T0_MS, World, make_world, pairs
 
@@ -39,17 +40,16 @@ STATION_ID = "station-1"
 RATE_AUTHORITY = "auth-root"
 TARIFF = "tariff-ca-1"
 RULES = "r1"
-SLOT_MS = 30 * 60_000
+SLOT_MS = 30 * MINUTE_MS
 SLOTS = 8
-HORIZON_START_MS = T0_MS + 2 * 3_600_000
+HORIZON_START_MS = T0_MS + 2 * HOUR_MS
 HORIZON_END_MS = HORIZON_START_MS + SLOTS * SLOT_MS
 PUBLISHED_AT_MS = T0_MS  # two hours before the horizon opens: every bid gate is still open
 POSTED = "0.450000"
 FILED_CEILING = "0.80"
 W_PER_KW = 1_000
-MINUTE_MS = 60_000
-GRACE_MS = 10 * 60_000  # the rules_published defaults
-GATE_MS = 15 * 60_000
+GRACE_MS = 10 * MINUTE_MS  # the rules_published defaults
+GATE_MS = 15 * MINUTE_MS
 VEHICLES = ("v1", "v2", "v3", "v4")
 POWER_W = 50 * W_PER_KW
 CANCELLATION = "chargemesh.orders.v1.ReservationCancelled"  # no SDK helper for it yet

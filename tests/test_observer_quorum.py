@@ -16,14 +16,15 @@ from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.observer_decision import decision_digest
 from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import MARKET
+from chargemesh.units import HOUR_MS, MINUTE_MS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .world import T0_MS, make_world, verdict_of
 
 ZONE = "zone-p3"
-INTERVAL_MS = 15 * 60_000
-START_MS = T0_MS + 3_600_000
+INTERVAL_MS = 15 * MINUTE_MS
+START_MS = T0_MS + HOUR_MS
 STATIONS = ["st-a", "st-b", "st-c"]
 F_MAX = 3
 

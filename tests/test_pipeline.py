@@ -33,12 +33,12 @@ from chargemesh.streams.envelope import SignedEvent, open_envelope, open_payload
 from chargemesh.streams.keys import Signer
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk.participant import Participant, topic_for
+from chargemesh.units import HOUR_MS, MINUTE_MS
 
 from .world import T0_MS, World, make_world
 
 PARTITIONS = 4
-HOUR_MS = 3_600_000
-SLOT_MS = 15 * 60_000
+SLOT_MS = 15 * MINUTE_MS
 ZONE = "zone-pipe"
 STATIONS = ("pipe-station-a", "pipe-station-b")
 TARIFF, RULES = "pipe-tariff", "pipe-rules"

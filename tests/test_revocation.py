@@ -14,6 +14,7 @@ from chargemesh.infra.stack.worker import Record, TopicReader
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk.participant import Participant, now_ms
 from chargemesh.streams.topics import DECISIONS, REJECTIONS
+from chargemesh.units import MINUTE_MS
 
 from .conftest import Mesh
 from .market import HOUR_MS, open_market
@@ -21,7 +22,6 @@ from .test_sessions_pipeline import Session, settlement_records
 from .world import T0_MS
 
 pytestmark = pytest.mark.integration
-MINUTE_MS = 60_000
 
 
 def fleet_vehicle(issuer: Participant, name: str) -> tuple[Participant, object]:

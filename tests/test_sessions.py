@@ -12,12 +12,10 @@ from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import MARKET
+from chargemesh.units import HOUR_MS, MINUTE_MS
 
 from .session_world import PureStation
 from .world import T0_MS, World, make_world, pairs
-
-HOUR_MS = 3_600_000
-MINUTE_MS = 60_000
 
 
 class Station(PureStation):

@@ -12,6 +12,7 @@ from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import now_ms
 from chargemesh.streams.topics import SETTLEMENTS
+from chargemesh.units import MINUTE_MS
 
 from .conftest import Mesh
 from .market import SLOT_MS, Market, open_market
@@ -19,7 +20,6 @@ from .market import SLOT_MS, Market, open_market
 pytestmark = pytest.mark.integration
 STATIONS = 4
 CONNECTORS = 50
-MINUTE_MS = 60_000
 
 
 def sessions_for(market: Market) -> list[list[SignedEvent]]:

@@ -45,13 +45,12 @@ from chargemesh.streams.keys import Signer
 from chargemesh.streams.topics import ADMITTED, DECISIONS, MARKET
 from chargemesh.streams.topics import REJECTIONS as REJECTIONS_TOPIC
 from chargemesh.streams.topics import SETTLEMENTS as SETTLEMENTS_TOPIC
+from chargemesh.units import DAY_MS, MINUTE_MS
 
 SESSION = "chargemesh.session.v1."
 SETTLEMENT = "chargemesh.settlement.v1."
 # 2023-11-14T22:13:20Z: in the past, so a PENDING settlement's age is positive.
 BASE_MS = 1_700_000_000_000
-MINUTE_MS = 60_000
-DAY_MS = 86_400_000
 FLUSH_TIMEOUT_S = 10.0
 # One sink cycle lasts about FLUSH_INTERVAL_S (1 s); a fresh group's join takes a few.
 DRAIN_CYCLES_MAX = 90

@@ -33,6 +33,7 @@ from chargemesh.sinks.projections.core import SINK_UNDECODABLE, sink_rejection_i
 from chargemesh.streams.envelope import REJECTED_SCHEMA, SignedEvent, seal
 from chargemesh.streams.keys import Signer
 from chargemesh.streams.topics import DECISIONS, MARKET, REJECTIONS
+from chargemesh.units import HOUR_MS, MINUTE_MS
 
 from .conftest import external_stack
 
@@ -40,8 +41,6 @@ pytestmark = pytest.mark.integration
 
 LEDGER = "chargemesh.ledger.v1."
 BASE_MS = 1_790_000_000_000
-HOUR_MS = 3_600_000
-MINUTE_MS = 60_000
 FLUSH_TIMEOUT_S = 10.0
 # The sink stops once nothing arrived for this long after its last message or group join.
 IDLE_EXIT_S = 4.0

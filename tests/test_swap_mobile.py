@@ -17,11 +17,11 @@ from chargemesh.streams.sdk import swap_mobile
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import MARKET
+from chargemesh.units import HOUR_MS, MINUTE_MS
 
 from .world import T0_MS, World, make_world, pairs
 
-HOUR_MS = 3_600_000
-SLOT_MS = 15 * 60_000
+SLOT_MS = 15 * MINUTE_MS
 START_MS = T0_MS + HOUR_MS
 
 

@@ -13,6 +13,7 @@ from chargemesh.infra.cli.main import cli
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk import swap_mobile
 from chargemesh.streams.sdk.participant import Participant, now_ms
+from chargemesh.units import MINUTE_MS
 from click.testing import CliRunner
 
 from .conftest import Mesh
@@ -21,7 +22,6 @@ from .test_sessions_pipeline import Session, settlement_records
 from .world import T0_MS
 
 pytestmark = pytest.mark.integration
-MINUTE_MS = 60_000
 
 
 # ---- E2 ----------------------------------------------------------------------------------------

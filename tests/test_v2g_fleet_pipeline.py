@@ -10,13 +10,13 @@ from chargemesh.infra.cli.fleet import load_report, report_table
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import Participant, now_ms
+from chargemesh.units import MINUTE_MS
 
 from .conftest import Mesh
 from .market import SLOT_MS, Market, open_market
 from .test_sessions_pipeline import settlement_records
 
 pytestmark = pytest.mark.integration
-MINUTE_MS = 60_000
 TARIFF = {"tax_percent": "10", "rounding": "HALF_UP", "minor_units": 2}
 
 

@@ -9,12 +9,12 @@ from decimal import Decimal
 import pytest
 from chargemesh.streams.sdk import wireless as sdk_wireless
 from chargemesh.streams.sdk.participant import Participant, now_ms
+from chargemesh.units import MINUTE_MS
 
 from .conftest import Mesh
 from .wireless_road import DELIVERED_WH, PASS_MS, RATES, Road, expected_total
 
 pytestmark = pytest.mark.integration
-MINUTE_MS = 60_000
 SEGMENTS = 10
 
 

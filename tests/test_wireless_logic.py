@@ -14,11 +14,10 @@ from chargemesh.processors.ingress import Admitted, Refused, admit
 from chargemesh.processors.ledger.step import Step, market_step
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.topics import MARKET, MESSAGE_BYTES_MAX
+from chargemesh.units import MINUTE_MS
 
 from .wireless_road import DELIVERED_WH, PASS_MS, RATES, Road, expected_total
 from .world import T0_MS, make_world, pairs
-
-MINUTE_MS = 60_000
 
 
 class Drive:

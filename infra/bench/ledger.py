@@ -27,10 +27,10 @@ from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import open_envelope
 from chargemesh.streams.keys import verify_signature
 from chargemesh.streams.topics import DECISIONS, MARKET, SETTLEMENTS
+from chargemesh.units import HOUR_MS, MINUTE_MS, SECOND_MS
 
 ENVELOPE_SAMPLES = 5_000
-SLOT_MS = 15 * 60_000
-HOUR_MS = 3_600_000
+SLOT_MS = 15 * MINUTE_MS
 DECISION_WAIT_S_MAX = 120.0
 
 
@@ -69,7 +69,7 @@ class LedgerBench:
         self.settings: Settings = private_settings(state_dir, partitions=partitions)
         self.stack = EmbeddedStack(self.settings)
         self.stack.up()
-        self.now = int(time.time() * 1000)
+        self.now = int(time.time() * SECOND_MS)
         self.start = (self.now // HOUR_MS + 24) * HOUR_MS
         self.dep: Deployment = deploy(self.settings, ["US-CA"], secret="bench")
         self.worker = WorkerProcess(self.settings, loglevel="info").start()
@@ -128,7 +128,7 @@ class LedgerBench:
             pub.publish(event)
             pub.flush()
             done = self._wait({f"o-walk_up-{10_000 + i}"})
-            latencies.append((done - sent) * 1000)
+            latencies.append((done - sent) * SECOND_MS)
         return {"walk_ups": float(count), "p50_ms": percentile(latencies, 0.5),
                 "p99_ms": percentile(latencies, 0.99), "mean_ms": statistics.fmean(latencies)}
 
@@ -162,7 +162,8 @@ class LedgerBench:
                               ceiling_rate_per_kwh="0.80", currency="USD")
             sid = f"fin-{i}"
             close = sdk.meter_closed_out(station, session_id=sid, connector_id=cid,
-                                         closed_at_ms=start + 10 * 60_000, final_import_wh=19_000,
+                                         closed_at_ms=start + 10 * MINUTE_MS,
+                                         final_import_wh=19_000,
                                          last_reading_seq=-1)
             # In station time: every booking, then every handshake, then the close-outs.
             setup[0].append(sdk.order(vehicle, "posted", order_id=sid, ident=ident, terms=terms,
@@ -187,7 +188,7 @@ class LedgerBench:
                 if any(r.key == key and r.event().event_type.endswith("SettlementFinalised")
                        for r in settlements.records[before:]):
                     break
-            latencies.append((time.monotonic() - sent) * 1000)
+            latencies.append((time.monotonic() - sent) * SECOND_MS)
         settlements.close()
         return {"settlements": float(count), "p50_ms": percentile(latencies, 0.5),
                 "p99_ms": percentile(latencies, 0.99)}

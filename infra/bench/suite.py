@@ -37,12 +37,12 @@ from chargemesh.infra.bench.suite_run import run_suite
 from chargemesh.infra.bench.figures import (  # noqa: F401 - public names of the suite
     category_of, is_blocking, latency_summary, parse_worker_stats, plan)
 from chargemesh.infra.config import Settings, load_settings
+from chargemesh.units import SECOND_MS
 
 # ---- the plain loop (child process) -------------------------------------------------------------
 
 PLAIN_BATCH_MAX = 500
 PLAIN_BATCH_WAIT_S = 0.005
-MS_PER_S = 1000
 
 
 class PlainLoop:
@@ -152,7 +152,7 @@ class PlainLoop:
             verdicts = [pipeline.verify(record, self.store) for record in records]
         with self.phase("decide (pipeline.market_batch)"):
             context = pipeline.BatchContext(self.store, self.signer, self.settings.partitions,
-                                            int(time.time() * MS_PER_S))
+                                            int(time.time() * SECOND_MS))
             tables = pipeline.MarketTables(self.ledgers.data, self.positions.data, self.decoded)
             result = pipeline.market_batch(records, verdicts, tables, context)
         with self.phase("publish outputs (produce + ack)"):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chargemesh.infra.bench.figures import CLICKHOUSE_POLL_S, RECONNECTORS, Sizes, WAIT_S_MAX, latency_summary, parse_worker_stats
-from chargemesh.infra.bench.ledger import HOUR_MS, SLOT_MS, LedgerBench
+from chargemesh.infra.bench.ledger import SLOT_MS, LedgerBench
 from chargemesh.infra.config import Settings
 from chargemesh.infra.stack import supervisor
 from chargemesh.infra.stack.worker import WORKER_MODULE, Record, TopicReader, WorkerProcess, log_tail, publisher
@@ -22,6 +22,7 @@ from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import ADMITTED
+from chargemesh.units import HOUR_MS, MINUTE_MS, SECOND_MS
 
 
 # ---- the stack ----------------------------------------------------------------------------------
@@ -274,7 +275,7 @@ class SuiteStack(LedgerBench):
         pub = publisher(self.settings)
         for r in range(rounds):
             ge_id = f"ge-bench-{r}"
-            from_ms = setup["start"] + (5 + r) * 60_000
+            from_ms = setup["start"] + (5 + r) * MINUTE_MS
             event = sdk.grid_event(setup["operator"], grid_event_id=ge_id,
                                    grid_zone_id=setup["zone"], kind="PRICE_SIGNAL",
                                    from_ms=from_ms, until_ms=from_ms + HOUR_MS,
@@ -297,7 +298,7 @@ class SuiteStack(LedgerBench):
                     p = rec.payload()
                     if p.get("grid_event_id") == ge_id and p.get("session_id") in pending:
                         pending.discard(p["session_id"])
-                        latencies.append((now - sent) * 1000)
+                        latencies.append((now - sent) * SECOND_MS)
             last.append(latencies[-1])
         out: dict[str, Any] = {"sessions": float(setup["sessions"]), "rounds": float(rounds),
                                **latency_summary(latencies), "all_sessions_ms_worst": max(last)}

@@ -27,6 +27,7 @@ from chargemesh.streams.sdk import wireless
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import Participant
 from chargemesh.streams.topics import DECISIONS
+from chargemesh.units import HOUR_MS, SECOND_MS
 
 SEGMENTS = 10
 SEGMENT_POWER_W = 200_000
@@ -74,7 +75,7 @@ class Road:
                 vehicle, trip_id=f"trip-{v}", road_operator_id=road_id,
                 rate_authority_id=root_id, jurisdiction="US-CA", ceiling_rate_per_kwh="0.50",
                 currency="USD", energy_wh_max=50_000, start_ms=start - 1_000,
-                stop_ms=start + 3_600_000, at_ms=start - 1_000))
+                stop_ms=start + HOUR_MS, at_ms=start - 1_000))
             # after the last segment's batch that carries this vehicle's pass
             last_in_batch = min((v // per_batch + 1) * per_batch, len(self.vehicles)) - 1
             closed_at = base_ms + last_in_batch * VEHICLE_GAP_MS + SEGMENTS * PASS_MS + 1_000
@@ -96,7 +97,7 @@ class Road:
         return [wireless.trip_authorised(
                     vehicle, trip_id="warm", road_operator_id=road_id, rate_authority_id=root_id,
                     jurisdiction="US-CA", ceiling_rate_per_kwh="0.50", currency="USD",
-                    energy_wh_max=50_000, start_ms=at_ms - 1_000, stop_ms=at_ms + 3_600_000,
+                    energy_wh_max=50_000, start_ms=at_ms - 1_000, stop_ms=at_ms + HOUR_MS,
                     at_ms=at_ms - 1_000),
                 wireless.segment_passes(self.segments[0], road_operator_id=road_id,
                                         batch_id="warm", passes=[ps], at_ms=ps.left_at_ms + 500),
@@ -110,7 +111,7 @@ class Road:
             vehicle_credential_id=self.vehicles[v].credential_id, geofence_id=f"gf-{i}",
             latitude_microdeg=LAT0 + i * LAT_STEP + LAT_STEP // 2, longitude_microdeg=LON0,
             entered_at_ms=entered, left_at_ms=entered + PASS_MS,
-            meter_seconds=PASS_MS // 1000, energy_wh=DELIVERED_WH)
+            meter_seconds=PASS_MS // SECOND_MS, energy_wh=DELIVERED_WH)
 
 
 def _wait_settled(reader: TopicReader, trips: int, skip: int = 0) -> dict[str, int]:
@@ -147,7 +148,7 @@ def measure_wireless_rate(state_dir: Path, passes: int = PASSES_DEFAULT,
         worker = WorkerProcess(settings, loglevel="warning").start()
         road = Road("bench-wireless", max(1, passes // SEGMENTS))
         dep.publish(road.governance(dep.root, dep.issuer))
-        base_ms = int(time.time() * 1000) - 3_600_000
+        base_ms = int(time.time() * SECOND_MS) - HOUR_MS
         events = road.drive(dep.root.credential_id, base_ms, per_batch)
         reader = TopicReader(settings, DECISIONS.name)
         try:

@@ -40,6 +40,7 @@ from chargemesh.streams.topics import (
     ADMITTED,
     REJECTIONS,
 )
+from chargemesh.units import SECOND_MS
 
 # ---- workers ---------------------------------------------------------------------------------
 
@@ -164,7 +165,7 @@ class Chaos:
 
     def _expire(self) -> None:
         """Let the dead member's group session expire before anyone joins (runtime.py)."""
-        time.sleep(self.settings.session_timeout_ms / 1000 + 2)
+        time.sleep(self.settings.session_timeout_ms / SECOND_MS + 2)
 
     def _note(self, record: FaultRecord) -> None:
         self.say(f"  {record.kind} at {record.planned_at:.0%} of the events published, "

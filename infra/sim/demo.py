@@ -21,7 +21,7 @@ from chargemesh.infra.sim.plan_demo import DemoConfig, plan_demo
 from chargemesh.infra.sim.run import Run, worker_and_sink
 from chargemesh.infra.stack.embedded import EmbeddedStack
 from chargemesh.sinks.migrate import clickhouse_client
-from chargemesh.units import HOUR_MS
+from chargemesh.units import HOUR_MS, SECOND_MS
 
 BARRIER_WAIT_S = 90.0  # the first barrier also waits for the worker to start
 SUMMARY_WAIT_S_MAX = 90.0
@@ -37,7 +37,7 @@ def next_demo_tag(settings: Settings) -> str:
     path = settings.state_dir / DEMO_RUNS_FILE
     runs = json.loads(path.read_text()) if path.exists() else []
     tag = "" if not runs else f"-r{len(runs)}"
-    path.write_text(json.dumps(runs + [{"tag": tag, "at_ms": int(time.time() * 1000)}]))
+    path.write_text(json.dumps(runs + [{"tag": tag, "at_ms": int(time.time() * SECOND_MS)}]))
     return tag
 
 
@@ -83,7 +83,7 @@ def run_demo(settings: Settings, say: Say, keep_running: bool = False) -> dict[s
     it on the embedded stack, and read its summary back from ClickHouse."""
     from chargemesh.infra.cli.anchors import add_anchor
 
-    wall_started_ms = int(time.time() * 1000)
+    wall_started_ms = int(time.time() * SECOND_MS)
     stack = EmbeddedStack(settings)
     started = stack.up()
     say(f"stack up: {', '.join(started.started) or 'already running'}")

@@ -7,9 +7,8 @@ import dataclasses
 
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import Participant
+from chargemesh.units import HOUR_MS, MINUTE_MS
 
-HOUR_MS = 3_600_000
-MINUTE_MS = 60_000
 SLOT_MS = 15 * MINUTE_MS
 DEST_SLOT_MS = 4 * HOUR_MS  # overnight destination blocks
 DEPOT_SLOT_MS = 2 * HOUR_MS  # multi-hour fleet depot windows

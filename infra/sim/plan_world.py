@@ -36,6 +36,7 @@ from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk import wireless
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import Participant
+from chargemesh.units import SECOND_MS
 
 class WorldPlanner:
     """The planner's world: governance, stations, vehicles and where and when they charge
@@ -420,7 +421,7 @@ class WorldPlanner:
                 vehicle_credential_id=v.participant.credential_id,
                 geofence_id=f"gf-{seg.subject_id}", latitude_microdeg=(box[0] + box[2]) // 2,
                 longitude_microdeg=(box[1] + box[3]) // 2, entered_at_ms=entered,
-                left_at_ms=left, meter_seconds=PASS_MS // 1000,
+                left_at_ms=left, meter_seconds=PASS_MS // SECOND_MS,
                 energy_wh=self.rng.randint(600, 950))
             self.day.add(wireless.segment_passes(seg, road_operator_id=op.credential_id,
                                                  batch_id=f"{seg.subject_id}@{trip_id}",

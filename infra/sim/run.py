@@ -30,6 +30,7 @@ from chargemesh.sinks.clickhouse_sink import ClickHouseSink
 from chargemesh.sinks.migrate import clickhouse_client
 from chargemesh.streams.envelope import open_envelope, open_payload
 from chargemesh.streams.topics import DECISIONS, REJECTIONS, SETTLEMENTS
+from chargemesh.units import SECOND_MS
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 BARRIER_WAIT_S_MAX = 60.0
@@ -249,7 +250,7 @@ class Run:
     def _keep_pace(self, wall0: float, virtual_ms: int) -> None:
         if self.compress <= 0 or virtual_ms <= 0:
             return
-        due = wall0 + virtual_ms / 1000 / self.compress - time.monotonic()
+        due = wall0 + virtual_ms / SECOND_MS / self.compress - time.monotonic()
         time.sleep(min(max(0.0, due), COMPRESS_SLEEP_S_MAX))
 
     def _barrier(self, label: str, barrier: tuple[tuple[str, str], ...]) -> None:
@@ -288,7 +289,7 @@ class Run:
                 for session in sessions:
                     if eid in at and session in w.reprices:
                         out["reprice"].append((session, w.reprices[session] - at[eid]))
-        return {k: [(s, round(v * 1000, 3)) for s, v in rows] for k, rows in out.items()}
+        return {k: [(s, round(v * SECOND_MS, 3)) for s, v in rows] for k, rows in out.items()}
 
     def close(self) -> None:
         self.watcher.close()
@@ -296,8 +297,8 @@ class Run:
 
 def write_latencies(settings: Settings, run_id: str,
                     latencies: dict[str, list[tuple[str, float]]]) -> None:
-    now_ms = int(time.time() * 1000)
-    at = dt.datetime.fromtimestamp(now_ms // 1000, tz=dt.UTC).replace(tzinfo=None)
+    now_ms = int(time.time() * SECOND_MS)
+    at = dt.datetime.fromtimestamp(now_ms // SECOND_MS, tz=dt.UTC).replace(tzinfo=None)
     rows = [(run_id, kind, subject, ms, now_ms, at)
             for kind, pairs in latencies.items() for subject, ms in pairs]
     client = clickhouse_client(settings)
@@ -310,7 +311,7 @@ def write_latencies(settings: Settings, run_id: str,
 
 
 def write_run(settings: Settings, summary: SimSummary, params: dict[str, Any]) -> None:
-    started = dt.datetime.fromtimestamp(summary.started_at_ms // 1000,
+    started = dt.datetime.fromtimestamp(summary.started_at_ms // SECOND_MS,
                                         tz=dt.UTC).replace(tzinfo=None)
     client = clickhouse_client(settings)
     try:
@@ -379,7 +380,7 @@ def run_simulation(settings: Settings, config: SimConfig, compress: float = 0.0,
 
     progress = progress or (lambda _d, _n, _t: None)
     say = say or (lambda _m: None)
-    started_ms = int(time.time() * 1000)
+    started_ms = int(time.time() * SECOND_MS)
     wall0 = time.monotonic()
     tag = config.tag or next_tag(settings, config.seed)
     config = dataclasses.replace(config, tag=tag)
@@ -408,7 +409,7 @@ def run_simulation(settings: Settings, config: SimConfig, compress: float = 0.0,
                 len(plan.expected_settlements), final, len(plan.hostile), hostile_rejected,
                 len(plan.refused), refused_seen,
                 {k: [ms for _, ms in v] for k, v in latencies.items()}, run.missing,
-                started_ms, int(time.time() * 1000), config.prefix)
+                started_ms, int(time.time() * SECOND_MS), config.prefix)
             params = dict(dataclasses.asdict(config), compress=compress,
                           capabilities=plan.capabilities)
             write_run(settings, summary, params)

@@ -71,6 +71,7 @@ from chargemesh.processors.statuses import (
     TripCloseReason,
     TripStatus,
 )
+from chargemesh.units import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 
 EMBODIMENT = ConnectorKind.WIRELESS_SEGMENT
 TRIPS_OPEN_MAX = 2_000
@@ -86,10 +87,10 @@ PASSES_PER_BATCH_MAX = 1_000
 PASSES_PER_TRIP_MAX = 2_000
 EVIDENCE_IDS_PER_TRIP_MAX = 1_000
 ID_CHARS_MAX = 128
-TRIP_DURATION_MS_MAX = 24 * 3_600_000
-PASS_DURATION_MS_MAX = 10 * 60_000
-IDLE_CLOSE_MS_DEFAULT = 10 * 60_000
-IDLE_CLOSE_MS_MAX = 2 * 3_600_000
+TRIP_DURATION_MS_MAX = 24 * HOUR_MS
+PASS_DURATION_MS_MAX = 10 * MINUTE_MS
+IDLE_CLOSE_MS_DEFAULT = 10 * MINUTE_MS
+IDLE_CLOSE_MS_MAX = 2 * HOUR_MS
 # A pass may end at most this far after the batch that records it was signed.
 PASS_CLOCK_SKEW_MS_MAX = 5_000
 METER_SLACK_MS = 1_000
@@ -100,10 +101,8 @@ PLAUSIBILITY_TOLERANCE = Decimal("0.05")
 PLAUSIBILITY_SLACK_WH = 2
 SEGMENT_POWER_W_MAX = 2_000_000
 EXPIRY_SCAN_INTERVAL_MS = 1_000
-MS_PER_S = 1_000
-S_PER_HOUR = 3_600
-MINUTES_PER_DAY = 1_440
-MS_PER_MINUTE = 60_000
+S_PER_HOUR = HOUR_MS // SECOND_MS
+MINUTES_PER_DAY = DAY_MS // MINUTE_MS
 ZERO = Decimal(0)
 OPEN, CLOSED = TripStatus.OPEN, TripStatus.CLOSED
 VEHICLE_CLOSED = TripCloseReason.VEHICLE_CLOSED
@@ -152,7 +151,7 @@ def segment_of(view: GovernanceView, credential_id: str, road_operator_id: str,
 
 def filed_rate(filed: dict[str, Any], at_ms: int) -> Decimal:
     """The tariff's rate at ``at_ms`` (UTC time-of-use band), else its filed ceiling."""
-    minute = (at_ms // MS_PER_MINUTE) % MINUTES_PER_DAY
+    minute = (at_ms // MINUTE_MS) % MINUTES_PER_DAY
     for band in filed.get("time_of_use") or []:
         if band["start_minute_of_day"] <= minute < band["end_minute_of_day"]:
             return Decimal(band["rate_per_kwh"])
@@ -342,7 +341,7 @@ def timing_problem(segment: dict[str, Any], ps: dict[str, Any], trip: dict[str, 
     if entered < trip["last_left"].get(segment["segment_id"], 0):
         return Rejection(Reason.OVERLAPPING_PASS,
                          "the pass overlaps an earlier pass on this segment")
-    if not 0 <= ps["meter_seconds"] * MS_PER_S <= left - entered + METER_SLACK_MS:
+    if not 0 <= ps["meter_seconds"] * SECOND_MS <= left - entered + METER_SLACK_MS:
         return Rejection(Reason.IMPLAUSIBLE_METER_SECONDS,
                          f"{ps['meter_seconds']} meter-seconds in "
                          f"a {left - entered} ms pass")

@@ -21,15 +21,15 @@ from chargemesh.processors.statuses import (
     ReservationStatus,
     SessionStatus,
 )
+from chargemesh.units import HOUR_MS, MINUTE_MS
 
 READINGS_PER_SESSION_MAX = 20_000
 # A meter may read this much above what the connector's power allows (clock skew, rounding).
 PLAUSIBILITY_TOLERANCE = Decimal("0.05")
 PLAUSIBILITY_SLACK_WH = 10
 # A session may run this long past its reserved window before its readings are refused.
-OVERRUN_MS_MAX = 30 * 60_000
-EARLY_START_MS_MAX = 15 * 60_000
-MS_PER_HOUR = 3_600_000
+OVERRUN_MS_MAX = 30 * MINUTE_MS
+EARLY_START_MS_MAX = 15 * MINUTE_MS
 OPEN = (SessionStatus.ACTIVE, SessionStatus.STOPPED)
 
 
@@ -140,7 +140,7 @@ def _reading_problem(s: dict[str, Any], p: dict[str, Any], last_seq: int, last_a
     if not last_at <= p["read_at_ms"] <= s["booked_stop_ms"] + OVERRUN_MS_MAX:
         return Rejection(Reason.READING_OUTSIDE_SESSION, f"read at {p['read_at_ms']}")
     elapsed_ms = p["read_at_ms"] - last_at
-    ceiling_wh = Decimal(s["power_w"]) * elapsed_ms / MS_PER_HOUR * (1 + PLAUSIBILITY_TOLERANCE)
+    ceiling_wh = Decimal(s["power_w"]) * elapsed_ms / HOUR_MS * (1 + PLAUSIBILITY_TOLERANCE)
     if p["cumulative_import_wh"] - last_wh > ceiling_wh + PLAUSIBILITY_SLACK_WH:
         return Rejection(Reason.IMPLAUSIBLE_READING, f"{p['cumulative_import_wh'] - last_wh} Wh in "
                          f"{elapsed_ms} ms exceeds {s['power_w']} W")

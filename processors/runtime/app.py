@@ -36,6 +36,7 @@ from chargemesh.processors.runtime.stats import STATS_INTERVAL_S, BatchStats
 from chargemesh.schemas import registry
 from chargemesh.streams import topics
 from chargemesh.streams.keys import Signer
+from chargemesh.units import SECOND_MS
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,11 @@ GOVERNANCE_POLL_INTERVAL_S = 0.5
 HEARTBEAT_INTERVAL_S_MIN = 0.5
 HEARTBEATS_PER_SESSION_TIMEOUT = 6
 PRODUCER_LINGER_S = 0.002
-MS_PER_S = 1000
 EXIT_INFRASTRUCTURE_FAILURE = 70
 
 
 def now_ms() -> int:
-    return int(time.time() * MS_PER_S)
+    return int(time.time() * SECOND_MS)
 
 
 def fail_stop(what: str, exc: BaseException) -> None:
@@ -111,9 +111,9 @@ def _faust_app(settings: KafkaSettings, web_port: int) -> faust.App:
         store="memory://",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
-        broker_session_timeout=settings.session_timeout_ms / MS_PER_S,
+        broker_session_timeout=settings.session_timeout_ms / SECOND_MS,
         broker_heartbeat_interval=max(HEARTBEAT_INTERVAL_S_MIN,
-                                      settings.session_timeout_ms / MS_PER_S
+                                      settings.session_timeout_ms / SECOND_MS
                                       / HEARTBEATS_PER_SESSION_TIMEOUT),
         consumer_auto_offset_reset="earliest",
         web_port=web_port,

@@ -39,6 +39,7 @@ from chargemesh.processors.reasons import Reason
 from chargemesh.schemas import framing
 from chargemesh.schemas.codec import DecodeError, catalog, render_json
 from chargemesh.streams.envelope import REJECTED_SCHEMA, SignedEvent, open_envelope, open_payload
+from chargemesh.units import SECOND_MS
 
 Row = tuple[Any, ...]
 Rows = dict[str, list[Row]]
@@ -49,7 +50,6 @@ SINK_PROJECTION_FAILED = Reason.SINK_PROJECTION_FAILED
 SINK_REJECTION_NAMESPACE = uuid.UUID("0b7c3e52-9d4f-4a61-8f2e-5c1d7a9e3b40")
 RAW_BYTES_KEPT_MAX = 64 * 1024
 DETAIL_CHARS_MAX = 1_000
-MS_PER_S = 1_000
 DATETIME_S_MAX = 2**32 - 1
 # Decimal(18, 6): at most 12 digits before the point.
 MONEY_ABS_LIMIT = Decimal(10) ** 12
@@ -226,7 +226,7 @@ def seconds(at_ms: int) -> int:
     Clamped to what ``DateTime`` holds (1970 to 2106); the ``*_at_ms`` column next to it keeps
     the exact value, so a hostile timestamp cannot fail a whole insert.
     """
-    return min(max(at_ms // MS_PER_S, 0), DATETIME_S_MAX)
+    return min(max(at_ms // SECOND_MS, 0), DATETIME_S_MAX)
 
 
 def money(value: Decimal) -> Decimal:
