@@ -5,7 +5,7 @@ Each member's value is its wire string (the ``reason_code`` of ``EventRejected``
 ``OrderRejected``, ``SlotReleased``, ``SlotReallocated``, ``SegmentPassesApplied`` outcomes, the
 ``rejections`` table, audit findings). ``Reason`` is a ``StrEnum``: a member compares equal to,
 hashes like, formats and serialises (JSON, Avro) as its string, so persisted state and payloads
-keep their bytes. ``tests/test_reason_codes.py`` pins every value.
+keep their bytes. ``tests/unit/test_reason_codes.py`` pins every value.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each member's value is the exact string the ledger persists in its state and publishes on the
 wire (where a schema declares an Avro enum, the values are its symbols). A ``StrEnum`` member
 compares equal to, hashes like, formats and serialises (JSON, Avro) as that string, so state
-written before these enums existed loads and compares unchanged. ``tests/test_reason_codes.py``
+written before these enums existed loads and compares unchanged. ``tests/unit/test_reason_codes.py``
 pins every value.
 """
 

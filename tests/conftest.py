@@ -73,7 +73,7 @@ def new_stack_settings(tmp_path: Path) -> Callable[[], Settings]:
 import dataclasses as _dc  # noqa: E402
 
 from chargemesh.infra.stack.worker import TopicReader, WorkerProcess, publisher, write_anchors  # noqa: E402
-from .world import World, make_world  # noqa: E402
+from tests.support.world import World, make_world  # noqa: E402
 
 
 @_dc.dataclass

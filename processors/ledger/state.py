@@ -760,7 +760,7 @@ def dump_state(state: LedgerState) -> bytes:
     # Reservation, Bid and Outage hold only scalars (str, int, bool, Decimal, None), so an
     # instance's ``__dict__`` (fields in declaration order, set by __init__) encodes to the same
     # bytes as ``dataclasses.asdict`` did; asdict's recursive deep copy was most of the worker's
-    # time with a few hundred reservations per station (tests/test_ledger.py checks the bytes).
+    # time with a few hundred reservations per station (tests/unit/test_ledger.py checks the bytes).
     data = {
         "station_id": state.station_id, "calendar": state.calendar,
         "reservations": [r.__dict__ for r in state.reservations.values()],
