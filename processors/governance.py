@@ -20,6 +20,8 @@ from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.streams.envelope import SignedEvent
 
 CHAIN_DEPTH_MAX = 8
+# A credential attribute naming the organisation behind it (observer independence, P3).
+ORGANISATION_ATTRIBUTE = "organisation"
 FOREVER_MS = 2**62
 
 
@@ -208,6 +210,17 @@ class TrustStore:
             if principal is not None and principal.kind == "authority":
                 return link
         return None
+
+    def organisation(self, credential_id: str, at_ms: int) -> str | None:
+        """Who stands behind a credential, for counting independent parties (P3 observers):
+        its ``organisation`` attribute (written by its issuer in ``CredentialIssued``, which
+        vouches for it as for its roles), else its home authority. None if the chain does not
+        hold at ``at_ms``. Two credentials with the same answer are one organisation."""
+        verdict = self.resolve(credential_id, at_ms)
+        if isinstance(verdict, Rejection):
+            return None
+        return verdict.principal.attribute(ORGANISATION_ATTRIBUTE) or self.home_authority(
+            credential_id, at_ms)
 
     def is_rate_authority(self, authority_id: str, at_ms: int) -> bool:
         """``authority_id`` is recognised (chains to an anchor) and is a RATE_AUTHORITY."""

@@ -36,6 +36,9 @@ class Reason(enum.StrEnum):
     JURISDICTION_NOT_DELEGATED = "JURISDICTION_NOT_DELEGATED"
     ISSUANCE_EXCEEDS_DELEGATION = "ISSUANCE_EXCEEDS_DELEGATION"
     DUPLICATE_IDENTIFIER = "DUPLICATE_IDENTIFIER"
+    # ---- delegation scope (issue 15, hole 1): nothing grants more than its grantor holds ------
+    DELEGATION_EXCEEDS_AUTHORITY = "DELEGATION_EXCEEDS_AUTHORITY"
+    RECOGNITION_EXCEEDS_AUTHORITY = "RECOGNITION_EXCEEDS_AUTHORITY"
     # ---- replay, processor faults, the ledger's own limits ---------------------------------------
     REPLAYED_EVENT_ID = "REPLAYED_EVENT_ID"
     # A processor bug met this event: it is rejected (and logged) instead of stopping the stream
@@ -118,6 +121,15 @@ class Reason(enum.StrEnum):
     NOT_BIDIRECTIONAL = "NOT_BIDIRECTIONAL"
     NO_GRID_PROGRAM = "NO_GRID_PROGRAM"
     INVALID_CLEARING_PRICE = "INVALID_CLEARING_PRICE"
+    # ---- identity binding (issue 15, hole 4) -----------------------------------------------------
+    JURISDICTION_MISMATCH = "JURISDICTION_MISMATCH"
+    UNKNOWN_CONNECTOR_HARDWARE = "UNKNOWN_CONNECTOR_HARDWARE"
+    VEHICLE_ID_KIND_MISMATCH = "VEHICLE_ID_KIND_MISMATCH"
+    # ---- grid zones (issue 15, hole 2): registered by their jurisdiction's authority -----------
+    ZONE_NOT_REGISTERED = "ZONE_NOT_REGISTERED"
+    ZONE_JURISDICTION_NOT_HELD = "ZONE_JURISDICTION_NOT_HELD"
+    ZONE_REGISTERED_ELSEWHERE = "ZONE_REGISTERED_ELSEWHERE"
+    INVALID_ZONE_REGISTRATION = "INVALID_ZONE_REGISTRATION"
     # ---- disputes (P2) ---------------------------------------------------------------------------
     INVALID_DISPUTE = "INVALID_DISPUTE"
     DUPLICATE_DISPUTE = "DUPLICATE_DISPUTE"
@@ -142,6 +154,7 @@ class Reason(enum.StrEnum):
     NO_OBSERVER_SET = "NO_OBSERVER_SET"
     STALE_OBSERVER_SET = "STALE_OBSERVER_SET"
     INVALID_OBSERVER_SET = "INVALID_OBSERVER_SET"
+    OBSERVERS_NOT_INDEPENDENT = "OBSERVERS_NOT_INDEPENDENT"
     NOT_IN_OBSERVER_SET = "NOT_IN_OBSERVER_SET"
     INVALID_DECISION = "INVALID_DECISION"
     INTERVAL_CLOSED = "INTERVAL_CLOSED"

@@ -14,6 +14,13 @@ only in the order of curtailed stations have different digests.
 Quorum rule. A set has n observers, tolerates f faults and needs k signatures, with
 ``1 <= k <= n - f`` and ``2k - n > f`` (for n = 3f + 1: k = 2f + 1).
 
+Independence. A fault is an *organisation* (one operator can run many credentials), so the rule
+is also kept over organisations (:meth:`TrustStore.organisation`: a credential's issuer-written
+``organisation`` attribute, else its home authority): a set whose observers come from fewer than
+k + f distinct organisations is refused (``OBSERVERS_NOT_INDEPENDENT``), and a quorum is k
+distinct *organisations* signing one digest (two attestations of one organisation count once).
+With o >= k + f organisations the arguments below hold with o for n (2k - o >= 2k - n > f).
+
 * Liveness: the n - f >= k honest observers sign the same digest, and nothing a faulty observer
   signs removes an honest vote (only the signer's own two signatures prove equivocation), so f
   faulty observers cannot block the honest decision.
@@ -127,7 +134,31 @@ def check_set(event: SignedEvent, p: dict[str, Any], view: TrustStore) -> Reject
                              "credential")
         if observer == operator:
             return Rejection(Reason.INVALID_OBSERVER_SET, "the operator cannot observe itself")
-    return None
+    return independence_problem(organisations(ids, view, at_ms), p["threshold_k"],
+                                p["faults_tolerated_f"])
+
+
+def organisations(observer_ids: list[str], view: TrustStore, at_ms: int) -> dict[str, str]:
+    """Each observer's organisation at ``at_ms`` (its credential id if its chain fails: a
+    caller has refused such an observer already)."""
+    return {o: view.organisation(o, at_ms) or o for o in observer_ids}
+
+
+def independence_problem(orgs: dict[str, str], k: int, f: int) -> Rejection | None:
+    """The quorum rule over organisations: k + f distinct ones, so that f faulty organisations
+    can neither block a decision nor, with k counted per organisation, push one through."""
+    distinct = sorted(set(orgs.values()))
+    if len(distinct) >= k + f:
+        return None
+    return Rejection(Reason.OBSERVERS_NOT_INDEPENDENT,
+                     f"{len(orgs)} observers from {len(distinct)} organisations "
+                     f"({', '.join(distinct)}); k={k} with f={f} needs {k + f} distinct ones")
+
+
+def organisations_signing(voters: list[str], orgs: dict[str, str]) -> int:
+    """How many distinct organisations ``voters`` are (an observer unknown to ``orgs``: its
+    own)."""
+    return len({orgs.get(o, o) for o in voters})
 
 
 def new_state() -> dict[str, Any]:
@@ -157,6 +188,8 @@ def declare_set(ostate: dict[str, Any], event: SignedEvent, p: dict[str, Any],
         "observers": sorted(p["observer_credential_ids"]), "k": p["threshold_k"],
         "f": p["faults_tolerated_f"], "interval_ms": p["interval_ms"],
         "effective_from_ms": p["effective_from_ms"], "event": _b64(event.encode()),
+        "organisations": organisations(list(p["observer_credential_ids"]), view,
+                                       event.body.occurred_at_ms),
     }
     ostate["intervals"] = {}  # votes were for the old set's version
     return None
@@ -239,7 +272,8 @@ def attest(ostate: dict[str, Any], stations: list[str], event: SignedEvent,
     if entry["decided"]:
         return Outcome()  # late or dissenting vote: recorded, the interval is decided
     voters = sorted(o for o, v in entry["votes"].items() if v["digest"] == digest)
-    if len(voters) < ostate["set"]["k"]:
+    # a set declared before organisations were recorded: each observer is its own
+    if organisations_signing(voters, ostate["set"].get("organisations", {})) < ostate["set"]["k"]:
         return Outcome()
     entry["decided"] = digest
     return Outcome(decisions=_quorum_records(ostate, stations, p, entry, voters))
@@ -344,9 +378,11 @@ def verify_certificate(set_raw: bytes, attestations: list[bytes], digest: bytes,
             return Rejection(Reason.INVALID_QUORUM, f"{event.event_id} attests another decision")
         signers.add(event.body.author_credential_id)
         decision = p["decision"]
-    if decision is None or len(signers) < obs_set["threshold_k"]:
-        return Rejection(Reason.INVALID_QUORUM, f"{len(signers)} of {obs_set['threshold_k']} "
-                         "observer signatures")
+    orgs = organisations(sorted(signers), view, set_event.body.occurred_at_ms)
+    signing = organisations_signing(sorted(signers), orgs)
+    if decision is None or signing < obs_set["threshold_k"]:
+        return Rejection(Reason.INVALID_QUORUM, f"{signing} of {obs_set['threshold_k']} "
+                         "observer organisations")
     if decision["observer_set_version"] != obs_set["observer_set_version"]:
         return Rejection(Reason.INVALID_QUORUM, "the decision names another set version")
     problem_text = decision_problem(decision, obs_set)

@@ -32,9 +32,10 @@ F_MAX = 3
 @functools.lru_cache(maxsize=1)
 def observer_world() -> tuple[TrustStore, Participant, Participant, list[Participant]]:
     world = make_world()
-    operator = world.credential("p3-operator", ["GRID_OPERATOR"], attributes={"grid_zones": ZONE})
-    team = [world.credential(f"p3-obs-{i}", ["OBSERVER"]) for i in range(3 * F_MAX + 1)]
-    world.credential("p3-outsider", ["OBSERVER"])
+    operator = world.grid_operator("p3-operator", ZONE)
+    team = [world.credential(f"p3-obs-{i}", ["OBSERVER"], attributes={"organisation": f"org-{i}"})
+            for i in range(3 * F_MAX + 1)]
+    world.credential("p3-outsider", ["OBSERVER"], attributes={"organisation": "org-outsider"})
     return world.store(), world.root, operator, team
 
 
@@ -191,8 +192,9 @@ def test_a_forged_observer_signature_never_reaches_the_router() -> None:
 
 def test_a_revoked_observer_is_refused_and_its_old_quorum_no_longer_verifies() -> None:
     world = make_world()
-    operator = world.credential("rv-operator", ["GRID_OPERATOR"], attributes={"grid_zones": ZONE})
-    team = [world.credential(f"rv-obs-{i}", ["OBSERVER"]) for i in range(4)]
+    operator = world.grid_operator("rv-operator", ZONE)
+    team = [world.credential(f"rv-obs-{i}", ["OBSERVER"], attributes={"organisation": f"o{i}"})
+            for i in range(4)]
     declared = sdk.observer_set_declared(
         world.root, operator, grid_zone_id=ZONE, version=1,
         observer_ids=[m.credential_id for m in team], threshold_k=3, faults_tolerated_f=1,
