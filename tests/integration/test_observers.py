@@ -29,9 +29,11 @@ def test_observer_quorum_curtails_and_equivocation_is_recorded(mesh: Mesh) -> No
     world = mesh.world
     market = open_market(mesh, "p3", t, [sdk.connector("c1", 50_000), sdk.connector("c2", 50_000)],
                          grid_zone_id=ZONE)
-    operator = world.credential("p3-grid-op", ["GRID_OPERATOR"], attributes={"grid_zones": ZONE})
-    team = [world.credential(f"p3-observer-{i}", ["OBSERVER"]) for i in range(4)]
-    outsider = world.credential("p3-observer-outsider", ["OBSERVER"])
+    operator = world.grid_operator("p3-grid-op", ZONE)
+    team = [world.credential(f"p3-observer-{i}", ["OBSERVER"],
+                             attributes={"organisation": f"p3-org-{i}"}) for i in range(4)]
+    outsider = world.credential("p3-observer-outsider", ["OBSERVER"],
+                                attributes={"organisation": "p3-org-outsider"})
     v1, v2 = market.vehicle("v1"), market.vehicle("v2")
     mesh.publish(*world.governance)
     world.governance.clear()

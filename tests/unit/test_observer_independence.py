@@ -35,10 +35,7 @@ MEMBERS = {"acme-1": "acme", "acme-2": "acme", "acme-3": "acme", "acme-4": "acme
 @functools.lru_cache(maxsize=1)
 def world() -> tuple[World, TrustStore, Participant, dict[str, Participant]]:
     w = make_world()
-    operator = w.credential("orgs-operator", ["GRID_OPERATOR"])
-    w.governance.append(sdk.grid_zone_registered(w.root, grid_zone_id=ZONE, jurisdiction="US-CA",
-                                                 operator_ids=[operator.credential_id],
-                                                 at_ms=T0_MS))
+    operator = w.grid_operator("orgs-operator", ZONE)
     team = {name: w.credential(name, ["OBSERVER"],
                                attributes={"organisation": org} if org else None)
             for name, org in MEMBERS.items()}
@@ -83,7 +80,8 @@ def test_credentials_of_distinct_anchors_are_distinct_organisations_without_an_a
     other_issuer = Participant.seeded("issuer-b", secret="tests")
     holders = [Participant.seeded(n, secret="tests") for n in ("obs-a", "obs-b")]
     events = [*w.governance,
-              other_root.declare_authority("Second root", "US-CA", ["AUTHORITY"], at_ms=T0_MS),
+              other_root.declare_authority("Second root", "US-CA", ["AUTHORITY", "OBSERVER"],
+                                          at_ms=T0_MS),
               other_root.delegate_issuer(other_issuer, ["OBSERVER"], ["US-CA"], at_ms=T0_MS),
               w.issuer.issue_credential(holders[0], ["OBSERVER"], "US-CA", at_ms=T0_MS),
               other_issuer.issue_credential(holders[1], ["OBSERVER"], "US-CA", at_ms=T0_MS)]
