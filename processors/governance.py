@@ -20,9 +20,17 @@ from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.streams.envelope import SignedEvent
 
 CHAIN_DEPTH_MAX = 8
+# A zone names at most this many operators; the store keeps this many registrations per zone.
+ZONE_OPERATORS_MAX = 16
+ZONE_REGISTRATIONS_KEPT_MAX = 16
 # A credential attribute naming the organisation behind it (observer independence, P3).
 ORGANISATION_ATTRIBUTE = "organisation"
 FOREVER_MS = 2**62
+# The deployment's own duties (hole 7): the processors sign what they decide; a separate
+# credential signs the checkpoints over those decisions. Never one key for both.
+PROCESSOR_ROLE = "PROCESSOR"
+CHECKPOINT_ROLE = "CHECKPOINT"
+SEPARATED_ROLES = frozenset({PROCESSOR_ROLE, CHECKPOINT_ROLE})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,17 +86,15 @@ class ChainOk:
 class TrustStore:
     """The governance state at some offset of the governance topic."""
 
-    def __init__(self, anchors: list[TrustAnchor],
-                 processors: list[TrustAnchor] | None = None) -> None:
+    def __init__(self, anchors: list[TrustAnchor]) -> None:
         self.anchors = {a.authority_id: a.public_key for a in anchors}
+        # The mesh's own processors are no special principal: they sign derived records (routing,
+        # decisions) under a governance-issued PROCESSOR credential, shared by every worker of
+        # the deployment, which chains to an anchor and is revoked like any other (hole 7).
         self.principals: dict[str, Principal] = {}
-        # The mesh's own processors sign derived records (routing, decisions): a deployment key,
-        # trusted for the PROCESSOR role only.
-        for proc in processors or []:
-            self.principals[proc.authority_id] = Principal(
-                proc.authority_id, "processor", proc.public_key, frozenset({"PROCESSOR"}),
-                frozenset(), 0, FOREVER_MS, "", proc.authority_id)
         self.grid_programs: dict[str, dict[str, Any]] = {}
+        # Each zone's GridZoneRegistered payloads in log order (the last few: see the limit).
+        self.zone_registrations: dict[str, list[dict[str, Any]]] = {}
         self.revocations: dict[str, Revocation] = {}
         self.reciprocity: dict[frozenset[str], list[tuple[int, int, str]]] = {}
         self.tariffs: dict[str, dict[str, Any]] = {}
@@ -113,8 +119,6 @@ class TrustStore:
                 return problem
             if current.kind == "authority" and current.principal_id in self.anchors:
                 return ChainOk(first, tuple(chain), current.principal_id)
-            if current.kind == "processor":
-                return ChainOk(first, tuple(chain), "")
             if current.kind == "authority" and not current.recognised:
                 return Rejection.of(
                     Reason.UNRECOGNISED_AUTHORITY,
@@ -222,17 +226,50 @@ class TrustStore:
         return verdict.principal.attribute(ORGANISATION_ATTRIBUTE) or self.home_authority(
             credential_id, at_ms)
 
+    def key_holds_role(self, public_key: bytes, role: str) -> bool:
+        """Some credential with this public key was issued ``role`` (revoked or not: a key
+        that ever signed as the processors stays theirs)."""
+        return any(p.public_key == public_key and role in p.roles
+                   for p in self.principals.values())
+
     def is_rate_authority(self, authority_id: str, at_ms: int) -> bool:
         """``authority_id`` is recognised (chains to an anchor) and is a RATE_AUTHORITY."""
         verdict = self.resolve(authority_id, at_ms)
         return isinstance(verdict, ChainOk) and "RATE_AUTHORITY" in verdict.principal.roles
 
-    def operates_zone(self, credential_id: str, grid_zone_id: str) -> bool:
-        """A GRID_OPERATOR credential whose ``grid_zones`` attribute lists the zone."""
+    def zone_registration(self, grid_zone_id: str,
+                          at_ms: int | None = None) -> dict[str, Any] | None:
+        """The zone's registration in force at ``at_ms`` (the latest in log order whose
+        ``effective_from_ms`` has come; ``at_ms=None``: the latest). None: not registered."""
+        for registration in reversed(self.zone_registrations.get(grid_zone_id, [])):
+            if at_ms is None or registration["effective_from_ms"] <= at_ms:
+                return registration
+        return None
+
+    def operates_zone(self, credential_id: str, grid_zone_id: str,
+                      at_ms: int | None = None) -> bool:
+        """A GRID_OPERATOR credential named by the zone's registration in force (never a
+        self-chosen attribute: the zone's jurisdiction's authority names its operators)."""
+        registration = self.zone_registration(grid_zone_id, at_ms)
         principal = self.principals.get(credential_id)
-        if principal is None or "GRID_OPERATOR" not in principal.roles:
+        if registration is None or principal is None or "GRID_OPERATOR" not in principal.roles:
             return False
-        return grid_zone_id in principal.attribute("grid_zones").split(",")
+        return credential_id in registration["operator_credential_ids"]
+
+    def zone_problem(self, credential_id: str, grid_zone_id: str, at_ms: int | None = None,
+                     authority_too: bool = False) -> Rejection | None:
+        """Why ``credential_id`` may not act for the zone (None: it may): the zone is not
+        registered, or it is not a registered operator (nor, with ``authority_too``, the
+        authority that registered it)."""
+        registration = self.zone_registration(grid_zone_id, at_ms)
+        if registration is None:
+            return Rejection.of(Reason.ZONE_NOT_REGISTERED,
+                                f"grid zone {grid_zone_id} is not registered")
+        if self.operates_zone(credential_id, grid_zone_id, at_ms) or (
+                authority_too and credential_id == registration["registered_by_authority_id"]):
+            return None
+        return Rejection.of(Reason.NOT_THE_ZONES_OPERATOR, f"{credential_id} is not a registered "
+                            f"operator of grid zone {grid_zone_id}")
 
     def grid_program(self, grid_zone_id: str, at_ms: int) -> dict[str, Any] | None:
         """The zone's V2G / demand-response program in force at ``at_ms`` (None: bilateral)."""
@@ -283,66 +320,139 @@ class TrustStore:
 
 def _declare_authority(store: TrustStore, event: SignedEvent,
                        p: dict[str, Any]) -> Rejection | None:
+    """Only a configured trust anchor (its scope: what it declares, which may widen but never
+    narrow) or an authority recognised by one (its scope stays what it was recognised for)
+    declares itself: nothing unanchored enters the log or the store (issue 15, hole 5)."""
     authority_id = p["authority_id"]
     if event.body.author_credential_id != authority_id:
         return Rejection.of(Reason.SUBJECT_MISMATCH, "an authority declares itself")
     if not event.verify_by(authority_id, p["public_key"]):
         return Rejection.of(Reason.BAD_SIGNATURE, f"self-signature of {authority_id} fails")
     existing = store.principals.get(authority_id)
-    if existing is not None and existing.public_key != p["public_key"]:
-        return Rejection.of(Reason.DUPLICATE_IDENTIFIER, f"{authority_id} exists with another key")
-    anchor_key = store.anchors.get(authority_id)
-    recognised = anchor_key == p["public_key"] or (existing is not None and existing.recognised)
+    if existing is not None and (existing.public_key != p["public_key"]
+                                 or existing.kind != "authority"):
+        return Rejection.of(Reason.DUPLICATE_IDENTIFIER,
+                            f"{authority_id} exists as another {existing.kind} or key")
+    roles = frozenset(p["roles"]) | frozenset({"AUTHORITY"})
+    jurisdictions = _jurisdictions_of(p)
+    if store.anchors.get(authority_id) != p["public_key"]:
+        return _recognised_declaration(store, event, roles, jurisdictions)
+    if existing is not None and _scope_excess(existing.roles, existing.jurisdictions,
+                                              roles, jurisdictions) is not None:
+        return Rejection.of(Reason.DUPLICATE_IDENTIFIER, f"trust anchor {authority_id} declared "
+                            "a wider scope before (narrow it by revoking what it granted)")
     store.principals[authority_id] = Principal(
         principal_id=authority_id,
         kind="authority",
         public_key=p["public_key"],
-        roles=frozenset(p["roles"]) | frozenset({"AUTHORITY"}),
-        jurisdictions=frozenset({p["jurisdiction"]}),
-        valid_from_ms=existing.valid_from_ms if existing else 0,
-        valid_until_ms=existing.valid_until_ms if existing else FOREVER_MS,
-        parent_id=existing.parent_id if existing else "",
+        roles=roles,
+        jurisdictions=jurisdictions,
+        valid_from_ms=0,
+        valid_until_ms=FOREVER_MS,
+        parent_id="",
         subject_id=authority_id,
-        recognised=recognised,
+        recognised=True,
     )
     return None
 
 
+def _recognised_declaration(store: TrustStore, event: SignedEvent, roles: frozenset[str],
+                            jurisdictions: frozenset[str]) -> Rejection | None:
+    """A non-anchor's declaration: admitted only if a recognition chaining to an anchor holds
+    at its time, and only within that recognition's scope; it changes nothing in the store."""
+    authority_id = event.body.author_credential_id
+    chain = store.resolve(authority_id, event.body.occurred_at_ms)
+    if isinstance(chain, Rejection) or chain.principal.kind != "authority":
+        detail = chain.detail if isinstance(chain, Rejection) else "not an authority"
+        return Rejection.of(Reason.UNRECOGNISED_AUTHORITY,
+                            f"{authority_id} is neither a trust anchor nor recognised by one "
+                            f"({detail})")
+    excess = _scope_excess(roles, jurisdictions, chain.principal.roles,
+                           chain.principal.jurisdictions)
+    if excess is not None:
+        return Rejection.of(Reason.RECOGNITION_EXCEEDS_AUTHORITY,
+                            f"{authority_id} declares {excess} it was not recognised for")
+    return None
+
+
+# Roles only recognition confers (AUTHORITY) or that delegation adds by itself (ISSUER): never
+# delegated to an issuer, never issued to a credential.
+AUTHORITY_ONLY_ROLES = frozenset({"AUTHORITY", "ISSUER"})
+
+
+def _jurisdictions_of(p: dict[str, Any]) -> frozenset[str]:
+    """An authority's declared or recognised jurisdictions: ``jurisdiction`` plus the optional
+    ``jurisdictions`` (empty in events written before the field existed)."""
+    return frozenset({p["jurisdiction"], *p.get("jurisdictions", [])})
+
+
+def _scope_excess(roles: frozenset[str], jurisdictions: frozenset[str],
+                  held_roles: frozenset[str], held_jurisdictions: frozenset[str]) -> str | None:
+    """What of ``roles``/``jurisdictions`` lies outside the held scope (None: nothing)."""
+    extra_roles, extra_jurisdictions = roles - held_roles, jurisdictions - held_jurisdictions
+    if not extra_roles and not extra_jurisdictions:
+        return None
+    return f"roles {sorted(extra_roles)} and jurisdictions {sorted(extra_jurisdictions)}"
+
+
 def _recognise_authority(store: TrustStore, event: SignedEvent,
                          p: dict[str, Any]) -> Rejection | None:
+    """An authority recognises another within its own roles and jurisdictions, once; a trust
+    anchor is configured, never recognised."""
     verdict = store._check_author(event, p, p["recognised_by_authority_id"])
     if isinstance(verdict, Rejection):
         return verdict
-    existing = store.principals.get(p["authority_id"])
-    if existing is not None and existing.public_key != p["public_key"]:
-        return Rejection.of(Reason.DUPLICATE_IDENTIFIER, f"{p['authority_id']} has another key")
-    store.principals[p["authority_id"]] = Principal(
-        principal_id=p["authority_id"],
+    recogniser, authority_id = verdict.principal, p["authority_id"]
+    if recogniser.kind != "authority":
+        return Rejection.of(Reason.ROLE_NOT_PERMITTED, f"{recogniser.principal_id} is no authority")
+    existing = store.principals.get(authority_id)
+    if existing is not None or authority_id in store.anchors:
+        return Rejection.of(Reason.DUPLICATE_IDENTIFIER,
+                            f"{authority_id} is already a trust anchor or recognised")
+    roles = frozenset(p["roles"]) | frozenset({"AUTHORITY"})
+    jurisdictions = _jurisdictions_of(p)
+    excess = _scope_excess(roles, jurisdictions, recogniser.roles, recogniser.jurisdictions)
+    if excess is not None:
+        return Rejection.of(Reason.RECOGNITION_EXCEEDS_AUTHORITY,
+                            f"{recogniser.principal_id} may not recognise {excess}")
+    store.principals[authority_id] = Principal(
+        principal_id=authority_id,
         kind="authority",
         public_key=p["public_key"],
-        roles=frozenset(p["roles"]) | frozenset({"AUTHORITY"}),
-        jurisdictions=frozenset({p["jurisdiction"]}),
+        roles=roles,
+        jurisdictions=jurisdictions,
         valid_from_ms=p["valid_from_ms"],
         valid_until_ms=p["valid_until_ms"],
         parent_id=p["recognised_by_authority_id"],
-        subject_id=p["authority_id"],
+        subject_id=authority_id,
         recognised=True,
     )
     return None
 
 
 def _delegate_issuer(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Rejection | None:
+    """An authority delegates an issuer at most the roles it holds (never AUTHORITY) in at most
+    the jurisdictions it holds."""
     verdict = store._check_author(event, p, p["authority_id"])
     if isinstance(verdict, Rejection):
         return verdict
-    if p["issuer_id"] in store.principals:
+    authority = verdict.principal
+    if authority.kind != "authority":
+        return Rejection.of(Reason.ROLE_NOT_PERMITTED, f"{authority.principal_id} is no authority")
+    if p["issuer_id"] in store.principals or p["issuer_id"] in store.anchors:
         return Rejection.of(Reason.DUPLICATE_IDENTIFIER, f"{p['issuer_id']} already exists")
+    roles, jurisdictions = frozenset(p["roles"]) - {"ISSUER"}, frozenset(p["jurisdictions"])
+    excess = _scope_excess(roles, jurisdictions, authority.roles - AUTHORITY_ONLY_ROLES,
+                           authority.jurisdictions)
+    if excess is not None:
+        return Rejection.of(Reason.DELEGATION_EXCEEDS_AUTHORITY,
+                            f"{authority.principal_id} may not delegate {excess}")
     store.principals[p["issuer_id"]] = Principal(
         principal_id=p["issuer_id"],
         kind="issuer",
         public_key=p["public_key"],
-        roles=frozenset(p["roles"]) | frozenset({"ISSUER"}),
-        jurisdictions=frozenset(p["jurisdictions"]),
+        roles=roles | frozenset({"ISSUER"}),
+        jurisdictions=jurisdictions,
         valid_from_ms=p["valid_from_ms"],
         valid_until_ms=p["valid_until_ms"],
         parent_id=p["authority_id"],
@@ -351,15 +461,30 @@ def _delegate_issuer(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -
     return None
 
 
+def duties_problem(store: TrustStore, roles: frozenset[str], public_key: bytes) -> Rejection | None:
+    """A PROCESSOR credential and a CHECKPOINT credential never share a credential or a key: a
+    checkpoint must not be signed by the key whose decisions it covers."""
+    if SEPARATED_ROLES <= roles:
+        return Rejection.of(Reason.DUTIES_NOT_SEPARATED,
+                            "one credential may not hold both PROCESSOR and CHECKPOINT")
+    for duty in roles & SEPARATED_ROLES:
+        other = next(iter(SEPARATED_ROLES - {duty}))
+        if store.key_holds_role(public_key, other):
+            return Rejection.of(Reason.DUTIES_NOT_SEPARATED,
+                                f"this key already signs as a {other} credential; a {duty} "
+                                "credential needs a key of its own")
+    return None
+
+
 def _issue_credential(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Rejection | None:
     verdict = store._check_author(event, p, p["issuer_id"])
     if isinstance(verdict, Rejection):
         return verdict
     issuer = verdict.principal
-    if p["credential_id"] in store.principals:
+    if p["credential_id"] in store.principals or p["credential_id"] in store.anchors:
         return Rejection.of(Reason.DUPLICATE_IDENTIFIER, f"{p['credential_id']} already exists")
     roles = frozenset(p["roles"])
-    delegated = issuer.roles - {"ISSUER"}
+    delegated = issuer.roles - AUTHORITY_ONLY_ROLES
     if not roles <= delegated:
         return Rejection.of(
             Reason.ISSUANCE_EXCEEDS_DELEGATION,
@@ -370,6 +495,9 @@ def _issue_credential(store: TrustStore, event: SignedEvent, p: dict[str, Any]) 
             Reason.JURISDICTION_NOT_DELEGATED,
             f"{issuer.principal_id} may not issue in {p['jurisdiction']}",
         )
+    separation = duties_problem(store, roles, p["public_key"])
+    if separation is not None:
+        return separation
     store.principals[p["credential_id"]] = Principal(
         principal_id=p["credential_id"],
         kind="credential",
@@ -448,13 +576,57 @@ def _publish_rules(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> 
 
 def _declare_grid_program(store: TrustStore, event: SignedEvent,
                           p: dict[str, Any]) -> Rejection | None:
+    """Only a registered operator of the zone, or the authority that registered it, declares
+    (or replaces) its program; the co-signers it names are registered operators."""
     verdict = store.check_event(event, p)
     if isinstance(verdict, Rejection):
         return verdict
-    if not store.operates_zone(event.body.author_credential_id, p["grid_zone_id"]):
-        return Rejection.of(Reason.ROLE_NOT_PERMITTED, f"{event.body.author_credential_id} does "
-                            f"not operate grid zone {p['grid_zone_id']}")
-    store.grid_programs[p["grid_zone_id"]] = p
+    at_ms, zone = event.body.occurred_at_ms, p["grid_zone_id"]
+    problem = store.zone_problem(event.body.author_credential_id, zone, at_ms, authority_too=True)
+    if problem is not None:
+        return problem
+    for operator in p["grid_operator_credential_ids"]:
+        if not store.operates_zone(operator, zone, at_ms):
+            return Rejection.of(Reason.NOT_THE_ZONES_OPERATOR,
+                                f"the program names {operator}, not an operator of {zone}")
+    store.grid_programs[zone] = p
+    return None
+
+
+def _register_grid_zone(store: TrustStore, event: SignedEvent,
+                        p: dict[str, Any]) -> Rejection | None:
+    """A zone belongs to a jurisdiction: registered by an authority holding it, naming its
+    GRID_OPERATOR credentials; a re-registration (same jurisdiction) replaces the operators."""
+    verdict = store.check_event(event, p)
+    if isinstance(verdict, Rejection):
+        return verdict
+    authority, zone, jurisdiction = verdict.principal, p["grid_zone_id"], p["jurisdiction"]
+    if authority.kind != "authority" or jurisdiction not in authority.jurisdictions:
+        return Rejection.of(Reason.ZONE_JURISDICTION_NOT_HELD,
+                            f"{authority.principal_id} is not an authority of {jurisdiction}")
+    current = store.zone_registration(zone)
+    if current is not None and current["jurisdiction"] != jurisdiction:
+        return Rejection.of(Reason.ZONE_REGISTERED_ELSEWHERE,
+                            f"grid zone {zone} belongs to {current['jurisdiction']}")
+    problem = _zone_operators_problem(store, p, event.body.occurred_at_ms)
+    if problem is not None:
+        return Rejection.of(Reason.INVALID_ZONE_REGISTRATION, problem)
+    history = store.zone_registrations.setdefault(zone, [])
+    history.append(p)
+    del history[:-ZONE_REGISTRATIONS_KEPT_MAX]
+    return None
+
+
+def _zone_operators_problem(store: TrustStore, p: dict[str, Any], at_ms: int) -> str | None:
+    operators = list(p["operator_credential_ids"])
+    if not 0 < len(operators) <= ZONE_OPERATORS_MAX or len(set(operators)) != len(operators):
+        return f"1 to {ZONE_OPERATORS_MAX} distinct operators, not {operators[:4]}"
+    for operator in operators:
+        chain = store.resolve(operator, at_ms)
+        if isinstance(chain, Rejection) or "GRID_OPERATOR" not in chain.principal.roles:
+            return f"{operator} is not a valid GRID_OPERATOR credential"
+        if p["jurisdiction"] not in chain.principal.jurisdictions:
+            return f"{operator} is not credentialed in {p['jurisdiction']}"
     return None
 
 
@@ -469,5 +641,6 @@ _HANDLERS: dict[str, _Handler] = {
     "chargemesh.governance.v1.TariffFiled": _file_tariff,
     "chargemesh.governance.v1.AllocationRulesPublished": _publish_rules,
     "chargemesh.grid.v1.GridProgramDeclared": _declare_grid_program,
+    "chargemesh.governance.v1.GridZoneRegistered": _register_grid_zone,
 }
 GOVERNANCE_EVENT_TYPES = frozenset(_HANDLERS)

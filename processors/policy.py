@@ -55,7 +55,14 @@ POLICIES: dict[str, EventPolicy] = {
     "chargemesh.governance.v1.AllocationRulesPublished": _p(
         GOV, frozenset({"RATE_AUTHORITY", "AUTHORITY"})
     ),
-    "chargemesh.grid.v1.GridProgramDeclared": _p(GOV, frozenset({"GRID_OPERATOR"})),
+    # A zone belongs to a jurisdiction: registered by its authority, naming its operators
+    # (governance.py checks the authority holds the jurisdiction).
+    "chargemesh.governance.v1.GridZoneRegistered": _p(
+        GOV, frozenset({"AUTHORITY"}), key_path="registered_by_authority_id",
+        author_subject_path="registered_by_authority_id",
+    ),
+    # A registered operator of the zone, or the authority that registered it.
+    "chargemesh.grid.v1.GridProgramDeclared": _p(GOV, frozenset({"GRID_OPERATOR", "AUTHORITY"})),
     # Capacity (station-authored, keyed by station)
     "chargemesh.capacity.v1.SlotCalendarPublished": _p(
         MKT, STATION_ROLES, key_path="station_id", author_subject_path="station_id"
@@ -119,8 +126,9 @@ POLICIES: dict[str, EventPolicy] = {
     # P4: a revocation fanned out to every market partition.
     "chargemesh.ledger.v1.RevocationRouted": _p(MKT, frozenset({"PROCESSOR"}),
                                                 key_path="routing_key"),
-    # P5: signed Merkle checkpoints of the lineage logs, keyed by log_id (topic/partition).
-    "chargemesh.audit.v1.LogCheckpoint": _p(topics.CHECKPOINTS.name, frozenset({"PROCESSOR"}),
+    # P5: signed Merkle checkpoints of the lineage logs, keyed by log_id (topic/partition), by a
+    # CHECKPOINT credential: never the processors' key whose decisions they cover (hole 7).
+    "chargemesh.audit.v1.LogCheckpoint": _p(topics.CHECKPOINTS.name, frozenset({"CHECKPOINT"}),
                                             key_path="log_id"),
     # E2 battery swap: the station's signed pack inventory, and the swap itself (pack out, pack
     # in), signed by the station and co-signed by the vehicle (processors/embodiments/swap.py).

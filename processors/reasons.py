@@ -39,6 +39,9 @@ class Reason(enum.StrEnum):
     # ---- delegation scope (issue 15, hole 1): nothing grants more than its grantor holds ------
     DELEGATION_EXCEEDS_AUTHORITY = "DELEGATION_EXCEEDS_AUTHORITY"
     RECOGNITION_EXCEEDS_AUTHORITY = "RECOGNITION_EXCEEDS_AUTHORITY"
+    # ---- log time (issue 15, hole 3): an event is judged at the time of the log admitting it ---
+    # Its claimed time lies more than a skew bound from the clock of the log it is ordered in.
+    CLOCK_SKEW = "CLOCK_SKEW"
     # ---- replay, processor faults, the ledger's own limits ---------------------------------------
     REPLAYED_EVENT_ID = "REPLAYED_EVENT_ID"
     # A processor bug met this event: it is rejected (and logged) instead of stopping the stream
@@ -235,6 +238,10 @@ class Reason(enum.StrEnum):
     CHECKPOINT_INCONSISTENT = "CHECKPOINT_INCONSISTENT"
     CHECKPOINT_BEYOND_LOG = "CHECKPOINT_BEYOND_LOG"
     CHECKPOINT_MISMATCH = "CHECKPOINT_MISMATCH"
+    # ---- the deployment's own identity (issue 15, hole 7) ----------------------------------------
+    # A PROCESSOR and a CHECKPOINT credential share a credential or a key (governance refusal), or
+    # a checkpoint is signed by a processors' key (audit finding).
+    DUTIES_NOT_SEPARATED = "DUTIES_NOT_SEPARATED"
 
 
 def displaced(cause: str) -> Reason:

@@ -205,8 +205,9 @@ class SuiteStack(LedgerBench):
         zone = "zone-reprice"
         operator = self.dep.participant("op-bench", "op-bench")
         self.dep.publish([
-            self.dep.issuer.issue_credential(operator, ["GRID_OPERATOR"], "US-CA",
-                                             attributes={"grid_zones": zone}),
+            self.dep.issuer.issue_credential(operator, ["GRID_OPERATOR"], "US-CA"),
+            sdk.grid_zone_registered(self.dep.root, grid_zone_id=zone, jurisdiction="US-CA",
+                                     operator_ids=[operator.credential_id], at_ms=self.now),
             sdk.grid_program(operator, grid_zone_id=zone, program="DEMAND_RESPONSE",
                              operator_ids=[operator.credential_id], at_ms=self.now)])
         stations = self.station_set("rp", count, connectors=per, zone=zone)

@@ -31,12 +31,17 @@ from chargemesh.infra.sim.plan_model import (
     WALK_UP_PERCENT,
     road_box,
 )
-from chargemesh.infra.stack.bootstrap import ALL_DELEGATED_ROLES
+from chargemesh.infra.stack.bootstrap import ALL_DELEGATED_ROLES, ROOT_ROLES
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk import wireless
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import Participant
 from chargemesh.units import SECOND_MS
+
+# A foreign rate authority is recognised to file its rates and credential its own vehicles (GB-LDN
+# delegates a VEHICLE issuer): no more, since a recognition bounds what it may delegate.
+FOREIGN_AUTHORITY_ROLES = ["AUTHORITY", "RATE_AUTHORITY", "VEHICLE"]
+
 
 class WorldPlanner:
     """The planner's world: governance, stations, vehicles and where and when they charge
@@ -100,19 +105,19 @@ class WorldPlanner:
         each jurisdiction's tariff and rules."""
         at, gov = self.setup_at, self.governance
         codes = [j.code for j in jurisdictions]
-        gov.append(self.root.declare_authority("simulated root authority", codes[0],
-                                               ["AUTHORITY", "RATE_AUTHORITY"], "USD", at_ms=at))
+        gov.append(self.root.declare_authority("simulated root authority", codes[0], ROOT_ROLES,
+                                               "USD", at_ms=at, jurisdictions=codes[1:]))
         gov.append(self.root.delegate_issuer(self.issuer, ALL_DELEGATED_ROLES, codes, at_ms=at))
         for j in jurisdictions:
             authority = self.root if j.code == "US-CA" else self.participant(
                 f"authority:{self.cfg.prefix}:{j.code.lower()}")
             self.authorities[j.code] = authority
-            if authority is not self.root:
-                gov.append(authority.declare_authority(
-                    f"rate authority {j.code}", j.code, ["AUTHORITY", "RATE_AUTHORITY"],
-                    j.currency, at_ms=at))
+            if authority is not self.root:  # recognised first: it may then declare itself
                 gov.append(self.root.recognise_authority(
-                    authority, j.code, ["AUTHORITY", "RATE_AUTHORITY"], at_ms=at))
+                    authority, j.code, FOREIGN_AUTHORITY_ROLES, at_ms=at))
+                gov.append(authority.declare_authority(
+                    f"rate authority {j.code}", j.code, FOREIGN_AUTHORITY_ROLES,
+                    j.currency, at_ms=at))
                 if j.reciprocity:
                     gov.append(sdk.reciprocity_agreed(
                         self.root, authority, agreement_id=f"recip:{self.cfg.prefix}:{j.code}",
@@ -123,13 +128,14 @@ class WorldPlanner:
                                            jurisdiction=j.code, at_ms=at))
 
     def grid_operator(self, programs: tuple[tuple[str, str], ...]) -> None:
-        """The grid operator, credentialed for the zones of its ``(zone name, program)``s, and
-        each program declared."""
-        zones = ",".join(self.zone(name) for name, _ in programs)
+        """The grid operator, credentialed in US-CA; each zone of its ``(zone name, program)``s
+        registered to it by the US-CA authority, then its program declared."""
         self.governance.append(self.issuer.issue_credential(
-            self.operator, ["GRID_OPERATOR"], "US-CA", attributes={"grid_zones": zones},
-            at_ms=self.setup_at))
+            self.operator, ["GRID_OPERATOR"], "US-CA", at_ms=self.setup_at))
         for name, program in programs:
+            self.governance.append(sdk.grid_zone_registered(
+                self.authorities["US-CA"], grid_zone_id=self.zone(name), jurisdiction="US-CA",
+                operator_ids=[self.operator.credential_id], at_ms=self.setup_at))
             self.governance.append(sdk.grid_program(
                 self.operator, grid_zone_id=self.zone(name), program=program,
                 operator_ids=[self.operator.credential_id], at_ms=self.setup_at))

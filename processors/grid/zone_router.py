@@ -67,9 +67,11 @@ def route(zone: ZoneState, verdict: Admitted, store: TrustStore,
         return verdict, []
     if event.event_type in observers.ROUTER_EVENT_TYPES:
         return _observer_step(zone, verdict, store, signer)
-    if not store.operates_zone(event.body.author_credential_id, payload["grid_zone_id"]):
-        return Refused(Rejection.of(Reason.ROLE_NOT_PERMITTED, "the author does not operate "
-                                    f"grid zone {payload['grid_zone_id']}"), event), []
+    # Only a registered operator of the zone signs its grid events (price signals, limits).
+    problem = store.zone_problem(event.body.author_credential_id, payload["grid_zone_id"],
+                                 event.body.occurred_at_ms)
+    if problem is not None:
+        return Refused(problem, event), []
     if observers.observed(zone.get("observers"), payload["from_at_ms"]):
         return verdict, []  # P3: in lineage as a proposal; only an observer quorum takes effect
     outputs = []

@@ -12,7 +12,7 @@ from typing import Any
 from chargemesh.processors.decisions import Decision, DecisionType, decided
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ingress import Admitted, decode
-from chargemesh.processors.ledger import commands
+from chargemesh.processors.ledger import commands, log_time
 from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.streams.envelope import SignedEvent
@@ -47,7 +47,8 @@ def routed_grid_event(routed: dict[str, Any], view: ledger.GovernanceView) -> di
     verdict = view.check_event(inner, payload)
     if not hasattr(verdict, "principal") or payload["grid_zone_id"] != routed["grid_zone_id"]:
         return None
-    if not view.operates_zone(inner.body.author_credential_id, payload["grid_zone_id"]):
+    if not view.operates_zone(inner.body.author_credential_id, payload["grid_zone_id"],
+                              inner.body.occurred_at_ms):
         return None
     verified: dict[str, Any] = payload
     return verified
@@ -70,6 +71,8 @@ def grid_replay(zone: dict[str, Any], event: SignedEvent) -> Rejection | None:
 class Step:
     applied: bool  # False: already applied before (redelivery), nothing to publish
     replay: bool = False
+    # False: refused at the ledger's log time (issue 15, hole 3): not in the lineage log
+    admitted: bool = True
     decisions: list[Decision] = dataclasses.field(default_factory=list)
     rejection: Rejection | None = None
 
@@ -87,6 +90,9 @@ def market_step(state: ledger.LedgerState, verdict: Admitted, partition: int, of
     if first_seen_at is not None and first_seen_at != position:
         return Step(applied=True, replay=True, rejection=Rejection.of(
             Reason.REPLAYED_EVENT_ID, f"event id first seen at {first_seen_at}"))
+    untimely = log_time.judge(state, verdict, view)
+    if untimely is not None:
+        return Step(applied=True, rejection=untimely, admitted=False)
     event = verdict.event
     payload = verdict.payload
     if event.event_type == GRID_EVENT_ROUTED:

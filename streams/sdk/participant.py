@@ -105,23 +105,28 @@ class Participant:
     # ---- governance ------------------------------------------------------------------------
 
     def declare_authority(self, name: str, jurisdiction: str, roles: list[str],
-                          currency: str = "", at_ms: int = 0) -> SignedEvent:
+                          currency: str = "", at_ms: int = 0,
+                          jurisdictions: list[str] | None = None) -> SignedEvent:
+        """Only a trust anchor (or an authority already recognised by one) may declare itself;
+        ``roles`` and ``jurisdiction`` plus ``jurisdictions`` are what it governs and delegates."""
         payload = {
             "authority_id": self.credential_id, "name": name, "jurisdiction": jurisdiction,
             "public_key": self.public_key, "roles": roles, "currency": currency,
-            "declared_at_ms": at_ms,
+            "declared_at_ms": at_ms, "jurisdictions": list(jurisdictions or []),
         }
         return self.sign("chargemesh.governance.v1.AuthorityDeclared", payload,
                          subject_key=self.credential_id, occurred_at_ms=at_ms)
 
     def recognise_authority(self, other: "Participant", jurisdiction: str, roles: list[str],
                             valid_from_ms: int = 0, valid_until_ms: int = FOREVER_MS,
-                            at_ms: int = 0) -> SignedEvent:
-        """A recognised authority vouches for another (e.g. a foreign rate authority)."""
+                            at_ms: int = 0, jurisdictions: list[str] | None = None) -> SignedEvent:
+        """A recognised authority vouches for another (e.g. a foreign rate authority), within
+        its own roles and jurisdictions."""
         payload = {
             "authority_id": other.credential_id, "recognised_by_authority_id": self.credential_id,
             "public_key": other.public_key, "jurisdiction": jurisdiction, "roles": roles,
             "valid_from_ms": valid_from_ms, "valid_until_ms": valid_until_ms,
+            "jurisdictions": list(jurisdictions or []),
         }
         return self.sign("chargemesh.governance.v1.AuthorityRecognised", payload,
                          subject_key=self.credential_id, occurred_at_ms=at_ms)
@@ -164,13 +169,25 @@ class Participant:
 # ---- market helpers: the records vehicles, stations and authorities sign --------------------
 
 
+def hardware_id_for(connector_id: str) -> str:
+    """The hardware id :func:`connector` registers for ``connector_id`` by default (and
+    :func:`identity` names by default): the ledger binds a session to the registered one."""
+    return f"hw-{connector_id}" if connector_id else ""
+
+
 def identity(*, station_id: str, vehicle: Participant, rate_authority_id: str,
              jurisdiction: str, connector_id: str = "", connector_hardware_id: str = "",
              vehicle_id_kind: str = "PSEUDONYM") -> dict[str, Any]:
-    """C1 Identity of a vehicle at a station's connector under a rate authority."""
+    """C1 Identity of a vehicle at a station's connector under a rate authority.
+
+    Bound by the ledger: ``jurisdiction`` and ``rate_authority_id`` are the station calendar's,
+    ``connector_hardware_id`` is the one the calendar registered for ``connector_id`` (default:
+    :func:`hardware_id_for`, what :func:`connector` registers), and ``vehicle_id_kind`` is
+    ``VIN`` for a credential with a ``vin`` attribute (its subject is the VIN), else
+    ``PSEUDONYM``."""
     return {
         "station_id": station_id, "connector_id": connector_id,
-        "connector_hardware_id": connector_hardware_id or connector_id,
+        "connector_hardware_id": connector_hardware_id or hardware_id_for(connector_id),
         "vehicle_id": vehicle.subject_id, "vehicle_id_kind": vehicle_id_kind,
         "vehicle_credential_id": vehicle.credential_id,
         "rate_authority_id": rate_authority_id, "jurisdiction": jurisdiction,
@@ -245,8 +262,11 @@ def rules_published(authority: Participant, *, rules_version: str, jurisdiction:
 
 
 def connector(connector_id: str, power_w: int, kind: str = "DC_FAST",
-              meter_credential_id: str = "", bidirectional: bool = False) -> dict[str, Any]:
-    return {"connector_id": connector_id, "hardware_id": f"hw-{connector_id}", "power_w": power_w,
+              meter_credential_id: str = "", bidirectional: bool = False,
+              hardware_id: str = "") -> dict[str, Any]:
+    """A calendar's connector, registering its hardware id (default :func:`hardware_id_for`)."""
+    return {"connector_id": connector_id,
+            "hardware_id": hardware_id or hardware_id_for(connector_id), "power_w": power_w,
             "kind": kind, "meter_credential_id": meter_credential_id,
             "bidirectional": bidirectional}
 
@@ -367,6 +387,19 @@ def close_out_countersigned(vehicle: Participant, close_out: SignedEvent,
     return vehicle.sign("chargemesh.session.v1.CloseOutCountersigned", payload,
                         subject_key=station_id, occurred_at_ms=at_ms,
                         chain_id=close_out.body.chain_id, prev_hash=close_out.event_hash)
+
+
+def grid_zone_registered(authority: Participant, *, grid_zone_id: str, jurisdiction: str,
+                         operator_ids: list[str], at_ms: int = 0,
+                         effective_from_ms: int | None = None) -> SignedEvent:
+    """A jurisdiction's authority registers a grid zone and names its operator credentials
+    (again, to replace them); only they (or the authority) declare the zone's program."""
+    payload = {"grid_zone_id": grid_zone_id, "jurisdiction": jurisdiction,
+               "operator_credential_ids": operator_ids,
+               "registered_by_authority_id": authority.credential_id,
+               "effective_from_ms": at_ms if effective_from_ms is None else effective_from_ms}
+    return authority.sign("chargemesh.governance.v1.GridZoneRegistered", payload,
+                          subject_key=authority.credential_id, occurred_at_ms=at_ms)
 
 
 def grid_program(operator: Participant, *, grid_zone_id: str, program: str,

@@ -86,8 +86,7 @@ class Fixture:
                                         subject_id="fz-station")
         self.vehicle = world.credential("fz-ev", ["VEHICLE"], subject_id="fz-vehicle")
         self.meter = world.credential("fz-meter-c1", ["METER"], subject_id="fz-meter-c1")
-        self.operator = world.credential("fz-op", ["GRID_OPERATOR"], subject_id="fz-op",
-                                         attributes={"grid_zones": "fz-zone"})
+        self.operator = world.grid_operator("fz-op", "fz-zone", subject_id="fz-op")
         self.observer = world.credential("fz-obs", ["OBSERVER"], subject_id="fz-obs")
         self.arbiter = world.credential("fz-arb", ["ARBITER"], subject_id="fz-arb")
         self.processor = Signer.from_seed("mesh:processor", bytes(range(32)))

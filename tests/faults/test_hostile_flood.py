@@ -299,8 +299,7 @@ def test_valid_traffic_settles_the_same_under_a_hostile_flood(mesh: Mesh) -> Non
                          grid_zone_id="zone-flood", hours=48)
     vehicle = market.vehicle("ev")
     revoked = market.vehicle("ev-revoked")
-    operator = mesh.world.credential("flood-op", ["GRID_OPERATOR"], subject_id="flood-op",
-                                     attributes={"grid_zones": "zone-flood"})
+    operator = mesh.world.grid_operator("flood-op", "zone-flood", subject_id="flood-op")
     mesh.publish(*mesh.world.governance)
     mesh.world.governance.clear()
     revocation = mesh.world.issuer.revoke(revoked.credential_id, effective_at_ms=t,

@@ -136,8 +136,7 @@ def test_grid_coupled_session_is_repriced_and_needs_the_operators_cosignature(
         mesh: Mesh) -> None:
     t = now_ms()
     zone = "zone-dr-1"
-    operator = mesh.world.credential("op-dr-1", ["GRID_OPERATOR"], subject_id="op-dr-1",
-                                     attributes={"grid_zones": zone})
+    operator = mesh.world.grid_operator("op-dr-1", zone, subject_id="op-dr-1")
     mesh.world.governance.append(sdk.grid_program(
         operator, grid_zone_id=zone, program="DEMAND_RESPONSE",
         operator_ids=[operator.credential_id], at_ms=t))

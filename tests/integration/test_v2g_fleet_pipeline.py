@@ -56,8 +56,7 @@ class Plug:
 
 def v2g_operator(mesh: Mesh, credential_id: str, zone: str, at_ms: int) -> Participant:
     """A GRID_OPERATOR for ``zone`` and the V2G grid program it runs there (queued, unpublished)."""
-    operator = mesh.world.credential(credential_id, ["GRID_OPERATOR"], subject_id=credential_id,
-                                     attributes={"grid_zones": zone})
+    operator = mesh.world.grid_operator(credential_id, zone, subject_id=credential_id)
     mesh.world.governance.append(sdk.grid_program(
         operator, grid_zone_id=zone, program="V2G", operator_ids=[operator.credential_id],
         at_ms=at_ms))

@@ -11,6 +11,7 @@ from chargemesh.processors.governance import TrustAnchor, TrustStore
 from chargemesh.processors.governance import GOVERNANCE_EVENT_TYPES
 from chargemesh.processors.ingress import Admitted, Refused, admit, admit_governance
 from chargemesh.streams.envelope import SignedEvent
+from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk.participant import Participant, topic_for
 
 T0_MS = 1_790_000_000_000  # 2026-09-21, an arbitrary fixed epoch for reproducible tests
@@ -42,17 +43,32 @@ class World:
             valid_until_ms=valid_until_ms, attributes=attributes, at_ms=T0_MS))
         return holder
 
+    def grid_operator(self, credential_id: str, zone: str, subject_id: str | None = None,
+                      jurisdiction: str = "US-CA") -> Participant:
+        """A GRID_OPERATOR credential, and ``zone`` registered to it by the root authority."""
+        operator = self.credential(credential_id, ["GRID_OPERATOR"], jurisdiction, subject_id)
+        self.register_zone(zone, [operator.credential_id], jurisdiction)
+        return operator
+
+    def register_zone(self, zone: str, operator_ids: list[str],
+                      jurisdiction: str = "US-CA") -> SignedEvent:
+        """The root authority registers ``zone`` (in force from the start) to its operators."""
+        registered = sdk.grid_zone_registered(self.root, grid_zone_id=zone,
+                                              jurisdiction=jurisdiction, operator_ids=operator_ids,
+                                              at_ms=T0_MS, effective_from_ms=0)
+        self.governance.append(registered)
+        return registered
+
 
 def make_world(jurisdictions: tuple[str, ...] = ("US-CA", "DE-BY")) -> World:
     root = Participant.seeded("auth-root", secret="tests")
     issuer = Participant.seeded("issuer-1", secret="tests")
-    governance = [
-        root.declare_authority("Root charging authority", "US-CA",
-                               ["AUTHORITY", "RATE_AUTHORITY"], "USD", at_ms=T0_MS),
-        root.delegate_issuer(issuer, ["STATION", "VEHICLE", "FLEET_AGENT", "METER",
-                                      "GRID_OPERATOR", "OBSERVER", "ARBITER",
-                                      "MOBILE_STATION", "RATE_AUTHORITY"],
-                             list(jurisdictions), at_ms=T0_MS),
+    delegated = ["STATION", "VEHICLE", "FLEET_AGENT", "METER", "GRID_OPERATOR", "OBSERVER",
+                 "ARBITER", "MOBILE_STATION", "RATE_AUTHORITY"]
+    governance = [  # the root holds (declares) every role and jurisdiction it delegates
+        root.declare_authority("Root charging authority", "US-CA", ["AUTHORITY", *delegated],
+                               "USD", at_ms=T0_MS, jurisdictions=list(jurisdictions)),
+        root.delegate_issuer(issuer, delegated, list(jurisdictions), at_ms=T0_MS),
     ]
     return World(root, issuer, governance)
 

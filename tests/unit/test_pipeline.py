@@ -109,8 +109,7 @@ def make_mesh() -> Mesh:
     world = make_world()
     stations = {s: world.credential(f"{s}-cred", ["STATION"], subject_id=s) for s in STATIONS}
     vehicle = world.credential("pipe-ev-cred", ["VEHICLE"], subject_id="pipe-ev")
-    operator = world.credential("pipe-op", ["GRID_OPERATOR"], subject_id="pipe-op",
-                                attributes={"grid_zones": ZONE})
+    operator = world.grid_operator("pipe-op", ZONE, subject_id="pipe-op")
     world.governance += [
         sdk.tariff_filed(world.root, tariff_id=TARIFF, jurisdiction="US-CA", currency="USD",
                          ceiling_per_kwh="0.80", at_ms=T0_MS),

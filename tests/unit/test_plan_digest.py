@@ -7,8 +7,8 @@ import hashlib
 
 from chargemesh.infra.sim.plan import SimConfig, plan_market
 
-SEED_7_EVENTS = 6951
-SEED_7_SHA256 = "66480fde6a7ba8966382b6c496fa691069dfaa2c03be33846dd4e0798e8caeaf"
+SEED_7_EVENTS = 6953
+SEED_7_SHA256 = "00448858dc09ad4dbea750c074eb9e347e7bbcab9254b6e2c9005a5fa3989baf"
 
 
 def test_simulate_seed_7_plans_byte_identical_events() -> None:

@@ -42,6 +42,8 @@ REASON_WIRE_STRINGS = (
     "DUPLICATE_IDENTIFIER",
     # delegation scope (issue 15, hole 1)
     "DELEGATION_EXCEEDS_AUTHORITY", "RECOGNITION_EXCEEDS_AUTHORITY",
+    # log time (issue 15, hole 3)
+    "CLOCK_SKEW",
     # replay, processor faults, the ledger's own limits
     "REPLAYED_EVENT_ID", "INTERNAL_ERROR", "UNSUPPORTED_EVENT", "LEDGER_FULL",
     # the sink (rows of the rejections table it writes itself)
@@ -108,6 +110,8 @@ REASON_WIRE_STRINGS = (
     "EVIDENCE_INCONSISTENT", "SETTLEMENT_MISMATCH", "RATE_ABOVE_FILED_CEILING",
     "REPRICE_NOT_PROPOSED", "CHECKPOINT_INCONSISTENT", "CHECKPOINT_BEYOND_LOG",
     "CHECKPOINT_MISMATCH",
+    # the deployment's own identity (issue 15, hole 7)
+    "DUTIES_NOT_SEPARATED",
 )
 STATUS_WIRE_STRINGS: dict[type[enum.StrEnum], tuple[str, ...]] = {
     statuses.ReservationStatus: ("ACTIVE", "ARRIVED", "RELEASED", "COMPLETED", "DISPLACED",),

@@ -38,8 +38,7 @@ class Depot(PureStation):
         self.meter = world.credential(f"{name}-meter", ["METER"], subject_id=f"{name}-meter")
         self.vehicle = world.credential(f"{name}-ev", ["VEHICLE"], subject_id=f"{name}-ev",
                                         attributes=vehicle_attributes)
-        self.operator = world.credential(f"{name}-op", ["GRID_OPERATOR"],
-                                         subject_id=f"{name}-op", attributes={"grid_zones": ZONE})
+        self.operator = world.grid_operator(f"{name}-op", ZONE, subject_id=f"{name}-op")
         if grid_program:
             world.governance.append(sdk.grid_program(
                 self.operator, grid_zone_id=ZONE, program="V2G",
@@ -204,9 +203,9 @@ def test_only_the_zones_operator_prices_the_export_and_only_at_a_sane_price() ->
     depot.begin()
     assert depot.read(30, 6_000, 72_000).rejection is None
     _, close = depot.close(40, 6_000, 72_500)
+    # a grid operator credential, but not one the zone's registration names
     stranger = depot.world.credential("v2g-cosign-op2", ["GRID_OPERATOR"],
-                                      subject_id="v2g-cosign-op2",
-                                      attributes={"grid_zones": ZONE})
+                                      subject_id="v2g-cosign-op2")
     depot.store = depot.world.store()
     assert reason(depot.co_sign(close, "0.10", 41, operator=stranger)) == "NOT_THE_ZONES_OPERATOR"
     assert reason(depot.co_sign(close, "-0.05", 42)) == "INVALID_CLEARING_PRICE"
