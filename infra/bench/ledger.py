@@ -44,7 +44,7 @@ def bench_envelope(samples: int = ENVELOPE_SAMPLES) -> dict[str, float]:
     issuer = sdk.Participant.seeded("issuer:bench", secret="bench")
     station = sdk.Participant.seeded("st-bench", "station-bench", secret="bench")
     store = TrustStore([TrustAnchor(root.credential_id, root.public_key)])
-    for event in (root.declare_authority("bench", "US-CA", ["AUTHORITY"]),
+    for event in (root.declare_authority("bench", "US-CA", ["AUTHORITY", "STATION"]),
                   root.delegate_issuer(issuer, ["STATION"], ["US-CA"]),
                   issuer.issue_credential(station, ["STATION"], "US-CA")):
         admit_governance(event.encode(), event.body.subject_key.encode(), store)

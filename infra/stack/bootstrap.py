@@ -18,6 +18,11 @@ from chargemesh.streams.sdk.participant import Participant
 
 ALL_DELEGATED_ROLES = ["STATION", "VEHICLE", "FLEET_AGENT", "METER", "GRID_OPERATOR", "OBSERVER",
                        "ARBITER", "MOBILE_STATION", "RATE_AUTHORITY"]
+# The deployment's own duties (issue 15, hole 7): the processors' credential, shared by every
+# worker, and the checkpoints' (a key of its own). A root delegates them to a deployment issuer.
+DEPLOYMENT_ROLES = ["PROCESSOR", "CHECKPOINT"]
+# A root authority holds what it delegates (issue 15, hole 1: no delegation exceeds its author).
+ROOT_ROLES = ["AUTHORITY", *ALL_DELEGATED_ROLES, *DEPLOYMENT_ROLES]
 
 
 def private_settings(state_dir: Path, session_timeout_ms: int = 6000,
@@ -60,11 +65,55 @@ def deploy(settings: Settings, jurisdictions: list[str], secret: str = "chargeme
     write_anchors(settings, root)
     deployment = Deployment(settings, root, issuer, secret)
     deployment.publish([
-        root.declare_authority("chargemesh root authority", jurisdictions[0],
-                               ["AUTHORITY", "RATE_AUTHORITY"], at_ms=at_ms),
+        root.declare_authority("chargemesh root authority", jurisdictions[0], ROOT_ROLES,
+                               at_ms=at_ms, jurisdictions=jurisdictions[1:]),
         root.delegate_issuer(issuer, ALL_DELEGATED_ROLES, jurisdictions, at_ms=at_ms),
+        *deployment_identity(settings, root, jurisdictions[0], at_ms).events,
     ])
     return deployment
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentIdentity:
+    """The deployment's own credentials under one root, and the governance events issuing them
+    (publish them after the root's declaration)."""
+
+    issuer: Participant
+    processor: Participant
+    checkpoint: Participant
+    events: list[SignedEvent]
+
+
+def deployment_identity(settings: Settings, root: Participant, jurisdiction: str,
+                        at_ms: int = 0) -> DeploymentIdentity:
+    """The processors' PROCESSOR credential (key file ``settings.processor_key_path``, which every
+    worker of the deployment shares) and the CHECKPOINT credential (its own key,
+    ``settings.checkpoint_key_path``), issued by an issuer ``root`` (a trust anchor) delegates
+    only those two roles. A key file already holding the credential this root issues is kept
+    (another host handed the same file; a rerun of the same plan); any other is replaced."""
+    issuer = Participant.generate(f"{root.credential_id}:deployment-issuer")
+    processor = _deployment_key(settings.processor_key_path, f"{root.credential_id}:processor")
+    checkpoint = _deployment_key(settings.checkpoint_key_path,
+                                 f"{root.credential_id}:checkpoint")
+    events = [root.delegate_issuer(issuer, DEPLOYMENT_ROLES, [jurisdiction], at_ms=at_ms),
+              issuer.issue_credential(processor, ["PROCESSOR"], jurisdiction, at_ms=at_ms),
+              issuer.issue_credential(checkpoint, ["CHECKPOINT"], jurisdiction, at_ms=at_ms)]
+    return DeploymentIdentity(issuer, processor, checkpoint, events)
+
+
+def _deployment_key(path: Path, credential_id: str) -> Participant:
+    from chargemesh.streams.sdk.key_files import KeyFileError, load_key_file, write_key_file
+
+    if path.is_file():
+        try:
+            held = load_key_file(path)
+        except KeyFileError:
+            held = None
+        if held is not None and held.credential_id == credential_id:
+            return held
+    holder = Participant.generate(credential_id)
+    write_key_file(path, holder, overwrite=True)
+    return holder
 
 
 DEV_GOVERNANCE_DIR = "dev-governance"
@@ -105,7 +154,8 @@ def ensure_dev_governance(settings: Settings, at_ms: int = 0) -> DevGovernance:
     add_anchor(settings.trust_anchors_path, root.credential_id, root.public_key, replace=True)
     pub = publisher(settings)
     pub.publish(root.declare_authority("chargemesh dev root authority", DEV_JURISDICTIONS[0],
-                                       ["AUTHORITY", "RATE_AUTHORITY"], at_ms=at_ms))
+                                       ROOT_ROLES, at_ms=at_ms,
+                                       jurisdictions=DEV_JURISDICTIONS[1:]))
     pub.publish(root.delegate_issuer(issuer, ALL_DELEGATED_ROLES, DEV_JURISDICTIONS,
                                      at_ms=at_ms))
     pub.flush()

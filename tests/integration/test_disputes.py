@@ -31,7 +31,7 @@ def foreign_arbiter(mesh: Mesh, prefix: str) -> Participant:
     issuer = Participant.seeded(f"{prefix}-issuer-other", secret="tests")
     arbiter = Participant.seeded(f"{prefix}-foreign-arbiter", secret="tests")
     world.governance += [
-        world.root.recognise_authority(other, "DE-BY", ["RATE_AUTHORITY"]),
+        world.root.recognise_authority(other, "DE-BY", ["RATE_AUTHORITY", "ARBITER"]),
         other.delegate_issuer(issuer, ["ARBITER"], ["DE-BY"]),
         issuer.issue_credential(arbiter, ["ARBITER"], "DE-BY")]
     return arbiter

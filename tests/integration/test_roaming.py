@@ -25,10 +25,10 @@ EU_TARIFF = {"tax_percent": "19", "rounding": "HALF_EVEN", "minor_units": 2,
 
 def foreign_authority(name: str, root: Participant) -> tuple[Participant, list]:
     eu = Participant.seeded(name, secret="tests")
-    return eu, [eu.declare_authority("EU roaming authority", "DE-BY",
-                                     ["AUTHORITY", "RATE_AUTHORITY"], "EUR", at_ms=T0_MS),
-                root.recognise_authority(eu, "DE-BY", ["AUTHORITY", "RATE_AUTHORITY"],
-                                         at_ms=T0_MS)]
+    return eu, [root.recognise_authority(eu, "DE-BY", ["AUTHORITY", "RATE_AUTHORITY"],
+                                         at_ms=T0_MS),
+                eu.declare_authority("EU roaming authority", "DE-BY",
+                                     ["AUTHORITY", "RATE_AUTHORITY"], "EUR", at_ms=T0_MS)]
 
 
 def test_roaming_rule_in_the_trust_store() -> None:

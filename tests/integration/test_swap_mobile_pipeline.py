@@ -153,10 +153,10 @@ def _open_truck(mesh: Mesh, prefix: str, t: int, eu: Participant) -> Market:
 def test_a_truck_delivers_in_two_jurisdictions_under_each_places_tariff(mesh: Mesh) -> None:
     world, t = mesh.world, now_ms()
     eu = Participant.seeded("auth-eu-mobile-rs", secret="tests")
-    mesh.publish(eu.declare_authority("EU rate authority", "DE-BY",
-                                      ["AUTHORITY", "RATE_AUTHORITY"], "EUR", at_ms=T0_MS),
-                 world.root.recognise_authority(eu, "DE-BY", ["AUTHORITY", "RATE_AUTHORITY"],
+    mesh.publish(world.root.recognise_authority(eu, "DE-BY", ["AUTHORITY", "RATE_AUTHORITY"],
                                                 at_ms=T0_MS),
+                 eu.declare_authority("EU rate authority", "DE-BY",
+                                      ["AUTHORITY", "RATE_AUTHORITY"], "EUR", at_ms=T0_MS),
                  sdk.reciprocity_agreed(world.root, eu, agreement_id="root-eu-mobile", at_ms=t))
     here = _open_truck(mesh, "mob", t, eu)
     there = dataclasses.replace(here, authority_id=eu.credential_id, jurisdiction="DE-BY",

@@ -54,7 +54,8 @@ class Disputed(PureStation):
         issuer = Participant.seeded("issuer-other", secret="tests")
         arbiter = Participant.seeded(f"{self.name}-foreign-arbiter", secret="tests")
         self.world.governance += [
-            self.world.root.recognise_authority(other, "DE-BY", ["RATE_AUTHORITY"], at_ms=T0_MS),
+            self.world.root.recognise_authority(other, "DE-BY", ["RATE_AUTHORITY", "ARBITER"],
+                                                at_ms=T0_MS),  # it delegates what it holds
             other.delegate_issuer(issuer, ["ARBITER"], ["DE-BY"], at_ms=T0_MS),
             issuer.issue_credential(arbiter, ["ARBITER"], "DE-BY", at_ms=T0_MS)]
         return arbiter

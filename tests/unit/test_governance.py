@@ -47,11 +47,12 @@ def test_credential_from_an_unrecognised_authority_is_rejected() -> None:
     world = make_world()
     rogue = Participant.seeded("auth-rogue", secret="tests")
     rogue_issuer = Participant.seeded("issuer-rogue", secret="tests")
-    world.governance.append(rogue.declare_authority("Rogue", "US-CA", ["AUTHORITY"], at_ms=T0_MS))
-    store = world.store()  # anyone may declare itself; being trusted is another matter
-    assert not store.principals["auth-rogue"].recognised
+    store = world.store()
+    declared = rogue.declare_authority("Rogue", "US-CA", ["AUTHORITY"], at_ms=T0_MS)
+    assert reason(verdict_of(store, declared)) == "UNRECOGNISED_AUTHORITY"  # issue 15, hole 5
+    assert "auth-rogue" not in store.principals
     delegation = rogue.delegate_issuer(rogue_issuer, ["STATION"], ["US-CA"], at_ms=T0_MS)
-    assert reason(verdict_of(store, delegation)) == "UNRECOGNISED_AUTHORITY"
+    assert reason(verdict_of(store, delegation)) == "UNKNOWN_CREDENTIAL"
     station = Participant.seeded("st-r", "station-r", secret="tests")
     issued = rogue_issuer.issue_credential(station, ["STATION"], "US-CA", at_ms=T0_MS)
     assert reason(verdict_of(store, issued)) == "UNKNOWN_CREDENTIAL"

@@ -253,10 +253,10 @@ US_TARIFF = {"tax_percent": "8.25", "rounding": "HALF_UP", "minor_units": 2}
 def eu_authority(world: World, name: str = "auth-eu-mobile") -> Participant:
     eu = Participant.seeded(name, secret="tests")
     world.governance += [
+        world.root.recognise_authority(eu, "DE-BY", ["AUTHORITY", "RATE_AUTHORITY"],
+                                       at_ms=T0_MS),  # recognised first: then it may declare
         eu.declare_authority("EU rate authority", "DE-BY", ["AUTHORITY", "RATE_AUTHORITY"],
                              "EUR", at_ms=T0_MS),
-        world.root.recognise_authority(eu, "DE-BY", ["AUTHORITY", "RATE_AUTHORITY"],
-                                       at_ms=T0_MS),
         sdk.reciprocity_agreed(world.root, eu, agreement_id=f"{name}-recip", at_ms=T0_MS)]
     return eu
 
@@ -366,7 +366,7 @@ def test_location_updates_that_do_not_hold_are_rejected_with_a_reason() -> None:
     cases = [
         (tr.move("DE-BY", tr.eu.credential_id, "ca-tariff", "0.45", T0_MS + 10),
          "NO_TARIFF_IN_JURISDICTION"),
-        (tr.move("DE-BY", "auth-root", "ca-tariff", "0.45", T0_MS + 11),
+        (tr.move("GB-LDN", "auth-root", "ca-tariff", "0.45", T0_MS + 11),  # root: US-CA, DE-BY
          "NOT_THE_JURISDICTIONS_AUTHORITY"),
         (tr.move("DE-BY", "nobody", "by-tariff", "0.45", T0_MS + 12),
          "UNRECOGNISED_RATE_AUTHORITY"),
