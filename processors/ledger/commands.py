@@ -5,8 +5,9 @@ Every market event a station's (or a road operator's) single-writer ledger acts 
 :data:`COMMANDS` under its full event type, version included: an event type that is not in the
 table (another version too) is refused ``UNSUPPORTED_EVENT``. Nothing registers itself when it
 is imported. Where an embodiment adds checks to an order, its wrapper is composed here, in the
-order they run: the mobile charger's dispatch check (E5) first, then the swap bay's (E2), then
-the slot ledger's own handler.
+order they run: the mobile charger's dispatch check (E5) first, then the identity binding
+(``binding``: jurisdiction, connector hardware, vehicle id kind), then the swap bay's (E2), then
+the slot ledger's own handler; calendars, handshakes and swaps are bound the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from types import MappingProxyType
 
 from chargemesh.processors.embodiments import mobile, swap, wireless
 from chargemesh.processors.grid import observers
-from chargemesh.processors.ledger import disputes, revocation, sessions
+from chargemesh.processors.ledger import binding, disputes, revocation, sessions
 from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.ledger.state import (
     Command,
@@ -28,18 +29,21 @@ from chargemesh.processors.ledger.state import (
 
 COMMANDS: Mapping[str, Handler] = MappingProxyType({
     # M4, M5: the calendar, capacity and the station's clock
-    "chargemesh.capacity.v1.SlotCalendarPublished": ledger.publish_calendar,
+    "chargemesh.capacity.v1.SlotCalendarPublished": binding.bound_calendar(
+        ledger.publish_calendar),
     "chargemesh.capacity.v1.CapacityChanged": ledger.change_capacity,
     "chargemesh.capacity.v1.StationHeartbeat": ledger.heartbeat,
     # orders
-    "chargemesh.orders.v1.PostedPriceAccepted": mobile.dispatched(
-        swap.booking(ledger.accept_posted_price)),
-    "chargemesh.orders.v1.WalkUpRequested": mobile.dispatched(
-        swap.booking(ledger.request_walk_up)),
-    "chargemesh.orders.v1.BidPlaced": mobile.dispatched(swap.bidding(ledger.place_bid)),
+    "chargemesh.orders.v1.PostedPriceAccepted": mobile.dispatched(binding.bound_identity(
+        swap.booking(ledger.accept_posted_price))),
+    "chargemesh.orders.v1.WalkUpRequested": mobile.dispatched(binding.bound_identity(
+        swap.booking(ledger.request_walk_up))),
+    "chargemesh.orders.v1.BidPlaced": mobile.dispatched(binding.bound_identity(
+        swap.bidding(ledger.place_bid))),
     "chargemesh.orders.v1.ReservationCancelled": ledger.cancel_reservation,
     # M6, C3, C4: sessions, re-pricing, close-out, signatures
-    "chargemesh.session.v1.ConnectorHandshakeCompleted": sessions.record_handshake,
+    "chargemesh.session.v1.ConnectorHandshakeCompleted": binding.bound_identity(
+        sessions.record_handshake, station_signed=True),
     "chargemesh.session.v1.MeterReadingRecorded": sessions.record_reading,
     "chargemesh.grid.v1.GridEventRouted": sessions.reprice_sessions,
     "chargemesh.session.v1.RepriceAccepted": sessions.accept_reprice,
@@ -60,7 +64,8 @@ COMMANDS: Mapping[str, Handler] = MappingProxyType({
     "chargemesh.wireless.v1.TripClosed": wireless.close_trip,
     # E2: battery swap; E5: the mobile charger
     "chargemesh.capacity.v1.PackRegistered": swap.register_pack,
-    "chargemesh.session.v1.PackSwapCompleted": swap.complete_swap,
+    "chargemesh.session.v1.PackSwapCompleted": binding.bound_identity(
+        swap.complete_swap, station_signed=True),
     "chargemesh.capacity.v1.MobileStationRelocated": mobile.relocate,
 })
 
