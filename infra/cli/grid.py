@@ -13,6 +13,7 @@ from chargemesh.infra.cli.query import read_model
 from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.cli.tables import print_table
 from chargemesh.infra.config import Settings
+from chargemesh.sinks.queries.grid_zones import GridZone, read_grid_zones
 from chargemesh.sinks.queries.observers import ObserverView, read_observer_view
 from rich.console import Console
 from rich.table import Table
@@ -56,9 +57,31 @@ def observer_tables(view: ObserverView) -> list[Table]:
     return [head, decided, caught, refusals]
 
 
+def zones_table(zones: list[GridZone]) -> Table:
+    table = Table(title="grid zones: registered by their jurisdiction's authority")
+    for column in ("zone", "jurisdiction", "registered by", "operators", "program"):
+        table.add_column(column)
+    for z in zones:
+        table.add_row(z.grid_zone_id, z.jurisdiction, z.registered_by, ", ".join(z.operators),
+                      z.program)
+    return table
+
+
 @click.group(cls=ChargemeshGroup)
 def grid() -> None:
-    """Grid zones: observer sets and their co-signed decisions (P3)."""
+    """Grid zones: who registered and operates them, their programs, observer sets (P3)."""
+
+
+@grid.command("zones")
+@click.option("--json", "as_json", is_flag=True, help="Print the zones as JSON.")
+@click.pass_context
+def grid_zones(ctx: click.Context, as_json: bool) -> None:
+    """Every registered grid zone: jurisdiction, authority, operators, program in force."""
+    zones = read_model(settings_of(ctx), read_grid_zones)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(z) for z in zones], indent=2, sort_keys=True))
+        return
+    print_table(Console(), zones_table(zones))
 
 
 @grid.command("observers")

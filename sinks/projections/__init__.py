@@ -19,6 +19,7 @@ from chargemesh.sinks.projections import (
     audit,
     core,
     disputes,
+    grid_zones,
     ledger,
     observers,
     revocation,
@@ -33,12 +34,12 @@ from chargemesh.sinks.projections.core import Projector, Rows, SourceMessage
 _DOMAIN_TABLES: Sequence[Mapping[str, tuple[str, ...]]] = (
     core.TABLES, ledger.TABLES, sessions.TABLES, settlements.TABLES, disputes.TABLES,
     audit.TABLES, observers.TABLES, revocation.TABLES, v2g_fleet.TABLES, swap_mobile.TABLES,
-    wireless.TABLES,
+    wireless.TABLES, grid_zones.TABLES,
 )
 _DOMAIN_PROJECTORS: Sequence[Mapping[str, Projector]] = (
     ledger.PROJECTORS, sessions.PROJECTORS, settlements.PROJECTORS, disputes.PROJECTORS,
     audit.PROJECTORS, observers.PROJECTORS, revocation.PROJECTORS, v2g_fleet.PROJECTORS,
-    swap_mobile.PROJECTORS, wireless.PROJECTORS,
+    swap_mobile.PROJECTORS, wireless.PROJECTORS, grid_zones.PROJECTORS,
 )
 
 
