@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 ENV_PREFIX = "CHARGEMESH_"
+PROFILE_DEV = "dev"
+PROFILE_PRODUCTION = "production"
 # librdkafka writes its log lines (every failed connect, many a second) straight to stderr unless
 # given a Python logger; through this one they stay silent unless the process configures
 # logging (a foreground sink, `chargemesh --debug`).
@@ -59,9 +61,27 @@ class Settings:
     # Trust anchors (root authorities) of this deployment: JSON list of
     # {"authority_id", "public_key_hex"}. Empty = <state_dir>/trust_anchors.json.
     trust_anchors_file: str = ""
-    # The processors' signing key for the decisions they publish. Empty =
-    # <state_dir>/processor-key.json (created on first use).
+    # The key of the deployment's PROCESSOR credential (governance-issued; every worker of the
+    # deployment shares the file), signing the records the processors derive. Empty =
+    # <state_dir>/processor-key.json (written by `chargemesh up`'s dev governance).
     processor_key_file: str = ""
+    # The key of the deployment's CHECKPOINT credential (a key of its own, never the processors'),
+    # signing the Merkle checkpoints. Empty = <state_dir>/checkpoint-key.json.
+    checkpoint_key_file: str = ""
+    # How trust is set up (issue 15, hole 8). "dev": `chargemesh up` creates a development root
+    # anchor whose private keys sit in <state_dir>/dev-governance/ and says so; "production":
+    # it never does, the anchors are only what `chargemesh anchors add` (or the file
+    # TRUST_ANCHORS_FILE names) lists. Empty = dev for the embedded broker, else production.
+    profile: str = ""
+
+    @property
+    def trust_profile(self) -> str:
+        """``PROFILE_DEV`` or ``PROFILE_PRODUCTION`` (see ``profile``)."""
+        profile = self.profile or (PROFILE_DEV if self.kafka_embedded else PROFILE_PRODUCTION)
+        if profile not in (PROFILE_DEV, PROFILE_PRODUCTION):
+            raise ConfigError(f"{ENV_PREFIX}PROFILE = {self.profile!r}: set {PROFILE_DEV!r} or "
+                              f"{PROFILE_PRODUCTION!r}, or unset it")
+        return profile
 
     @property
     def kafka_embedded(self) -> bool:
@@ -101,6 +121,11 @@ class Settings:
     def processor_key_path(self) -> Path:
         return Path(self.processor_key_file) if self.processor_key_file else (
             self.state_dir / "processor-key.json")
+
+    @property
+    def checkpoint_key_path(self) -> Path:
+        return Path(self.checkpoint_key_file) if self.checkpoint_key_file else (
+            self.state_dir / "checkpoint-key.json")
 
     def as_environ(self) -> dict[str, str]:
         """These settings as CHARGEMESH_* variables, for child processes (workers, sinks)."""

@@ -15,6 +15,11 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from chargemesh.processors.log_clock import (
+    GOVERNANCE_CLOCK_SKEW_MS_MAX,
+    revoked_problem,
+    skew_problem,
+)
 from chargemesh.processors.policy import POLICIES, field_at
 from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.streams.envelope import SignedEvent
@@ -100,6 +105,9 @@ class TrustStore:
         self.tariffs: dict[str, dict[str, Any]] = {}
         self.rules: dict[str, dict[str, Any]] = {}
         self.applied_event_ids: set[str] = set()
+        # The governance log's clock (issue 15, hole 3): the latest time an admitted governance
+        # event claimed; derived from the log alone, so a replay rebuilds it.
+        self.log_clock_ms = 0
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -302,10 +310,54 @@ class TrustStore:
         handler = _HANDLERS.get(event.event_type)
         if handler is None:
             return Rejection.of(Reason.WRONG_TOPIC, f"{event.event_type} is not a governance event")
-        problem = handler(self, event, payload)
+        problem = self._untimely(event, payload) or handler(self, event, payload)
         if problem is None:
             self.applied_event_ids.add(event.event_id)
+            self.log_clock_ms = max(self.log_clock_ms, event.body.occurred_at_ms)
         return problem
+
+    def _untimely(self, event: SignedEvent, payload: dict[str, Any]) -> Rejection | None:
+        """Issue 15, hole 3: a governance event is judged at the governance log's time. It may
+        claim a time at most GOVERNANCE_CLOCK_SKEW_MS_MAX ahead of the log's clock, and each
+        signer (author, co-signers) known to the store must still hold, unrevoked and
+        unexpired, at ``max(claimed, log clock)``: a backdated act does not get round a
+        revocation in the log or its author's expiry. (Behind the clock is not refused: the
+        SDK's governance builders sign at time 0 unless told otherwise.)"""
+        claimed = event.body.occurred_at_ms
+        if claimed > self.log_clock_ms:
+            problem = skew_problem(self.log_clock_ms, claimed, GOVERNANCE_CLOCK_SKEW_MS_MAX,
+                                   "the governance log")
+            if problem is not None:
+                return problem
+        policy = POLICIES.get(event.event_type)
+        signers = [event.body.author_credential_id] + [
+            cosigner for path in (policy.cosigner_paths if policy is not None else ())
+            if isinstance(cosigner := field_at(payload, path), str)]
+        judged_at = max(claimed, self.log_clock_ms)
+        for signer in signers:
+            problem = revoked_problem(self.lineage(signer), self._revoked_from, judged_at)
+            if problem is None and signer in self.principals:
+                verdict = self.resolve(signer, judged_at)
+                expired = (isinstance(verdict, Rejection)
+                           and verdict.reason == Reason.CREDENTIAL_EXPIRED)
+                problem = verdict if expired and isinstance(verdict, Rejection) else None
+            if problem is not None:
+                return problem
+        return None
+
+    def _revoked_from(self, principal_id: str) -> int | None:
+        revoked = self.revocations.get(principal_id)
+        return None if revoked is None else revoked.effective_at_ms
+
+    def lineage(self, principal_id: str) -> tuple[str, ...]:
+        """``principal_id`` and what it chains through (parent links, at most CHAIN_DEPTH_MAX),
+        whatever their validity: a revocation of any of them reaches it."""
+        chain: list[str] = []
+        current = self.principals.get(principal_id)
+        while current is not None and len(chain) < CHAIN_DEPTH_MAX:
+            chain.append(current.principal_id)
+            current = self.principals.get(current.parent_id) if current.parent_id else None
+        return tuple(chain) or (principal_id,)
 
     def _check_author(
         self, event: SignedEvent, payload: dict[str, Any], expected_author: str | None = None

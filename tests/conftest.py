@@ -119,6 +119,7 @@ class Mesh:
 def mesh(stack_settings: Settings) -> Iterator[Mesh]:
     """The session stack with one root authority, its issuer, and a running processor worker."""
     world = make_world()
+    world.deploy_identity(stack_settings)  # the processors' shared key, before the worker starts
     write_anchors(stack_settings, world.root)
     pub = publisher(stack_settings)
     for event in world.governance:

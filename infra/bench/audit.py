@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from chargemesh.infra.cli.audit import clickhouse_source, kafka_source, processor_keys
+from chargemesh.infra.cli.audit import clickhouse_source, kafka_source
 from chargemesh.infra.config import Settings, load_settings
 from chargemesh.processors.runtime.app import load_anchors
 from chargemesh.processors.audit.replay import measure_replay_rate
@@ -26,8 +26,8 @@ def bench_audit(settings: Settings, authority_id: str, source_name: str = "kafka
     source = clickhouse_source(settings) if source_name == "clickhouse" else kafka_source(
         settings)
     read_s = time.perf_counter() - read_started
-    figures = measure_replay_rate(source, load_anchors(settings), processor_keys(settings, ""),
-                                  authority_id, time.perf_counter, rounds)
+    figures = measure_replay_rate(source, load_anchors(settings), authority_id,
+                                  time.perf_counter, rounds)
     return {"what": "audit replay rate (records/s)", "source": source_name,
             "authority_id": authority_id, "read_s": round(read_s, 2), **figures}
 

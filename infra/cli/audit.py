@@ -1,7 +1,8 @@
 """``chargemesh audit`` and ``chargemesh checkpoint``: the regulator's replay (P5) and the signed
 Merkle checkpoints it checks.
 
-Everything here only moves data: topic and archive reads, the processors' public key, output.
+Everything here only moves data: topic and archive reads, key files, output. The processors'
+and the checkpoints' credentials come from the governance topic, like every other credential.
 The audit itself is :mod:`chargemesh.processors.audit.replay`; checkpoints are
 :mod:`chargemesh.processors.audit.checkpoints`.
 """
@@ -24,12 +25,9 @@ from chargemesh.infra.stack.worker import publisher
 from chargemesh.processors.audit import checkpoints as checkpointer
 from chargemesh.processors.audit.checkpoints import Checkpoint, LogRecord
 from chargemesh.processors.audit.replay import AuditReport, AuditSource, audit
-from chargemesh.processors.governance import TrustAnchor
-from chargemesh.processors.runtime.app import (
-    PROCESSOR_CREDENTIAL_ID,
-    load_anchors,
-    load_processor_signer,
-)
+from chargemesh.processors.governance import PROCESSOR_ROLE, ChainOk, TrustStore
+from chargemesh.processors.ingress import admit_governance
+from chargemesh.processors.runtime.app import load_anchors
 from chargemesh.schemas import registry
 from chargemesh.streams import topics
 from chargemesh.streams.envelope import open_envelope, open_payload
@@ -101,28 +99,35 @@ def clickhouse_source(settings: Settings) -> AuditSource:
         client.disconnect()
 
 
-def processor_keys(settings: Settings, public_key_hex: str) -> list[TrustAnchor]:
-    """The processors' public key: given, or the public half of the deployment's key file."""
-    if public_key_hex:
-        return [TrustAnchor(PROCESSOR_CREDENTIAL_ID, bytes.fromhex(public_key_hex))]
-    if settings.processor_key_path.is_file():
-        signer = Signer.load(settings.processor_key_path)
-        return [TrustAnchor(signer.credential_id, signer.public_key)]
-    raise click.UsageError("no processor key: pass --processor-public-key HEX")
+def load_checkpoint_signer(settings: Settings) -> Signer:
+    """The key of the deployment's CHECKPOINT credential (its own, never the processors')."""
+    path = settings.checkpoint_key_path
+    if not path.is_file():
+        raise click.UsageError(
+            f"no checkpoint credential key at {path}: the deployment's governance issues one "
+            "(role CHECKPOINT, a key of its own; `chargemesh up` does for its dev governance); "
+            "set CHARGEMESH_CHECKPOINT_KEY_FILE")
+    return Signer.load(path)
+
+
+def governance_store(settings: Settings, records: list[LogRecord]) -> TrustStore:
+    """The trust store the governance records (in offset order) build from the anchors."""
+    store = TrustStore(load_anchors(settings))
+    for record in sorted(records, key=lambda r: r.offset):
+        admit_governance(record.value, record.key, store)
+    return store
 
 
 def run_audit(settings: Settings, authority_id: str, window_ms: tuple[int, int],
-              source_name: str = "kafka", processor_public_key_hex: str = "",
-              show_progress: bool = False) -> AuditReport:
+              source_name: str = "kafka", show_progress: bool = False) -> AuditReport:
     anchors = load_anchors(settings)
-    processors = processor_keys(settings, processor_public_key_hex)
     source = clickhouse_source(settings) if source_name == "clickhouse" else kafka_source(
         settings)
     total = len(source.governance) + len(source.logs) + len(source.checkpoints)
     with Progress(TextColumn("replaying"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=_console, disable=not show_progress) as bar:
         task = bar.add_task("audit", total=total)
-        return audit(source, anchors, processors, authority_id, window_ms,
+        return audit(source, anchors, authority_id, window_ms,
                      progress=lambda n: bar.update(task, completed=n), clock=time.perf_counter)
 
 
@@ -181,21 +186,18 @@ def record_findings(settings: Settings, report: AuditReport, audited_at_ms: int)
 @click.option("--to", "to_ms", type=int, default=2**62, help="... until before (ms).")
 @click.option("--source", "source_name", type=click.Choice(["kafka", "clickhouse"]),
               default="kafka", help="Replay the topics, or the ClickHouse events archive.")
-@click.option("--processor-public-key", "processor_key_hex", default="",
-              help="Hex Ed25519 public key of the processors (default: the deployment's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--record", is_flag=True, help="Also write the findings to ClickHouse.")
 @click.pass_context
 def audit_command(ctx: click.Context, authority_id: str, from_ms: int, to_ms: int,
-                  source_name: str, processor_key_hex: str, as_json: bool,
-                  record: bool) -> None:
+                  source_name: str, as_json: bool, record: bool) -> None:
     """Replay every settlement under a rate authority; exit 1 on any finding."""
     if ctx.invoked_subcommand is not None:
         return
     if not authority_id:
         raise click.UsageError("--authority is required")
     report = run_audit(settings_of(ctx), authority_id, (from_ms, to_ms), source_name,
-                       processor_key_hex, show_progress=not as_json)
+                       show_progress=not as_json)
     if record:
         record_findings(settings_of(ctx), report, now_ms())
     if as_json:
@@ -211,11 +213,9 @@ def audit_command(ctx: click.Context, authority_id: str, from_ms: int, to_ms: in
 # ---- checkpoints and proofs ------------------------------------------------------------------
 
 
-def signed_checkpoints(records: list[LogRecord], processors: list[TrustAnchor]
-                       ) -> list[Checkpoint]:
-    """Checkpoints whose processor signature verifies (others are ignored here; the audit
-    reports them)."""
-    keys = {p.authority_id: p.public_key for p in processors}
+def signed_checkpoints(records: list[LogRecord], store: TrustStore) -> list[Checkpoint]:
+    """Checkpoints signed by a CHECKPOINT credential in force at their time whose key is not
+    the processors' (others are ignored here; the audit reports them)."""
     out = []
     for record in records:
         try:
@@ -223,21 +223,31 @@ def signed_checkpoints(records: list[LogRecord], processors: list[TrustAnchor]
             payload = open_payload(event)
         except Exception:  # noqa: BLE001, S112 - a bad record is simply not a checkpoint
             continue
-        author = event.body.author_credential_id
-        if (event.event_type == checkpointer.CHECKPOINT_EVENT_TYPE and author in keys
-                and event.verify_by(author, keys[author])):
+        if event.event_type != checkpointer.CHECKPOINT_EVENT_TYPE:
+            continue
+        verdict = store.check_event(event, payload)
+        if isinstance(verdict, ChainOk) and not store.key_holds_role(
+                verdict.principal.public_key, PROCESSOR_ROLE):
             out.append(Checkpoint.of(event, payload))
     return out
 
 
+def _read_for_checkpoints(settings: Settings
+                          ) -> tuple[dict[str, list[LogRecord]], list[LogRecord], TrustStore]:
+    """The checkpointed logs by log id, the checkpoint records, and the governance store."""
+    records = read_topics(settings, [topics.GOVERNANCE.name, *checkpointer.CHECKPOINTED_TOPICS,
+                                     topics.CHECKPOINTS.name])
+    logs = checkpointer.partition_logs(r for r in records if r.topic not in (
+        topics.CHECKPOINTS.name, topics.GOVERNANCE.name))
+    store = governance_store(settings, [r for r in records if r.topic == topics.GOVERNANCE.name])
+    return logs, [r for r in records if r.topic == topics.CHECKPOINTS.name], store
+
+
 def publish_checkpoints(settings: Settings) -> list[dict[str, Any]]:
     """Sign and publish a checkpoint of every log partition that grew since its last one."""
-    signer = load_processor_signer(settings)
-    records = read_topics(settings, [*checkpointer.CHECKPOINTED_TOPICS, topics.CHECKPOINTS.name])
-    logs = checkpointer.partition_logs(r for r in records if r.topic != topics.CHECKPOINTS.name)
-    mine = [TrustAnchor(signer.credential_id, signer.public_key)]
-    previous = checkpointer.latest(signed_checkpoints(
-        [r for r in records if r.topic == topics.CHECKPOINTS.name], mine))
+    logs, checkpoint_records, store = _read_for_checkpoints(settings)
+    signer = load_checkpoint_signer(settings)
+    previous = checkpointer.latest(signed_checkpoints(checkpoint_records, store))
     events = checkpointer.next_checkpoints(signer, logs, previous, now_ms())
     pub = publisher(settings)
     for event in events:
@@ -246,15 +256,11 @@ def publish_checkpoints(settings: Settings) -> list[dict[str, Any]]:
     return [dict(open_payload(e), event_id=e.event_id) for e in events]
 
 
-def prove(settings: Settings, event_id: str = "", raw: bytes | None = None,
-          processor_public_key_hex: str = "") -> dict[str, Any]:
+def prove(settings: Settings, event_id: str = "", raw: bytes | None = None) -> dict[str, Any]:
     """Where ``event_id`` (or the exact record bytes ``raw``) sits in the signed log, with its
     inclusion proof verified against the latest signed checkpoint covering it."""
-    processors = processor_keys(settings, processor_public_key_hex)
-    records = read_topics(settings, [*checkpointer.CHECKPOINTED_TOPICS, topics.CHECKPOINTS.name])
-    logs = checkpointer.partition_logs(r for r in records if r.topic != topics.CHECKPOINTS.name)
-    latest = checkpointer.latest(signed_checkpoints(
-        [r for r in records if r.topic == topics.CHECKPOINTS.name], processors))
+    logs, checkpoint_records, store = _read_for_checkpoints(settings)
+    latest = checkpointer.latest(signed_checkpoints(checkpoint_records, store))
     answer: dict[str, Any] = {"event_id": event_id, "included": False, "proof": None,
                               "checkpoints": len(latest)}
     for lid, log in sorted(logs.items()):
@@ -284,16 +290,14 @@ def _is_event(record: LogRecord, event_id: str) -> bool:
 @click.argument("event_id", default="")
 @click.option("--record-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Prove these exact record bytes instead of an event id.")
-@click.option("--processor-public-key", "processor_key_hex", default="")
 @click.pass_context
-def audit_proof(ctx: click.Context, event_id: str, record_file: str | None,
-                processor_key_hex: str) -> None:
+def audit_proof(ctx: click.Context, event_id: str, record_file: str | None) -> None:
     """Inclusion proof of an event (or record) against the signed checkpoints; exit 1 if the
     record is not in the signed log."""
     raw = Path(record_file).read_bytes() if record_file else None
     if not event_id and raw is None:
         raise click.UsageError("give an EVENT_ID or --record-file")
-    answer = prove(settings_of(ctx), event_id, raw, processor_key_hex)
+    answer = prove(settings_of(ctx), event_id, raw)
     click.echo(json.dumps(answer, indent=2, sort_keys=True))
     ctx.exit(0 if answer["included"] else EXIT_FINDINGS)
 

@@ -32,7 +32,7 @@ from chargemesh.infra.sim.chaos_check import (
 from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.worker import WorkerProcess, log_tail, publisher
 from chargemesh.infra.sim.plan import MarketPlan
-from chargemesh.infra.sim.run import Run
+from chargemesh.infra.sim.run import Run, deployment_events
 from chargemesh.infra.stack.embedded import EmbeddedStack
 from chargemesh.sinks.clickhouse_sink import GROUP_ID_DEFAULT, SINK_TOPICS, ClickHouseSink
 from chargemesh.sinks.migrate import clickhouse_client
@@ -248,6 +248,7 @@ class ChaosRun(Run):
                 if event.event_id in self.tracked:
                     self.published_at.setdefault(event.event_id, time.perf_counter())
                 self.published += 1
+            self.publish_deployment(pub, phase)
             pub.flush()
             self._barrier(phase.label, phase.barrier)
         if self.chaos is not None:
@@ -289,14 +290,15 @@ def run_market(settings: Settings, plan: MarketPlan, schedule: tuple[Fault, ...]
     try:
         add_anchor(settings.trust_anchors_path, plan.root.credential_id, plan.root.public_key,
                    replace=True)
-        if processor_key is not None:
+        if processor_key is not None:  # the baseline's credential key: the same signed bytes
             settings.processor_key_path.write_bytes(processor_key)
+        deployment = deployment_events(settings, plan)
         workers.start(0)
         sink = ClickHouseSink(settings)
         sink_thread = threading.Thread(target=sink.run, args=(stop,), name="sink", daemon=True)
         sink_thread.start()
         run = ChaosRun(settings, plan, f"chaos-{plan.config.seed}", 0.0,
-                       lambda _d, _n, _t: None, workers)
+                       lambda _d, _n, _t: None, workers, deployment=deployment)
         chaos = Chaos(settings, stack, workers, schedule,
                       _progress_of(run, outcomes_total), failures, say)
         run.chaos = chaos

@@ -18,7 +18,7 @@ from typing import Any
 
 from chargemesh.infra.config import Settings
 from chargemesh.infra.sim.plan_demo import DemoConfig, plan_demo
-from chargemesh.infra.sim.run import Run, worker_and_sink
+from chargemesh.infra.sim.run import Run, deployment_events, worker_and_sink
 from chargemesh.infra.stack.embedded import EmbeddedStack
 from chargemesh.sinks.migrate import clickhouse_client
 from chargemesh.units import HOUR_MS, SECOND_MS
@@ -93,10 +93,11 @@ def run_demo(settings: Settings, say: Say, keep_running: bool = False) -> dict[s
         plan = plan_demo(config)
         add_anchor(settings.trust_anchors_path, plan.root.credential_id, plan.root.public_key,
                    replace=True)
+        deployment = deployment_events(settings, plan)
         with worker_and_sink(settings) as worker:
             run = Run(settings, plan, f"{config.prefix}-{wall_started_ms}", 0.0,
                       lambda _d, _n, _t: None, worker, say=say, strict=True,
-                      barrier_wait_s=BARRIER_WAIT_S)
+                      barrier_wait_s=BARRIER_WAIT_S, deployment=deployment)
             try:
                 run.publish_phases()
             finally:

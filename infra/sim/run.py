@@ -23,12 +23,13 @@ from typing import Any
 
 from chargemesh.infra.config import Settings
 from chargemesh.infra.sim.plan import MarketPlan, SimConfig, plan_market
+from chargemesh.infra.stack.bootstrap import deployment_identity
 from chargemesh.infra.stack.embedded import EmbeddedStack
 from chargemesh.infra.stack.worker import WorkerProcess, log_tail, publisher
 from chargemesh.schemas.codec import catalog
 from chargemesh.sinks.clickhouse_sink import ClickHouseSink
 from chargemesh.sinks.migrate import clickhouse_client
-from chargemesh.streams.envelope import open_envelope, open_payload
+from chargemesh.streams.envelope import SignedEvent, open_envelope, open_payload
 from chargemesh.streams.topics import DECISIONS, REJECTIONS, SETTLEMENTS
 from chargemesh.units import SECOND_MS
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
@@ -215,8 +216,12 @@ class Run:
     def __init__(self, settings: Settings, plan: MarketPlan, run_id: str, compress: float,
                  progress: Progress, worker: WorkerProcess,
                  say: Callable[[str], None] | None = None, strict: bool = False,
-                 barrier_wait_s: float = BARRIER_WAIT_S_MAX) -> None:
+                 barrier_wait_s: float = BARRIER_WAIT_S_MAX,
+                 deployment: tuple[SignedEvent, ...] = ()) -> None:
         self.settings, self.plan, self.run_id = settings, plan, run_id
+        # The deployment's own credentials (deployment_events): after the first phase, which
+        # declares the root that issues them; not the plan's, so not counted as published.
+        self.deployment = deployment
         self.compress, self.progress, self.worker = compress, progress, worker
         self.say, self.strict, self.barrier_wait_s = say, strict, barrier_wait_s
         self.tracked = set(plan.walk_ups) | set(plan.final_signatures) | set(plan.grid_events)
@@ -238,6 +243,7 @@ class Run:
                 self.published += 1
                 if self.published % 200 == 0:
                     self.progress(f"simulated {phase.label}", self.published, total)
+            self.publish_deployment(pub, phase)
             pub.flush()
             self.progress(f"simulated {phase.label}", self.published, total)
             self._barrier(phase.label, phase.barrier)
@@ -246,6 +252,11 @@ class Run:
                                    f"{phase.label}: " + ", ".join(self.missing[:10]))
             if phase.narration and self.say is not None:
                 self.say(phase.narration)
+
+    def publish_deployment(self, pub: Any, phase: Any) -> None:
+        if phase is self.plan.phases[0]:
+            for event in self.deployment:
+                pub.publish(event)
 
     def _keep_pace(self, wall0: float, virtual_ms: int) -> None:
         if self.compress <= 0 or virtual_ms <= 0:
@@ -372,6 +383,18 @@ def wait_for_sink(settings: Settings, run: Run, progress: Progress) -> None:
         client.disconnect()
 
 
+def deployment_events(settings: Settings, plan: MarketPlan) -> tuple[SignedEvent, ...]:
+    """The deployment's PROCESSOR and CHECKPOINT credentials under the plan's root, in its
+    declared jurisdiction and at its declaration's time, their key files written (before any
+    worker starts: every worker loads the shared processor key)."""
+    declared = next(e for e in plan.phases[0].events
+                    if e.event_type == "chargemesh.governance.v1.AuthorityDeclared"
+                    and e.body.author_credential_id == plan.root.credential_id)
+    identity = deployment_identity(settings, plan.root, open_payload(declared)["jurisdiction"],
+                                   declared.body.occurred_at_ms)
+    return tuple(identity.events)
+
+
 def run_simulation(settings: Settings, config: SimConfig, compress: float = 0.0,
                    progress: Progress | None = None,
                    say: Callable[[str], None] | None = None) -> SimSummary:
@@ -392,8 +415,9 @@ def run_simulation(settings: Settings, config: SimConfig, compress: float = 0.0,
     add_anchor(settings.trust_anchors_path, plan.root.credential_id, plan.root.public_key,
                replace=True)
     remember_run(settings, run_id, config.seed, tag)
+    deployment = deployment_events(settings, plan)
     with worker_and_sink(settings) as worker:
-        run = Run(settings, plan, run_id, compress, progress, worker)
+        run = Run(settings, plan, run_id, compress, progress, worker, deployment=deployment)
         try:
             run.publish_phases()
             run.await_outcomes()

@@ -144,6 +144,7 @@ def ensure_dev_governance(settings: Settings, at_ms: int = 0) -> DevGovernance:
     root_file, issuer_file = folder / "root.key.json", folder / "issuer.key.json"
     marker = folder / "published.json"
     if marker.exists():
+        ensure_dev_identity(settings, load_key_file(root_file), at_ms)
         return DevGovernance(root_file, issuer_file, created=False)
     if root_file.exists() and issuer_file.exists():  # an earlier run stopped before publishing
         root, issuer = load_key_file(root_file), load_key_file(issuer_file)
@@ -161,4 +162,26 @@ def ensure_dev_governance(settings: Settings, at_ms: int = 0) -> DevGovernance:
     pub.flush()
     marker.write_text(json.dumps({"root": root.credential_id, "issuer": issuer.credential_id,
                                   "root_public_key_hex": root.public_key.hex()}))
+    ensure_dev_identity(settings, root, at_ms)
     return DevGovernance(root_file, issuer_file, created=True)
+
+
+def ensure_dev_identity(settings: Settings, root: Participant, at_ms: int = 0) -> bool:
+    """The dev deployment's PROCESSOR and CHECKPOINT credentials under the dev root, issued once
+    per state directory (True: issued now). The deployment issuer's key is kept beside the root's
+    for a rotation: issue a new PROCESSOR credential with it, then revoke the old one."""
+    from chargemesh.streams.sdk.key_files import write_key_file
+
+    folder = settings.state_dir / DEV_GOVERNANCE_DIR
+    marker = folder / "deployment.json"
+    if marker.exists():
+        return False
+    identity = deployment_identity(settings, root, DEV_JURISDICTIONS[0], at_ms)
+    write_key_file(folder / "deployment-issuer.key.json", identity.issuer, overwrite=True)
+    pub = publisher(settings)
+    for event in identity.events:
+        pub.publish(event)
+    pub.flush()
+    marker.write_text(json.dumps({"processor": identity.processor.credential_id,
+                                  "checkpoint": identity.checkpoint.credential_id}))
+    return True

@@ -2,7 +2,8 @@
 
 The leaves of a log are the exact bytes of each record of one partition of the admitted,
 decisions or settlements topic, in offset order, from the partition's first record. A checkpoint
-(``chargemesh.audit.v1.LogCheckpoint``, signed by the processors' key, on
+(``chargemesh.audit.v1.LogCheckpoint``, signed by the deployment's CHECKPOINT credential, a
+key of its own and never the processors' whose decisions it covers, on
 ``chargemesh.checkpoints.v1`` keyed by ``<topic>/<partition>``) fixes the tree head of the first
 ``tree_size`` records and carries a consistency proof from the log's previous checkpoint, so an
 auditor holding two checkpoints knows the log was only appended to in between, and an inclusion

@@ -1,14 +1,15 @@
 """The regulator's lineage audit (P5). Pure: records in, a report of findings out.
 
 A rate authority replays every settlement filed under it with nothing but the public schemas,
-the deployment's trust anchors (and the processors' public key) and the records of the topics
+the deployment's trust anchors and the records of the topics
 (or of the ClickHouse archive):
 
 1. the governance log is replayed in order into a fresh :class:`TrustStore` (the same functions
    the processors use), so every credential chain is known as of each event's time;
 2. every record in scope is decoded and re-verified: participants' events through
    :func:`ingress.admit` (signatures, chain, role, subject, co-signers as of ``occurred_at_ms``),
-   the processors' decisions and settlements by their key, and their ``prev_hash`` must name an
+   the processors' decisions and settlements by a PROCESSOR credential in force at the record's
+   time (so a rotated key counts until its revocation), and their ``prev_hash`` must name an
    admitted event (the hash link to the input that caused them);
 3. each settlement's session is re-linked (evidence ids, close-out hash, countersignatures,
    finality signers) and recomputed from the filed tariff, the meter evidence and the accepted
@@ -33,6 +34,7 @@ from chargemesh.processors.audit.checkpoints import Checkpoint, LogRecord
 from chargemesh.processors.embodiments import fleet, swap, v2g
 from chargemesh.processors.governance import (
     GOVERNANCE_EVENT_TYPES,
+    PROCESSOR_ROLE,
     TrustAnchor,
     TrustStore,
 )
@@ -182,12 +184,13 @@ def comparable(lines: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
 class Audit:
     """One audit run over one source (build, then :meth:`run`)."""
 
-    def __init__(self, source: AuditSource, anchors: list[TrustAnchor],
-                 processors: list[TrustAnchor], authority_id: str,
+    def __init__(self, source: AuditSource, anchors: list[TrustAnchor], authority_id: str,
                  window_ms: tuple[int, int] = ALL_TIME_MS,
                  progress: Progress | None = None) -> None:
         self.source = source
-        self.store = TrustStore(anchors, processors)
+        # The processors' PROCESSOR credentials come from the governance replay like any other:
+        # a record counts if its signer held one, unrevoked, at the record's time (rotation).
+        self.store = TrustStore(anchors)
         self.authority_id = authority_id
         self.from_ms, self.to_ms = window_ms
         self.progress = progress or (lambda n: None)
@@ -298,7 +301,7 @@ class Audit:
                                            event.body.occurred_at_ms)
         if isinstance(verdict, Rejection):
             self.find(verdict.reason, entry.record, event, verdict.detail)
-        elif "PROCESSOR" not in verdict.principal.roles:
+        elif PROCESSOR_ROLE not in verdict.principal.roles:
             self.find(Reason.ROLE_NOT_PERMITTED, entry.record, event,
                       f"{event.body.author_credential_id} is not a processor key")
         cause = self.by_hash.get(event.body.prev_hash)
@@ -676,6 +679,11 @@ class Audit:
             if isinstance(verdict, Rejection):
                 self.find(verdict.reason, record, event, "checkpoint: " + verdict.detail)
                 continue
+            if self.store.key_holds_role(verdict.principal.public_key, PROCESSOR_ROLE):
+                self.find(Reason.DUTIES_NOT_SEPARATED, record, event,
+                          f"checkpoint signed by {verdict.principal.principal_id}, whose key "
+                          "signs as the processors: it covers its own decisions")
+                continue
             cp = Checkpoint.of(event, payload)
             decoded.append((record, cp))
             roots_seen[(cp.log_id, cp.tree_size)] = cp.root_hash
@@ -744,26 +752,24 @@ def no_clock() -> float:
     return 0.0
 
 
-def audit(source: AuditSource, anchors: list[TrustAnchor], processors: list[TrustAnchor],
+def audit(source: AuditSource, anchors: list[TrustAnchor],
           authority_id: str, window_ms: tuple[int, int] = ALL_TIME_MS,
           progress: Progress | None = None,
           clock: Callable[[], float] = no_clock) -> AuditReport:
     """Replay ``source`` for ``authority_id``'s settlements admitted within ``window_ms``;
     ``clock`` (seconds, monotonic) times the run for ``elapsed_s`` and ``events_per_s``."""
-    replay = Audit(source, anchors, processors, authority_id, window_ms, progress)
+    replay = Audit(source, anchors, authority_id, window_ms, progress)
     replay.clock = clock
     return replay.run()
 
 
-def measure_replay_rate(source: AuditSource, anchors: list[TrustAnchor],
-                        processors: list[TrustAnchor], authority_id: str,
+def measure_replay_rate(source: AuditSource, anchors: list[TrustAnchor], authority_id: str,
                         clock: Callable[[], float], rounds: int = 3) -> dict[str, float]:
     """Benchmark: audit replay rate (records replayed per second) over ``rounds`` runs."""
-    report = audit(source, anchors, processors, authority_id, clock=clock)
+    report = audit(source, anchors, authority_id, clock=clock)
     rates = [report.events_per_s]
     for _ in range(rounds - 1):
-        rates.append(audit(source, anchors, processors, authority_id,
-                           clock=clock).events_per_s)
+        rates.append(audit(source, anchors, authority_id, clock=clock).events_per_s)
     return {"events": float(report.events_replayed),
             "events_verified": float(report.events_verified),
             "settlements": float(report.settlements_checked),

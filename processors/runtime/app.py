@@ -41,7 +41,6 @@ from chargemesh.units import SECOND_MS
 log = logging.getLogger(__name__)
 
 APP_ID = "chargemesh-processors"
-PROCESSOR_CREDENTIAL_ID = "mesh:processor"
 BATCH_EVENTS_MAX = 500
 STREAM_BUFFER_EVENTS_MAX = 2 * BATCH_EVENTS_MAX
 BATCH_WITHIN_S = 0.005
@@ -78,10 +77,20 @@ def load_anchors(settings: ProcessorSettings) -> list[TrustAnchor]:
     return anchors
 
 
+class ProcessorKeyMissingError(FileNotFoundError):
+    """The deployment's PROCESSOR credential key file is not where the settings say."""
+
+
 def load_processor_signer(settings: ProcessorSettings) -> Signer:
+    """The key of the deployment's PROCESSOR credential, issued through governance and shared
+    by every worker (never generated here: a key of one host's own would be trusted by nobody,
+    and the other hosts' workers would refuse its routed records)."""
     path = settings.processor_key_path
     if not path.is_file():
-        Signer.generate(PROCESSOR_CREDENTIAL_ID).save(path)
+        raise ProcessorKeyMissingError(
+            f"no processor credential key at {path}: the deployment's governance issues one "
+            "(role PROCESSOR; `chargemesh up` does for its dev governance) and every worker "
+            "shares its key file (CHARGEMESH_PROCESSOR_KEY_FILE)")
     return Signer.load(path)
 
 
@@ -140,9 +149,10 @@ class Processors:
     def __init__(self, settings: ProcessorSettings, worker_index: int = 0) -> None:
         self.settings = settings
         self.signer = load_processor_signer(settings)
-        self.follower = GovernanceFollower(
-            settings.kafka_client_config(), load_anchors(settings),
-            processors=[TrustAnchor(self.signer.credential_id, self.signer.public_key)])
+        # Our own key is trusted only as the PROCESSOR credential governance issued for it.
+        # The anchors file is watched: `chargemesh anchors add|remove` take effect while we run.
+        self.follower = GovernanceFollower(settings.kafka_client_config(), load_anchors(settings),
+                                           anchors_path=settings.trust_anchors_path)
         self.ready = asyncio.Event()
         # Set while the worker's state matches its assignment. Faust's table recovery resumes the
         # streams concurrently with our restore (it has no tables of its own to wait for), so

@@ -4,6 +4,12 @@ The governance topic has one partition, so one total order. A follower applies i
 :class:`TrustStore` and remembers each offset's verdict. When a market event names a credential
 the follower has not seen, the verifier asks it to catch up to the topic's end first, so an event
 published after its credential is never refused for a lagging view.
+
+Trust anchors are configuration (``chargemesh anchors add|remove`` rewrite the anchors file).
+Before each poll the follower checks the file; when it changed, it rebuilds its store by
+replaying the governance topic up to where it was with the new anchors, so a running worker holds
+exactly the store a worker started with the new file would, and every later event is judged by
+it. Records already admitted stay in the lineage log; the trust they rested on ends there.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,12 +36,18 @@ CATCH_UP_TIMEOUT_S = 10.0
 # Verdicts the governance agent has not taken yet (how far the follower reads ahead of it); a
 # refusal is kept compact (ids, reason, detail: about 1.5 kB at most).
 VERDICTS_KEPT_MAX = 1_000_000
+# Longest a rebuild after an anchors change may replay for (the worker stops past it, and its
+# restart loads the new anchors).
+ANCHORS_REBUILD_TIMEOUT_S = 120.0
 
 
 class GovernanceFollower:
     def __init__(self, kafka_config: dict[str, Any], anchors: list[TrustAnchor],
-                 processors: list[TrustAnchor] | None = None) -> None:
-        self.store = TrustStore(anchors, processors)
+                 anchors_path: Path | None = None) -> None:
+        """``anchors_path``: the file ``anchors`` came from, watched for changes (None: not)."""
+        self.store = TrustStore(anchors)
+        self._anchors_path = anchors_path
+        self._anchors_seen = file_signature(anchors_path)
         self._partition = TopicPartition(GOVERNANCE.name, 0)
         self._bootstrap = kafka_config["bootstrap.servers"]
         self._consumer_or_none: AIOKafkaConsumer | None = None
@@ -79,6 +92,7 @@ class GovernanceFollower:
 
     async def poll_once(self) -> int:
         async with self._lock:
+            await self._reload_anchors_if_changed()
             batches = await self._consumer.getmany(
                 self._partition, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS_MAX
             )
@@ -102,11 +116,72 @@ class GovernanceFollower:
                 return
             await self.poll_once()
 
+    async def _reload_anchors_if_changed(self) -> None:
+        """(Under the lock.) A changed anchors file: rebuild the store with its anchors."""
+        seen = file_signature(self._anchors_path)
+        if self._anchors_path is None or seen == self._anchors_seen:
+            return
+        try:
+            anchors = TrustAnchor.load_file(self._anchors_path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # half-written or hand-broken: keep the anchors in force, look again next poll
+            log.error("trust anchors file %s unreadable, anchors unchanged: %r",
+                      self._anchors_path, exc)
+            self._anchors_seen = seen  # said once; a rewrite of the file is a new change
+            return
+        await self._rebuild(anchors)
+        self._anchors_seen = seen
+        log.warning("trust anchors changed (%s): trust store rebuilt from %d governance records "
+                    "with anchors %s", self._anchors_path, self._next_offset,
+                    sorted(a.authority_id for a in anchors))
+
+    async def _rebuild(self, anchors: list[TrustAnchor]) -> None:
+        """Replay offsets [0, next_offset) into a new store with ``anchors``; verdicts the
+        governance agent has not taken yet are replaced by the replay's. On failure the old
+        store stays and the error propagates (the worker stops; its restart reads the file)."""
+        target, loop = self._next_offset, asyncio.get_running_loop()
+        old = self.store, self.verdicts
+        self.store, self.verdicts, self._next_offset = TrustStore(anchors), (
+            collections.OrderedDict()), 0
+        try:
+            await self._consumer.seek_to_beginning(self._partition)
+            deadline = loop.time() + ANCHORS_REBUILD_TIMEOUT_S
+            while (self._next_offset < target
+                   and await self._consumer.position(self._partition) < target):
+                if loop.time() > deadline:
+                    raise TimeoutError(f"anchors rebuild stopped at offset {self._next_offset} "
+                                       f"of {target}")
+                batches = await self._consumer.getmany(
+                    self._partition, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS_MAX)
+                for record in batches.get(self._partition, []):
+                    if self._next_offset <= record.offset < target:
+                        self._apply(record.offset, record.key, record.value)
+        except BaseException:
+            self.store, self.verdicts = old
+            raise
+        finally:
+            self._next_offset = target
+            self._consumer.seek(self._partition, target)
+        replayed = self.verdicts
+        self.verdicts = collections.OrderedDict(
+            (offset, replayed[offset]) for offset in old[1] if offset in replayed)
+
     def verdict_at(self, offset: int) -> Admitted | Refused | None:
         """The verdict of ``offset``, taken: the governance agent asks once per offset and has
         published its outputs before it asks for a later one (a redelivery after that finds
         none and publishes nothing again, which its first pass already did)."""
         return self.verdicts.pop(offset, None)
+
+
+def file_signature(path: Path | None) -> tuple[int, int, int] | None:
+    """What tells a rewritten file (``anchors add`` replaces it) from the one read before."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_ino, st.st_size)
 
 
 def compact(verdict: Admitted | Refused) -> Admitted | Refused:

@@ -89,7 +89,7 @@ class Fixture:
         self.operator = world.grid_operator("fz-op", "fz-zone", subject_id="fz-op")
         self.observer = world.credential("fz-obs", ["OBSERVER"], subject_id="fz-obs")
         self.arbiter = world.credential("fz-arb", ["ARBITER"], subject_id="fz-arb")
-        self.processor = Signer.from_seed("mesh:processor", bytes(range(32)))
+        self.processor = world.processor_credential("mesh:processor").signer
         world.governance += [
             sdk.tariff_filed(self.root, tariff_id="fz-tariff", jurisdiction="US-CA",
                              currency="USD", ceiling_per_kwh="0.80", at_ms=T0_MS),
@@ -98,10 +98,7 @@ class Fixture:
         ]
         self.governance = list(world.governance)
         store = world.store()
-        from chargemesh.processors.governance import TrustAnchor
-
-        self.store = TrustStore(world.anchors(),
-                                [TrustAnchor("mesh:processor", self.processor.public_key)])
+        self.store = TrustStore(world.anchors())
         for event in self.governance:
             verdict = admit_governance(event.encode(), event.body.subject_key.encode(), self.store)
             assert isinstance(verdict, Admitted), verdict

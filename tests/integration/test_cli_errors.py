@@ -154,8 +154,7 @@ CLICKHOUSE_READS = [
     ("fleet report", ["fleet", "report", "fleet-1"]),
     ("pack history", ["pack", "history", "pack-1"]),
     ("grid observers", ["grid", "observers", "zone-1"]),
-    ("audit", ["audit", "--authority", "ra-1", "--source", "clickhouse",
-               "--processor-public-key", "PUBLIC_KEY"]),
+    ("audit", ["audit", "--authority", "ra-1", "--source", "clickhouse"]),
     ("report", ["report"]),
 ]
 BROKER_COMMANDS = [
@@ -168,8 +167,8 @@ BROKER_COMMANDS = [
                            "--effective-at-ms", "1", "--reason", "OTHER", "--publish"]),
     ("credential show", ["credential", "show", "st-1"]),
     ("checkpoint", ["checkpoint"]),
-    ("audit", ["audit", "--authority", "ra-1", "--processor-public-key", "PUBLIC_KEY"]),
-    ("audit proof", ["audit", "proof", "event-1", "--processor-public-key", "PUBLIC_KEY"]),
+    ("audit", ["audit", "--authority", "ra-1"]),
+    ("audit proof", ["audit", "proof", "event-1"]),
     ("worker", ["worker"]),
     ("sink", ["sink"]),
 ]

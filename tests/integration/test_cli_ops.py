@@ -315,7 +315,8 @@ def test_events_tail_decodes_decisions_and_rejections(mesh: Mesh) -> None:
         ("event", "SlotReserved", market.order_id("a")),
         ("event", "OrderRejected", market.order_id("b"))]
     assert docs[0]["event"]["payload"]["rate_per_kwh"] == "0.400000"
-    assert docs[0]["event"]["signers"] == ["mesh:processor"]
+    processor = json.loads(mesh.settings.processor_key_path.read_text())["credential_id"]
+    assert docs[0]["event"]["signers"] == [processor]
 
     def refused_b() -> list[dict[str, Any]]:
         out = run(mesh.settings, "events", "tail", "rejections", "--limit", "0", "--json")

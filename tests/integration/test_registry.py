@@ -105,6 +105,7 @@ def test_processors_and_sink_run_on_confluent_framing(
     sink_thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
     try:
         world = make_world()
+        world.deploy_identity(settings)
         write_anchors(settings, world.root)
         worker = WorkerProcess(settings, index=0, loglevel="info").start()
         sink_thread.start()

@@ -10,7 +10,9 @@ from chargemesh.processors.decisions import Decision
 from chargemesh.processors.governance import TrustAnchor, TrustStore
 from chargemesh.processors.governance import GOVERNANCE_EVENT_TYPES
 from chargemesh.processors.ingress import Admitted, Refused, admit, admit_governance
-from chargemesh.streams.envelope import SignedEvent
+from chargemesh.infra.stack.bootstrap import DEPLOYMENT_ROLES, DeploymentIdentity, deployment_identity
+from chargemesh.ports import ProcessorSettings
+from chargemesh.streams.envelope import SignedEvent, open_payload
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk.participant import Participant, topic_for
 
@@ -43,6 +45,27 @@ class World:
             valid_until_ms=valid_until_ms, attributes=attributes, at_ms=T0_MS))
         return holder
 
+    def processor_credential(self, credential_id: str = "mesh:processor",
+                             role: str = "PROCESSOR") -> Participant:
+        """A seeded PROCESSOR (or CHECKPOINT) credential, issued by a deployment issuer the root
+        delegates those roles only (the pure twin of :meth:`deploy_identity`)."""
+        issuer = Participant.seeded("deployment-issuer", secret="tests")
+        if not any(e.event_type.endswith("IssuerDelegated") and e.body.subject_key ==
+                   self.root.credential_id and open_payload(e)["issuer_id"] ==
+                   issuer.credential_id for e in self.governance):
+            self.governance.append(self.root.delegate_issuer(
+                issuer, list(DEPLOYMENT_ROLES), ["US-CA"], at_ms=T0_MS))
+        holder = Participant.seeded(credential_id, secret="tests")
+        self.governance.append(issuer.issue_credential(holder, [role], "US-CA", at_ms=T0_MS))
+        return holder
+
+    def deploy_identity(self, settings: ProcessorSettings) -> DeploymentIdentity:
+        """The deployment's PROCESSOR and CHECKPOINT credentials under the root (their key
+        files where ``settings`` say), appended to the governance to publish."""
+        identity = deployment_identity(settings, self.root, "US-CA", T0_MS)  # type: ignore[arg-type]
+        self.governance.extend(identity.events)
+        return identity
+
     def grid_operator(self, credential_id: str, zone: str, subject_id: str | None = None,
                       jurisdiction: str = "US-CA") -> Participant:
         """A GRID_OPERATOR credential, and ``zone`` registered to it by the root authority."""
@@ -66,7 +89,8 @@ def make_world(jurisdictions: tuple[str, ...] = ("US-CA", "DE-BY")) -> World:
     delegated = ["STATION", "VEHICLE", "FLEET_AGENT", "METER", "GRID_OPERATOR", "OBSERVER",
                  "ARBITER", "MOBILE_STATION", "RATE_AUTHORITY"]
     governance = [  # the root holds (declares) every role and jurisdiction it delegates
-        root.declare_authority("Root charging authority", "US-CA", ["AUTHORITY", *delegated],
+        root.declare_authority("Root charging authority", "US-CA",
+                               ["AUTHORITY", *delegated, *DEPLOYMENT_ROLES],
                                "USD", at_ms=T0_MS, jurisdictions=list(jurisdictions)),
         root.delegate_issuer(issuer, delegated, list(jurisdictions), at_ms=T0_MS),
     ]

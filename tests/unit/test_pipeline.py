@@ -117,8 +117,8 @@ def make_mesh() -> Mesh:
         sdk.grid_program(operator, grid_zone_id=ZONE, program="DEMAND_RESPONSE",
                          operator_ids=[operator.credential_id], at_ms=T0_MS),
     ]
-    processor = Signer.from_seed(PROCESSOR_ID, bytes(range(32)))
-    store = TrustStore(world.anchors(), [TrustAnchor(PROCESSOR_ID, processor.public_key)])
+    processor = world.processor_credential(PROCESSOR_ID).signer
+    store = TrustStore(world.anchors())
     for event in world.governance:
         verdict = admit_governance(event.encode(), event.body.subject_key.encode(), store)
         assert isinstance(verdict, Admitted), verdict

@@ -8,7 +8,7 @@ import hashlib
 from chargemesh.infra.sim.plan import SimConfig, plan_market
 
 SEED_7_EVENTS = 6953
-SEED_7_SHA256 = "00448858dc09ad4dbea750c074eb9e347e7bbcab9254b6e2c9005a5fa3989baf"
+SEED_7_SHA256 = "c905855b4191d94f4062c48359a59eea030882fb0eb71ffeef0a5491b2966a94"
 
 
 def test_simulate_seed_7_plans_byte_identical_events() -> None:
