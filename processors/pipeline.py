@@ -254,7 +254,7 @@ def _station_step(market: _Market, station: str, verdict: Admitted, record: Reco
     step = guarded_step(batch_of, verdict, record.partition, record.offset, seen, context.store)
     if not step.applied:
         return  # applied before a restart; its outputs were acknowledged then
-    if not step.replay and event_id not in market.first_seen:
+    if step.admitted and not step.replay and event_id not in market.first_seen:
         market.first_seen[event_id] = f"{record.partition}:{record.offset}"
         outputs.append(admitted_output(record))
     scope = station if scoped else ""
