@@ -39,7 +39,7 @@ GOVERNANCE = TopicSpec(
     key="authority_id",
     partitions=1,  # one total order for the trust state; every worker reads all of it
     doc="Authorities, issuer delegations, credentials, revocations, reciprocity, rate filings, "
-    "allocation rules.",
+    "allocation rules, grid zone registrations and grid programs.",
 )
 MARKET = TopicSpec(
     name="chargemesh.market.v1",
