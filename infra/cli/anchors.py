@@ -1,4 +1,6 @@
-"""``chargemesh anchors add|list``: the trust anchors file every worker loads at start."""
+"""``chargemesh anchors add|remove|list``: the trust anchors file every worker loads at start
+and watches while it runs (a change rebuilds its trust store from the governance log with the
+new anchors: ``processors/runtime/follower.py``)."""
 
 from __future__ import annotations
 
@@ -63,11 +65,26 @@ def add_anchor(path: Path, authority_id: str, public_key: bytes, replace: bool) 
         if len(entries) >= ANCHORS_MAX:
             raise OpsError(f"{path} already lists {ANCHORS_MAX} anchors")
         entries.append({"authority_id": authority_id, "public_key_hex": key_hex})
+    _write_entries(path, entries)
+    return outcome
+
+
+def remove_anchor(path: Path, authority_id: str) -> None:
+    """Remove one anchor; an OpsError if it is not listed."""
+    entries = read_anchor_entries(path)
+    kept = [e for e in entries if e["authority_id"] != authority_id]
+    if len(kept) == len(entries):
+        listed = ", ".join(e["authority_id"] for e in entries) or "none"
+        raise OpsError(f"{authority_id} is not a trust anchor in {path} (listed: {listed})")
+    _write_entries(path, kept)
+
+
+def _write_entries(path: Path, entries: list[dict[str, str]]) -> None:
+    """Replace the file whole (a new file under the name): a worker never reads half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(entries, indent=2) + "\n")
     tmp.replace(path)
-    return outcome
 
 
 def check_anchors(settings: Settings) -> int:
@@ -126,7 +143,27 @@ def anchors_add(ctx: click.Context, authority_id: str, public_key: bytes, replac
         outcome = add_anchor(path, authority_id, public_key, replace)
     except OpsError as exc:
         raise click.ClickException(str(exc)) from exc
-    out().print(f"{authority_id}: {outcome} in {path}")
+    out().print(f"{authority_id}: {outcome} in {path}{LIVE_NOTE if outcome != 'unchanged' else ''}")
+
+
+# What `anchors add|remove` tell the operator about workers that are running.
+LIVE_NOTE = ("; running workers rebuild their trust store with the new anchors within a second "
+             "(their log: 'trust anchors changed')")
+
+
+@anchors.command("remove")
+@click.option("--authority-id", required=True, help="The root authority to stop trusting.")
+@click.pass_context
+def anchors_remove(ctx: click.Context, authority_id: str) -> None:
+    """Remove a trust anchor: from then on nothing chained only to it is admitted."""
+    path = settings_of(ctx).trust_anchors_path
+    try:
+        remove_anchor(path, authority_id)
+    except OpsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    out().print(f"{authority_id}: removed from {path}{LIVE_NOTE}; events chained only to it are "
+                "refused from then on (what they were admitted for before stays in the lineage "
+                "log)")
 
 
 @anchors.command("list")

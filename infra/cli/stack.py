@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import click
+from chargemesh.infra.cli.anchors import read_anchor_entries
 from chargemesh.infra.cli.processes import processor_components
 from chargemesh.infra.cli.root import settings_of
 from chargemesh.infra.cli.tables import print_table
+from chargemesh.infra.config import PROFILE_DEV, ConfigError, Settings
 from chargemesh.infra.stack.embedded import ComponentStatus, EmbeddedStack, StackError
 from chargemesh.streams.topics import ALL_TOPICS, RETENTION_FOREVER_MS, partitions_for
 from chargemesh.units import DAY_MS
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from chargemesh.infra.stack.bootstrap import DevGovernance
 
 _console = Console()
 
@@ -22,13 +28,14 @@ _console = Console()
 def up(ctx: click.Context) -> None:
     """Start the embedded broker and ClickHouse (if not external), create topics and tables."""
     started_s = time.monotonic()
-    try:
-        result = EmbeddedStack(settings_of(ctx)).up()
-    except StackError as exc:
-        raise click.ClickException(str(exc)) from exc
     settings = settings_of(ctx)
+    try:
+        profile = settings.trust_profile  # a bad CHARGEMESH_PROFILE fails before anything starts
+        result = EmbeddedStack(settings).up()
+    except (StackError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from exc
     dev = None
-    if settings.kafka_embedded:
+    if profile == PROFILE_DEV:
         from chargemesh.infra.stack.bootstrap import ensure_dev_governance
 
         dev = ensure_dev_governance(settings)
@@ -39,10 +46,38 @@ def up(ctx: click.Context) -> None:
         f"{len(result.topics.created)} topics created; "
         f"migrations applied: {list(result.migrations_applied) or 'none'}"
     )
+    for line in trust_setup_lines(settings, dev):
+        _console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def trust_setup_lines(settings: Settings, dev: "DevGovernance | None") -> list[str]:
+    """What `up` says about trust (issue 15, hole 8): never a silent anchor. The dev profile
+    names the development root and where its private keys are; production names the anchors
+    configured, or warns that there are none and says how to add one."""
+    from chargemesh.infra.stack.bootstrap import DEV_ROOT_ID
+
+    path = settings.trust_anchors_path
+    ids = [e["authority_id"] for e in read_anchor_entries(path)]
     if dev is not None:
-        _console.print(f"dev governance root {'created' if dev.created else 'in place'}: "
-                       f"issue credentials with `chargemesh credential issue --issuer-key "
-                       f"{dev.issuer_key_file}`")
+        return [
+            f"trust: DEV PROFILE: development root anchor {DEV_ROOT_ID} "
+            f"{'created' if dev.created else 'in place'} in {path}, its private keys in "
+            f"{dev.root_key_file} and {dev.issuer_key_file}: for development only (anyone "
+            f"with this folder can mint credentials); CHARGEMESH_PROFILE=production runs without "
+            f"it",
+            f"issue credentials with `chargemesh credential issue --issuer-key "
+            f"{dev.issuer_key_file}`"]
+    if not ids:
+        return [f"trust: WARNING: production profile, no trust anchors in {path}: the workers "
+                "recognise no authority and refuse every event. Add the deployment's root "
+                "authority: `chargemesh anchors add --authority-id ID --public-key-hex HEX`"]
+    lines = [f"trust: production profile, {len(ids)} trust anchor(s) in {path}: "
+             f"{', '.join(ids)}"]
+    if DEV_ROOT_ID in ids:
+        lines.append(f"trust: WARNING: {DEV_ROOT_ID} (a development root, its keys in the state "
+                     f"folder) is still an anchor: `chargemesh anchors remove --authority-id "
+                     f"{DEV_ROOT_ID}`")
+    return lines
 
 
 @click.command()

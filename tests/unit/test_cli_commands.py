@@ -15,7 +15,7 @@ COMMAND_NAMES = (
     "start", "status", "stop", "topics", "up", "worker",
 )
 SUBCOMMANDS = {
-    "anchors": ("add", "list"),
+    "anchors": ("add", "list", "remove"),
     "events": ("publish", "tail"),
     "ledger": ("show",),
 }
