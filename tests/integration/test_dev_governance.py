@@ -34,14 +34,14 @@ def test_up_creates_a_dev_root_once_and_its_issuer_can_issue(
     try:
         first = run("up")
         assert first.returncode == 0, first.stderr
-        assert "dev governance root created" in first.stdout
+        assert f"development root anchor {DEV_ROOT_ID} created" in first.stdout
         folder = settings.state_dir / DEV_GOVERNANCE_DIR
         issuer_file = folder / "issuer.key.json"
         assert stat.S_IMODE(issuer_file.stat().st_mode) == 0o600
         anchors = json.loads(settings.trust_anchors_path.read_text())
         root_key = next(a["public_key_hex"] for a in anchors if a["authority_id"] == DEV_ROOT_ID)
         again = run("up")
-        assert again.returncode == 0 and "dev governance root in place" in again.stdout
+        assert again.returncode == 0 and f"root anchor {DEV_ROOT_ID} in place" in again.stdout
 
         reader = TopicReader(settings, GOVERNANCE.name)
         records = reader.wait_for(lambda rs: len(rs) >= 2, timeout_s=30)
