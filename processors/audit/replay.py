@@ -675,14 +675,16 @@ class Audit:
                 self.find(Reason(exc.reason_code), record, None,
                           f"checkpoint does not decode: {exc}")
                 continue
+            signer = self.store.principals.get(event.body.author_credential_id)
+            if signer is not None and event.verify_by(signer.principal_id, signer.public_key) \
+                    and self.store.key_holds_role(signer.public_key, PROCESSOR_ROLE):
+                self.find(Reason.DUTIES_NOT_SEPARATED, record, event,
+                          f"checkpoint signed by {signer.principal_id}, whose key signs as the "
+                          "processors: it would cover its own decisions")
+                continue
             verdict = self.store.check_event(event, payload)
             if isinstance(verdict, Rejection):
                 self.find(verdict.reason, record, event, "checkpoint: " + verdict.detail)
-                continue
-            if self.store.key_holds_role(verdict.principal.public_key, PROCESSOR_ROLE):
-                self.find(Reason.DUTIES_NOT_SEPARATED, record, event,
-                          f"checkpoint signed by {verdict.principal.principal_id}, whose key "
-                          "signs as the processors: it covers its own decisions")
                 continue
             cp = Checkpoint.of(event, payload)
             decoded.append((record, cp))

@@ -230,6 +230,9 @@ def test_start_is_idempotent_restarts_the_dead_and_stop_stops_them(
     try:
         run(settings, "anchors", "add", "--authority-id", "root",
             "--public-key-hex", Signer.generate("root").public_key.hex())
+        # Both workers share the deployment's processor key file (no governance here: only the
+        # processes are under test).
+        Signer.generate("root:processor").save(settings.processor_key_path)
         first = run(settings, "start", "--workers", "2")
         assert first.exit_code == 0, first.output
         procs = _recorded(settings)
