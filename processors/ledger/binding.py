@@ -137,21 +137,56 @@ def vehicle_id_problem(view: GovernanceView, ident: dict[str, Any]) -> Rejection
 # ---- the ledger's commands, bound (composed in ``ledger.commands``) ---------------------------
 
 
+CALENDAR_EVENT = "chargemesh.capacity.v1.SlotCalendarPublished"
+IDENTITY_EVENTS = {  # event type -> signed by the calendar's station credential
+    "chargemesh.orders.v1.PostedPriceAccepted": False,
+    "chargemesh.orders.v1.WalkUpRequested": False,
+    "chargemesh.orders.v1.BidPlaced": False,
+    "chargemesh.session.v1.ConnectorHandshakeCompleted": True,
+    "chargemesh.session.v1.PackSwapCompleted": True,
+}
+
+
+def judge(state: LedgerState, cmd: Command, view: GovernanceView) -> Rejection | None:
+    """The binding of a market input, before the ledger applies anything (``ledger.step`` calls
+    it ahead of the clock): a refused input stays out of the lineage log and causes nothing."""
+    if cmd.event_type == CALENDAR_EVENT:
+        return _calendar_check(cmd, view)
+    station_signed = IDENTITY_EVENTS.get(cmd.event_type)
+    if station_signed is None:
+        return None
+    return _identity_check(state, cmd, view, station_signed)
+
+
+def _calendar_check(cmd: Command, view: GovernanceView) -> Rejection | None:
+    p = cmd.payload
+    tariff = view.tariffs.get(p["tariff_id"])
+    # Bound once the handler's first checks hold (else it refuses UNKNOWN_TARIFF or
+    # UNRECOGNISED_RATE_AUTHORITY itself).
+    if tariff is not None and tariff["rate_authority_id"] == p["rate_authority_id"] and (
+            view.is_rate_authority(p["rate_authority_id"], cmd.occurred_at_ms)):
+        return calendar_problem(view, cmd.author_id, p)
+    return None
+
+
+def _identity_check(state: LedgerState, cmd: Command, view: GovernanceView,
+                    station_signed: bool) -> Rejection | None:
+    cal = state.calendar
+    if cal is None:  # the handler refuses NO_CALENDAR (or UNKNOWN_RESERVATION)
+        return None
+    if station_signed and cmd.author_id != cal.get("station_credential_id"):
+        return Rejection(Reason.NOT_THE_STATIONS_CREDENTIAL, f"the calendar's connectors are "
+                         f"registered under {cal.get('station_credential_id')}, not "
+                         f"{cmd.author_id}")
+    return identity_problem(cal, cmd.payload["identity"], view)
+
+
 def bound_calendar(previous: Handler) -> Handler:
     """Wraps ``publish_calendar``: the calendar binds its jurisdiction and connector hardware."""
 
     def handle(state: LedgerState, cmd: Command, view: GovernanceView,
                out: list[Decision]) -> Rejection | None:
-        p = cmd.payload
-        tariff = view.tariffs.get(p["tariff_id"])
-        # Bound once the handler's first checks hold (else it refuses UNKNOWN_TARIFF or
-        # UNRECOGNISED_RATE_AUTHORITY itself).
-        if tariff is not None and tariff["rate_authority_id"] == p["rate_authority_id"] and (
-                view.is_rate_authority(p["rate_authority_id"], cmd.occurred_at_ms)):
-            problem = calendar_problem(view, cmd.author_id, p)
-            if problem is not None:
-                return problem
-        return previous(state, cmd, view, out)
+        return _calendar_check(cmd, view) or previous(state, cmd, view, out)
 
     return handle
 
@@ -162,15 +197,7 @@ def bound_identity(previous: Handler, station_signed: bool = False) -> Handler:
 
     def handle(state: LedgerState, cmd: Command, view: GovernanceView,
                out: list[Decision]) -> Rejection | None:
-        cal = state.calendar
-        if cal is not None:  # else the handler refuses NO_CALENDAR (or UNKNOWN_RESERVATION)
-            if station_signed and cmd.author_id != cal.get("station_credential_id"):
-                return Rejection(Reason.NOT_THE_STATIONS_CREDENTIAL, f"the calendar's "
-                                 f"connectors are registered under "
-                                 f"{cal.get('station_credential_id')}, not {cmd.author_id}")
-            problem = identity_problem(cal, cmd.payload["identity"], view)
-            if problem is not None:
-                return problem
-        return previous(state, cmd, view, out)
+        return (_identity_check(state, cmd, view, station_signed)
+                or previous(state, cmd, view, out))
 
     return handle

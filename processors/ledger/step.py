@@ -12,7 +12,7 @@ from typing import Any
 from chargemesh.processors.decisions import Decision, DecisionType, decided
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ingress import Admitted, decode
-from chargemesh.processors.ledger import commands, log_time
+from chargemesh.processors.ledger import binding, commands, log_time
 from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.streams.envelope import SignedEvent
@@ -99,6 +99,9 @@ def market_step(state: ledger.LedgerState, verdict: Admitted, partition: int, of
         payload = dict(payload, _grid_event=routed_grid_event(payload, view))
     cmd = ledger.Command(event.event_type, payload, event.body.occurred_at_ms,
                          event.body.author_credential_id, event.event_id, event.event_hash)
+    unbound = binding.judge(state, cmd, view)  # issue 15, hole 4: kept out of the lineage log
+    if unbound is not None:
+        return Step(applied=True, rejection=unbound, admitted=False)
     outcome = _handle_within_budget(state, cmd, view, len(event.body.payload))
     decisions = list(outcome.decisions)
     if outcome.rejection is not None and outcome.rejected_order is not None:
