@@ -13,7 +13,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from chargemesh.infra.stack.worker import TopicReader, publisher
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ledger import revocation
@@ -24,6 +23,7 @@ from chargemesh.streams.envelope import SignedEvent, open_envelope
 from chargemesh.streams.keys import Signer
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk.participant import Participant, now_ms
+
 from tests.conftest import Mesh
 from tests.support.market import open_market
 
@@ -63,7 +63,7 @@ def event_ids(reader: TopicReader) -> set[str]:
     for record in reader.records:
         try:
             out.add(open_envelope(record.value).event_id)
-        except Exception:  # noqa: BLE001 - other tests' hostile bytes
+        except Exception:  # noqa: BLE001, S112 - other tests' hostile bytes
             continue
     return out
 

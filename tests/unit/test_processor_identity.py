@@ -17,6 +17,7 @@ from chargemesh.streams import topics
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.keys import Signer
 from chargemesh.streams.sdk.participant import Participant
+
 from tests.support.world import T0_MS, World, make_world
 
 PARTITIONS = 4
