@@ -15,19 +15,24 @@ Rules (``processors/ledger/log_time.py`` applies them to the ledgers, ``governan
 
 - **skew**: a claimed time more than the log's bound from its clock is refused ``CLOCK_SKEW``;
   a log with no clock yet (0: nothing signed by its owner) takes any time;
+- **expiry**: a signer's chain must still be valid at ``max(claimed, log clock)``;
 - **revocation**: once a revocation is in a log (admitted to the governance log; routed to a
   station's ledger), the revoked credential and everything that chains through it may not act
   in that log from ``max(claimed time, log clock)`` on: a backdated event does not get round it.
 
-The bounds. ``CLOCK_SKEW_MS_MAX`` (one day) for a ledger: an owner signs at least hourly
-(heartbeats, the simulator's and the SDK's habit), so a day covers a station's clock drift, an
-outage of most of a day and events signed offline and published late, while refusing any event
-that would jump a ledger's clock (closing auctions, releasing bookings as no-shows, pruning
-history) or reach back (past an expiry) by more than a day. ``GOVERNANCE_CLOCK_SKEW_MS_MAX``
-(one year) for the governance log: governance acts are administrative, signed offline in key
-ceremonies and published days or weeks later, and a backdated one gains nothing from a
-revocation already in the log (the revocation rule), so the bound only keeps an author from
-reaching years back past its own expiry.
+The bounds. ``CLOCK_SKEW_MS_MAX`` (7 days) for a ledger. A station publishes its calendar
+ahead (the SDK's and the tests' habit: a day ahead, then nothing until the first arrival; depots
+a week of windows) and may sign nothing in between, so a ledger's clock can lag the truth by that
+much; a week covers it, clock drift and events signed offline and published late, while no single
+event may jump a ledger's clock (closing auctions, releasing bookings as no-shows, pruning
+history) by more than a week. Backdating gains nothing within the bound: the ledger judges its
+signers' revocation and expiry at ``max(claimed, ledger clock)``.
+``GOVERNANCE_CLOCK_SKEW_MS_MAX`` (one year), ahead of the governance log's clock only:
+governance acts are administrative, signed offline in key ceremonies and published weeks later,
+and the SDK's governance builders sign at time 0 unless told otherwise (so behind is not
+refused, and gains nothing: the log judges its signers at ``max(claimed, log clock)``); a year
+keeps one act from flinging the log's clock, and with it every later act's judging time, years
+ahead.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from collections.abc import Callable, Iterable
 from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.units import DAY_MS
 
-CLOCK_SKEW_MS_MAX = DAY_MS
+CLOCK_SKEW_MS_MAX = 7 * DAY_MS
 GOVERNANCE_CLOCK_SKEW_MS_MAX = 366 * DAY_MS
 
 

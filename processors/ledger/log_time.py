@@ -12,7 +12,9 @@ and is not admitted to the lineage log:
   clock when it became known (``extra["revocations_known"]``: id -> [effective_at_ms,
   known_at_ms]); from then on an event signed (as author or co-signer) by the revoked
   credential or anything chained through it is refused ``CREDENTIAL_REVOKED`` when the
-  revocation is effective at ``max(claimed, ledger clock)``, whatever time it claims.
+  revocation is effective at ``max(claimed, ledger clock)``, whatever time it claims;
+- **expiry**: a signer whose chain has expired by ``max(claimed, ledger clock)`` is refused
+  ``CREDENTIAL_EXPIRED`` (ingress checked the claimed time only).
 
 Deterministic: everything read is in the ledger's own order (its state and the routed record),
 so replaying the market topic reproduces every refusal. A remembered revocation is forgotten
@@ -30,7 +32,7 @@ from chargemesh.processors.ingress import Admitted
 from chargemesh.processors.ledger.state import GovernanceView, LedgerState
 from chargemesh.processors.log_clock import CLOCK_SKEW_MS_MAX, revoked_problem, skew_problem
 from chargemesh.processors.policy import POLICIES, field_at
-from chargemesh.processors.reasons import Rejection
+from chargemesh.processors.reasons import Reason, Rejection
 
 REVOCATION_ROUTED = "chargemesh.ledger.v1.RevocationRouted"
 KNOWN = "revocations_known"
@@ -53,13 +55,18 @@ def judge(state: LedgerState, verdict: Admitted, view: GovernanceView) -> Reject
     if problem is not None:
         return problem
     known: dict[str, list[int]] = state.extra.get(KNOWN) or {}
-    if not known:
-        return None
-    _forget_settled(state, known)
+    if known:
+        _forget_settled(state, known)
     judged_at = max(claimed, state.clock_ms)
+    if not known and judged_at == claimed:
+        return None  # ingress judged it at this very time
     for chain in _signer_chains(verdict, view):
         problem = revoked_problem(chain, lambda cid: known[cid][0] if cid in known else None,
                                   judged_at)
+        if problem is None and judged_at > claimed and isinstance(view, TrustStore):
+            held = view.resolve(chain[0], judged_at)
+            if isinstance(held, Rejection) and held.reason == Reason.CREDENTIAL_EXPIRED:
+                problem = held
         if problem is not None:
             return problem
     return None

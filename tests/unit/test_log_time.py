@@ -3,7 +3,8 @@
 A vehicle revoked for KEY_COMPROMISE signs an order dated before its revocation: once the
 revocation reached the station's ledger it is refused CREDENTIAL_REVOKED and not admitted, while
 an unrevoked vehicle's order at the same claimed time is booked. A station (or a vehicle)
-claiming a time more than a day from the ledger's clock is refused CLOCK_SKEW. On the
+claiming a time more than a week from the ledger's clock is refused CLOCK_SKEW, and a
+vehicle whose credential expired by the ledger's clock gets nothing by backdating. On the
 governance log a revoked or expired issuer gets nothing by backdating. Everything is decided
 from the logs alone: the same records give the same refusals after a save and restore.
 """
@@ -122,6 +123,24 @@ def test_a_revocation_scheduled_ahead_leaves_the_credential_acting_until_then() 
     mesh.market([mesh.record(o) for o in routed])
     order = order_by(mesh, mesh.vehicle, "pipe-before", T0_MS + 3)
     assert admitted_values(mesh.market([mesh.record(order)])) == [order.encode()]
+
+
+def test_an_expired_vehicle_backdating_an_order_is_refused_at_the_ledgers_clock() -> None:
+    mesh = make_mesh()
+    short = mesh.world.credential("pipe-short-cred", ["VEHICLE"], subject_id="pipe-short",
+                                  valid_until_ms=T0_MS + 30 * MINUTE_MS)
+    twin = mesh.world.credential("pipe-long-cred", ["VEHICLE"], subject_id="pipe-long")
+    mesh.governance(mesh.world.governance[-2:])
+    station = mesh.stations[STATION]
+    mesh.market([mesh.record(calendar(station)),
+                 mesh.record(sdk.heartbeat(station, T0_MS + HOUR_MS))])
+    claimed_ms = T0_MS + 20 * MINUTE_MS  # inside its validity, and inside the skew bound
+    attack = order_by(mesh, short, "pipe-expired", claimed_ms)
+    legit = order_by(mesh, twin, "pipe-valid", claimed_ms, slot=4)
+    result = mesh.market([mesh.record(attack), mesh.record(legit)])
+    assert [(r["event_id"], r["reason_code"]) for r in rejections(result.outputs)] == [
+        (attack.event_id, "CREDENTIAL_EXPIRED")]
+    assert admitted_values(result) == [legit.encode()]
 
 
 def test_a_station_claiming_a_time_far_from_its_ledger_clock_is_refused_clock_skew() -> None:
