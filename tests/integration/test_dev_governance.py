@@ -47,11 +47,15 @@ def test_up_creates_a_dev_root_once_and_its_issuer_can_issue(
         records = reader.wait_for(lambda rs: len(rs) >= 2, timeout_s=30)
         reader.poll(1.0)
         reader.close()
-        assert len(reader.records) == 2, "the second `up` published nothing"
+        # The root, its issuer, and the deployment's own identity (hole 7): a deployment issuer,
+        # the processors' PROCESSOR credential and the CHECKPOINT credential; once.
+        assert len(reader.records) == 5, "the second `up` published nothing"
         store = TrustStore([TrustAnchor(DEV_ROOT_ID, bytes.fromhex(root_key))])
         verdicts = [admit_governance(r.value, r.key, store) for r in records]
         assert all(isinstance(v, Admitted) for v in verdicts), verdicts
         assert store.resolve(DEV_ISSUER_ID, 1).chain == (DEV_ISSUER_ID, DEV_ROOT_ID)
+        processor = json.loads(settings.processor_key_path.read_text())["credential_id"]
+        assert store.resolve(processor, 1).principal.roles == frozenset({"PROCESSOR"})
 
         issued = run("credential", "issue", "--issuer-key", str(issuer_file),
                      "--holder-public-key", "11" * 32, "--credential-id", "dev-station-1",
