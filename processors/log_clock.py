@@ -65,7 +65,8 @@ def revoked_problem(chain: Iterable[str], effective_of: Callable[[str], int | No
     for link in chain:
         effective = effective_of(link)
         if effective is not None and effective <= judged_at_ms:
+            since = f"from {effective}" if effective else "since the log learnt of it"
             return Rejection.of(Reason.CREDENTIAL_REVOKED,
-                                f"{link} is revoked in this log from {effective}; judged at "
+                                f"{link} is revoked in this log {since}; judged at "
                                 f"{judged_at_ms} (the later of the claimed and the log's time)")
     return None

@@ -10,9 +10,11 @@ and is not admitted to the lineage log:
   events, observer decisions) carry another log's time and are not judged here;
 - **revocation**: a ``RevocationRouted`` is remembered in the ledger state with the ledger's
   clock when it became known (``extra["revocations_known"]``: id -> [effective_at_ms,
-  known_at_ms]); from then on an event signed (as author or co-signer) by the revoked
-  credential or anything chained through it is refused ``CREDENTIAL_REVOKED`` when the
-  revocation is effective at ``max(claimed, ledger clock)``, whatever time it claims;
+  known_at_ms, in_force_from_ms]); from then on an event signed (as author or co-signer) by
+  the revoked credential or anything chained through it is refused ``CREDENTIAL_REVOKED``,
+  whatever time it claims, when the revocation took effect when it was signed (in force at
+  once: the ledger's clock may lag the governance log's) or, scheduled ahead, is effective at
+  ``max(claimed, ledger clock)``;
 - **expiry**: a signer whose chain has expired by ``max(claimed, ledger clock)`` is refused
   ``CREDENTIAL_EXPIRED`` (ingress checked the claimed time only).
 
@@ -45,7 +47,7 @@ def judge(state: LedgerState, verdict: Admitted, view: GovernanceView) -> Reject
     """Why ``verdict``'s event may not act in this ledger at its log time, or None."""
     event = verdict.event
     if event.event_type == REVOCATION_ROUTED:
-        remember(state, verdict.payload)
+        remember(state, verdict.payload, event.body.occurred_at_ms)
         return None
     if verdict.author is not None and PROCESSOR_ROLE in verdict.author.principal.roles:
         return None
@@ -61,7 +63,7 @@ def judge(state: LedgerState, verdict: Admitted, view: GovernanceView) -> Reject
     if not known and judged_at == claimed:
         return None  # ingress judged it at this very time
     for chain in _signer_chains(verdict, view):
-        problem = revoked_problem(chain, lambda cid: known[cid][0] if cid in known else None,
+        problem = revoked_problem(chain, lambda cid: known[cid][2] if cid in known else None,
                                   judged_at)
         if problem is None and judged_at > claimed and isinstance(view, TrustStore):
             held = view.resolve(chain[0], judged_at)
@@ -72,21 +74,25 @@ def judge(state: LedgerState, verdict: Admitted, view: GovernanceView) -> Reject
     return None
 
 
-def remember(state: LedgerState, payload: dict[str, Any]) -> None:
-    """A routed revocation becomes known to this ledger at its current clock."""
+def remember(state: LedgerState, payload: dict[str, Any], revoked_at_ms: int) -> None:
+    """A routed revocation (signed at ``revoked_at_ms`` on the governance log) becomes known to
+    this ledger at its current clock: [effective_at_ms, known_at_ms, in_force_from_ms]. One
+    effective when it was signed (or before: KEY_COMPROMISE) is in force from now on whatever
+    the ledger's clock says (0); one scheduled ahead, from its effective time."""
     known: dict[str, list[int]] = state.extra.setdefault(KNOWN, {})
     effective = int(payload["effective_at_ms"])
+    in_force_from = effective if effective > revoked_at_ms else 0
     for cid in (payload["revoked_credential_id"], *payload["revoked_credential_ids"]):
         entry = known.get(cid)
         if entry is not None:
-            entry[0] = min(entry[0], effective)
+            entry[0], entry[2] = min(entry[0], effective), min(entry[2], in_force_from)
         elif len(known) < REVOCATIONS_KNOWN_MAX:
-            known[cid] = [effective, state.clock_ms]
+            known[cid] = [effective, state.clock_ms, in_force_from]
 
 
 def _forget_settled(state: LedgerState, known: dict[str, list[int]]) -> None:
     horizon = state.station_clock_ms - CLOCK_SKEW_MS_MAX
-    for cid in [cid for cid, (effective, _) in known.items() if effective < horizon]:
+    for cid in [cid for cid, entry in known.items() if entry[0] < horizon]:
         del known[cid]
 
 

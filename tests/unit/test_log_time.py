@@ -99,7 +99,7 @@ def test_a_revoked_vehicle_backdating_an_order_is_refused_and_its_twin_is_booked
     assert booked == ["pipe-legit"]
     # the ledger recorded when the revocation became known, at its own clock
     known = ledger_of(mesh).extra[log_time.KNOWN]
-    assert known[mesh.vehicle.credential_id] == [REVOKED_AT_MS, REVOKED_AT_MS + MINUTE_MS]
+    assert known[mesh.vehicle.credential_id] == [REVOKED_AT_MS, REVOKED_AT_MS + MINUTE_MS, 0]
 
 
 def test_before_the_revocation_reaches_the_ledger_the_same_order_is_booked() -> None:
