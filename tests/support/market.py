@@ -91,8 +91,8 @@ def open_market(mesh: Mesh, prefix: str, now_ms: int, connectors: list[dict[str,
     start = future_hour(now_ms)
     tariff_id, rules_version = f"{prefix}-tariff", f"{prefix}-rules"
     station_id = f"{prefix}-station"
-    station = world.credential(f"{prefix}-st-cred", ["STATION"], subject_id=station_id,
-                               attributes=station_attributes)
+    station = world.credential(f"{prefix}-st-cred", ["STATION"], jurisdiction=jurisdiction,
+                               subject_id=station_id, attributes=station_attributes)
     meters = {}
     for conn in connectors:
         meter_id = f"{prefix}-meter-{conn['connector_id']}"
