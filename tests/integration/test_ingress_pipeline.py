@@ -45,7 +45,6 @@ def test_bad_input_is_rejected_with_its_reason_and_valid_traffic_flows(mesh: Mes
     revoked = world.credential("t3-rev", ["STATION"], subject_id="t3-rev-station")
     world.governance.append(world.issuer.revoke("t3-rev", t - 1_000, "SAFETY", at_ms=t - 1_000))
     rogue = Participant.seeded("t3-rogue-authority", secret="tests")
-    world.governance.append(rogue.declare_authority("Rogue", "US-CA", ["AUTHORITY"], at_ms=t))
     mesh.publish(*world.governance)
     world.governance.clear()
 
@@ -53,7 +52,9 @@ def test_bad_input_is_rejected_with_its_reason_and_valid_traffic_flows(mesh: Mes
     valid = [heartbeat(station, t + i) for i in range(6)]
     hostile = {
         "BAD_SIGNATURE": heartbeat(impostor, t + 10),
-        "UNRECOGNISED_AUTHORITY": heartbeat(rogue, t + 11, author_station_id="t3-rogue"),
+        # a self-declaration that chains to no trust anchor (issue 15, hole 5)
+        "UNRECOGNISED_AUTHORITY": rogue.declare_authority("Rogue", "US-CA", ["AUTHORITY"],
+                                                          at_ms=t + 11),
         "CREDENTIAL_EXPIRED": heartbeat(expired, t + 12),
         "ROLE_NOT_PERMITTED": heartbeat(vehicle, t + 13),
         "CREDENTIAL_REVOKED": heartbeat(revoked, t + 14),
@@ -91,9 +92,9 @@ def test_bad_input_is_rejected_with_its_reason_and_valid_traffic_flows(mesh: Mes
     assert not (set(hostile_ids) & admitted_ids), "no hostile event was admitted"
     copies = [r for r in admitted.records if r.key == b"t3-station"]
     assert len([r for r in copies if r.event().event_id == replayed.event_id]) == 1
-    # governance: the rogue authority's self-declaration is recorded, but it is not trusted
+    # governance: the rogue authority's self-declaration is not even recorded
     gov = [r for r in admitted.records if r.headers.get("source_topic") == GOVERNANCE.name.encode()]
-    assert any(r.event().body.author_credential_id == "t3-rogue-authority" for r in gov)
+    assert not any(r.event().body.author_credential_id == "t3-rogue-authority" for r in gov)
     rejections.close()
     admitted.close()
 
