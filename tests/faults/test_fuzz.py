@@ -29,7 +29,9 @@ from chargemesh.processors.ingress import (
     admit_governance,
     rejection_record,
 )
+from chargemesh.processors.ledger import log_time
 from chargemesh.processors.ledger.step import market_step
+from chargemesh.processors.log_clock import CLOCK_SKEW_MS_MAX
 from chargemesh.processors.policy import POLICIES
 from chargemesh.processors.reasons import Reason
 from chargemesh.schemas import framing
@@ -425,6 +427,62 @@ def test_market_step_on_a_random_admitted_command_decides_or_rejects(
     dumped = ledger.dump_state(state)
     assert ledger.dump_state(ledger.load_state(dumped)) == dumped
     assert len(dumped) < topics.MESSAGE_BYTES_MAX
+
+
+# Issue 15, hole 3: claims far from the ledger's clock, and backdated claims of a revoked signer.
+PARTICIPANT_MARKET_TYPES = [t for t in MARKET_TYPES
+                            if "PROCESSOR" not in POLICIES[t].author_roles]
+
+
+def _state_without_offset(state: ledger.LedgerState) -> bytes:
+    copied = ledger.load_state(ledger.dump_state(state))
+    copied.applied_through_offset = -1
+    return ledger.dump_state(copied)
+
+
+@pytest.mark.parametrize("event_type", PARTICIPANT_MARKET_TYPES)
+@FEW
+@given(data=st.data())
+def test_a_market_event_skewed_past_the_bound_is_refused_clock_skew_and_changes_nothing(
+        event_type: str, data: st.DataObject) -> None:
+    fx = fixture()
+    state = ledger.load_state(ledger.dump_state(fx.base_state))
+    before = _state_without_offset(state)
+    skew_ms = data.draw(st.integers(CLOCK_SKEW_MS_MAX + 1, 400 * CLOCK_SKEW_MS_MAX))
+    claimed = state.station_clock_ms + skew_ms * data.draw(st.sampled_from([1, -1]))
+    event = signed_random(data, event_type)
+    author, co = fx.author_for(event_type)
+    event = seal(event_type, open_payload(event), author=author,
+                 subject_key=event.body.subject_key, occurred_at_ms=claimed, co_signers=co)
+    step = market_step(state, Admitted(event, open_payload(event), None), 0, 100, None,
+                       fx.store)
+    assert step.rejection is not None and step.rejection.reason == Reason.CLOCK_SKEW
+    assert not step.admitted and step.decisions == []
+    assert _state_without_offset(state) == before
+
+
+@pytest.mark.parametrize("event_type", PARTICIPANT_MARKET_TYPES)
+@FEW
+@given(data=st.data())
+def test_a_revoked_signers_backdated_market_event_is_refused_and_changes_nothing(
+        event_type: str, data: st.DataObject) -> None:
+    fx = fixture()
+    state = ledger.load_state(ledger.dump_state(fx.base_state))
+    revoked_at = state.station_clock_ms
+    author, co = fx.author_for(event_type)
+    log_time.remember(state, {"revoked_credential_id": author.credential_id,
+                              "revoked_credential_ids": [], "effective_at_ms": revoked_at},
+                      revoked_at)
+    before = _state_without_offset(state)
+    claimed = revoked_at - data.draw(st.integers(1, CLOCK_SKEW_MS_MAX))
+    event = seal(event_type, open_payload(signed_random(data, event_type)), author=author,
+                 subject_key="fz-station", occurred_at_ms=claimed,
+                 co_signers=co if data.draw(st.booleans()) else ())
+    step = market_step(state, Admitted(event, open_payload(event), None), 0, 100, None,
+                       fx.store)
+    assert step.rejection is not None and step.rejection.reason == Reason.CREDENTIAL_REVOKED
+    assert not step.admitted and step.decisions == []
+    assert _state_without_offset(state) == before
 
 
 DECISION_TYPES = sorted(n for n in catalog().names()
