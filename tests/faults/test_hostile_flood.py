@@ -65,9 +65,11 @@ class Hostile:
                                          secret="forger")
         self.forged_vehicle = Participant.seeded(f"{market.prefix}-ev-cred",
                                                  f"{market.prefix}-ev", secret="forger")
+        self.scope_reasons: dict[bytes, str] = {}  # out-of-scope records: value -> reason
 
     def records(self, count: int) -> list[tuple[str, bytes, bytes]]:
-        makers = [self.forged, self.replayed, self.malformed, self.from_revoked, self.random]
+        makers = [self.forged, self.replayed, self.malformed, self.from_revoked, self.random,
+                  self.out_of_scope]
         out = [self.oversized(i) for i in range(OVERSIZED_COUNT)]
         while len(out) < count:
             out.append(makers[len(out) % len(makers)](len(out)))
@@ -138,6 +140,30 @@ class Hostile:
     def from_revoked(self, n: int) -> tuple[str, bytes, bytes]:
         event = self._order(self.revoked, n)
         return topics.MARKET.name, event.body.subject_key.encode(), event.encode()
+
+    def out_of_scope(self, n: int) -> tuple[str, bytes, bytes]:
+        """Validly signed governance beyond its author's scope (issue 15, holes 1 and 5): the root
+        delegating or recognising for a jurisdiction it does not hold, or delegating AUTHORITY;
+        the issuer issuing there; a key chaining to no anchor declaring itself."""
+        world, kind, at = self.mesh.world, n % 5, now_ms()
+        other = Participant.seeded(f"flood-scope-{n}", secret="flood")
+        if kind == 0:
+            event = world.root.delegate_issuer(other, ["GRID_OPERATOR"], ["ZZ-NOWHERE"], at_ms=at)
+        elif kind == 1:
+            event = world.root.delegate_issuer(other, ["AUTHORITY"], ["US-CA"], at_ms=at)
+        elif kind == 2:
+            event = world.root.recognise_authority(other, "ZZ-NOWHERE", ["AUTHORITY"], at_ms=at)
+        elif kind == 3:
+            event = world.issuer.issue_credential(other, ["GRID_OPERATOR"], "ZZ-NOWHERE",
+                                                  attributes={"grid_zones": "zone-flood"},
+                                                  at_ms=at)
+        else:
+            event = other.declare_authority("self made", "US-CA", ["AUTHORITY"], at_ms=at)
+        self.scope_reasons[event.encode()] = (
+            "DELEGATION_EXCEEDS_AUTHORITY", "DELEGATION_EXCEEDS_AUTHORITY",
+            "RECOGNITION_EXCEEDS_AUTHORITY", "JURISDICTION_NOT_DELEGATED",
+            "UNRECOGNISED_AUTHORITY")[kind]
+        return topics.GOVERNANCE.name, event.body.subject_key.encode(), event.encode()
 
     def random(self, n: int) -> tuple[str, bytes, bytes]:
         key = self.rng.choice([self.market.station_id.encode(), self.rng.randbytes(8)])
@@ -323,8 +349,8 @@ def test_valid_traffic_settles_the_same_under_a_hostile_flood(mesh: Mesh) -> Non
 
     # Flooded: the same traffic while hostile records arrive at several times its rate.
     valid_rate = (ORDERS_PER_PHASE + 8) / (sum(quiet_latency) / 1000 + quiet_s)
-    hostile = Hostile(mesh, market, revoked, replayable).records(
-        int(HOSTILE_PER_VALID * (ORDERS_PER_PHASE + 8)))
+    maker = Hostile(mesh, market, revoked, replayable)
+    hostile = maker.records(int(HOSTILE_PER_VALID * (ORDERS_PER_PHASE + 8)))
     flood = Flood(mesh, hostile, HOSTILE_PER_VALID * valid_rate)
     flood.start()
     # (Later slots: the quiet session moved the station's clock past its own.)
@@ -344,6 +370,8 @@ def test_valid_traffic_settles_the_same_under_a_hostile_flood(mesh: Mesh) -> Non
     assert set(rejected) == set(flood.positions)
     assert all(reason for reason in rejected.values())
     assert Reason.INTERNAL_ERROR.value not in set(rejected.values())
+    scoped = {p: maker.scope_reasons[v] for p, v in sent.items() if v in maker.scope_reasons}
+    assert scoped and {p: rejected[p] for p in scoped} == scoped  # each with its own reason
     assert mesh.worker.alive()
 
     # The valid traffic: decided and settled exactly as without the flood.
