@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from chargemesh.infra.stack.worker import TopicReader
+from chargemesh.processors.log_clock import CLOCK_SKEW_MS_MAX
 from chargemesh.processors.reasons import Reason
 from chargemesh.schemas.codec import catalog
 from chargemesh.streams import topics
@@ -33,6 +34,7 @@ from chargemesh.streams.envelope import (
     open_envelope,
 )
 from chargemesh.streams.sdk.participant import Participant, now_ms
+from chargemesh.units import DAY_MS, HOUR_MS
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tests.conftest import Mesh
@@ -57,9 +59,11 @@ class Hostile:
     """Pre-built hostile records (topic, key, value), so the flood costs no signing while it runs."""
 
     def __init__(self, mesh: Mesh, market: Market, revoked: Participant,
-                 replayable: list[SignedEvent], seed: int = 9) -> None:
+                 replayable: list[SignedEvent], seed: int = 9,
+                 revoked_at_ms: int = 0, skewer: Participant | None = None) -> None:
         self.rng = random.Random(seed)
         self.mesh, self.market, self.revoked = mesh, market, revoked
+        self.revoked_at_ms, self.skewer = revoked_at_ms, skewer
         self.replayable = replayable
         self.forger = Participant.seeded(market.station.credential_id, market.station_id,
                                          secret="forger")
@@ -70,6 +74,8 @@ class Hostile:
     def records(self, count: int) -> list[tuple[str, bytes, bytes]]:
         makers = [self.forged, self.replayed, self.malformed, self.from_revoked, self.random,
                   self.out_of_scope]
+        if self.skewer is not None:  # issue 15, hole 3: claims the ledger's time refutes
+            makers += [self.skewed, self.backdated]
         out = [self.oversized(i) for i in range(OVERSIZED_COUNT)]
         while len(out) < count:
             out.append(makers[len(out) % len(makers)](len(out)))
@@ -164,6 +170,29 @@ class Hostile:
             "RECOGNITION_EXCEEDS_AUTHORITY", "JURISDICTION_NOT_DELEGATED",
             "UNRECOGNISED_AUTHORITY")[kind]
         return topics.GOVERNANCE.name, event.body.subject_key.encode(), event.encode()
+
+    def skewed(self, n: int) -> tuple[str, bytes, bytes]:
+        """Validly signed, by the station itself or a valid vehicle, at a time weeks to years
+        from the station's ledger clock: CLOCK_SKEW (admitted, it would jump the ledger's clock
+        and release the valid traffic's bookings as no-shows)."""
+        assert self.skewer is not None
+        off_ms = self.rng.choice([1, -1]) * self.rng.randrange(CLOCK_SKEW_MS_MAX + DAY_MS,
+                                                                400 * DAY_MS)
+        if n % 2:
+            event = sdk.heartbeat(self.market.station, now_ms() + off_ms)
+        else:
+            m = self.market
+            event = m.posted_order(self.skewer, f"skewed-{n}", m.start_ms + (n % 40) * SLOT_MS,
+                                   at_ms=now_ms() + off_ms)
+        return topics.MARKET.name, event.body.subject_key.encode(), event.encode()
+
+    def backdated(self, n: int) -> tuple[str, bytes, bytes]:
+        """The revoked (KEY_COMPROMISE) vehicle's order dated before its revocation, which
+        the station's ledger already knows: CREDENTIAL_REVOKED whatever it claims."""
+        m = self.market
+        event = m.posted_order(self.revoked, f"backdated-{n}", m.start_ms + (n % 40) * SLOT_MS,
+                               at_ms=self.revoked_at_ms - self.rng.randrange(1, HOUR_MS))
+        return topics.MARKET.name, event.body.subject_key.encode(), event.encode()
 
     def random(self, n: int) -> tuple[str, bytes, bytes]:
         key = self.rng.choice([self.market.station_id.encode(), self.rng.randbytes(8)])
@@ -325,6 +354,7 @@ def test_valid_traffic_settles_the_same_under_a_hostile_flood(mesh: Mesh) -> Non
                          grid_zone_id="zone-flood", hours=48)
     vehicle = market.vehicle("ev")
     revoked = market.vehicle("ev-revoked")
+    skewer = market.vehicle("ev-skewer")
     operator = mesh.world.grid_operator("flood-op", "zone-flood", subject_id="flood-op")
     mesh.publish(*mesh.world.governance)
     mesh.world.governance.clear()
@@ -349,7 +379,7 @@ def test_valid_traffic_settles_the_same_under_a_hostile_flood(mesh: Mesh) -> Non
 
     # Flooded: the same traffic while hostile records arrive at several times its rate.
     valid_rate = (ORDERS_PER_PHASE + 8) / (sum(quiet_latency) / 1000 + quiet_s)
-    maker = Hostile(mesh, market, revoked, replayable)
+    maker = Hostile(mesh, market, revoked, replayable, revoked_at_ms=t, skewer=skewer)
     hostile = maker.records(int(HOSTILE_PER_VALID * (ORDERS_PER_PHASE + 8)))
     flood = Flood(mesh, hostile, HOSTILE_PER_VALID * valid_rate)
     flood.start()
