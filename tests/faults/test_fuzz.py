@@ -485,6 +485,54 @@ def test_a_revoked_signers_backdated_market_event_is_refused_and_changes_nothing
     assert _state_without_offset(state) == before
 
 
+# Issue 15, holes 1 and 5: delegations, recognitions and issuances with random scopes signed by
+# the real root and issuer, and self-declarations by keys that chain to no anchor.
+SCOPE_ROLES = ["AUTHORITY", "ISSUER", "RATE_AUTHORITY", "STATION", "VEHICLE", "GRID_OPERATOR",
+               "OBSERVER", "ARBITER", "METER"]
+SCOPE_JURISDICTIONS = ["US-CA", "DE-BY", "GB-LDN", "ZZ-NOWHERE"]
+AUTHORITY_ONLY = {"AUTHORITY", "ISSUER"}
+
+
+@FUZZ
+@given(data=st.data())
+def test_out_of_scope_governance_is_refused_and_changes_nothing(data: st.DataObject) -> None:
+    fx = fixture()
+    store = copy.deepcopy(fx.store)
+    kind = data.draw(st.sampled_from(["delegate", "recognise", "issue", "declare"]))
+    roles = data.draw(st.lists(st.sampled_from(SCOPE_ROLES), max_size=4, unique=True))
+    places = data.draw(st.lists(st.sampled_from(SCOPE_JURISDICTIONS), min_size=1, max_size=3,
+                                unique=True))
+    other = sdk.Participant.seeded(f"fz-scope-{data.draw(st.integers(0, 10**6))}", secret="fuzz")
+    root = store.principals[fx.root.credential_id]
+    issuer = store.principals[fx.issuer.credential_id]
+    if kind == "delegate":
+        event = fx.root.delegate_issuer(other, roles, places, at_ms=T0_MS)
+        within = (set(roles) - {"ISSUER"} <= root.roles - AUTHORITY_ONLY
+                  and set(places) <= root.jurisdictions)
+        codes = {"DELEGATION_EXCEEDS_AUTHORITY"}
+    elif kind == "recognise":
+        event = fx.root.recognise_authority(other, places[0], roles, at_ms=T0_MS,
+                                            jurisdictions=places[1:])
+        within = set(roles) <= root.roles and set(places) <= root.jurisdictions
+        codes = {"RECOGNITION_EXCEEDS_AUTHORITY"}
+    elif kind == "issue":
+        event = fx.issuer.issue_credential(other, roles, places[0], at_ms=T0_MS)
+        within = (not set(roles) & AUTHORITY_ONLY and set(roles) <= issuer.roles
+                  and places[0] in issuer.jurisdictions)
+        codes = {"ISSUANCE_EXCEEDS_DELEGATION", "JURISDICTION_NOT_DELEGATED"}
+    else:  # a key no anchor recognised declares itself, whatever it claims
+        event = other.declare_authority("fz", places[0], roles, at_ms=T0_MS,
+                                        jurisdictions=places[1:])
+        within, codes = False, {"UNRECOGNISED_AUTHORITY"}
+    before = (dict(store.principals), set(store.applied_event_ids))
+    verdict = admit_governance(event.encode(), event.body.subject_key.encode(), store)
+    if within:
+        assert isinstance(verdict, Admitted), verdict
+        return
+    assert isinstance(verdict, Refused) and verdict.rejection.reason in codes, verdict
+    assert (store.principals, store.applied_event_ids) == before
+
+
 DECISION_TYPES = sorted(n for n in catalog().names()
                         if n.split(".")[1] in {"ledger", "settlement", "dispute", "session",
                                                "wireless", "grid"})
