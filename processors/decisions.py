@@ -31,6 +31,8 @@ class DecisionType(enum.StrEnum):
     SESSION_STOPPED = "chargemesh.session.v1.SessionStopped"
     SETTLEMENT_ADMITTED = "chargemesh.settlement.v1.SettlementAdmitted"
     SETTLEMENT_FINALISED = "chargemesh.settlement.v1.SettlementFinalised"
+    SETTLEMENT_EXPIRED = "chargemesh.settlement.v1.SettlementExpired"
+    SETTLEMENT_REVERSED = "chargemesh.settlement.v1.SettlementReversed"
     FLEET_ACCOUNTING_RECORDED = "chargemesh.settlement.v1.FleetAccountingRecorded"
     DISPUTE_RECORDED = "chargemesh.dispute.v1.DisputeRecorded"
     SEGMENT_PASSES_APPLIED = "chargemesh.wireless.v1.SegmentPassesApplied"
@@ -58,6 +60,8 @@ ROUTES: Mapping[DecisionType, Route] = MappingProxyType({
     DecisionType.SESSION_STOPPED: Route(topics.DECISIONS.name, "station_id"),
     DecisionType.SETTLEMENT_ADMITTED: Route(topics.SETTLEMENTS.name, "session_id"),
     DecisionType.SETTLEMENT_FINALISED: Route(topics.SETTLEMENTS.name, "session_id"),
+    DecisionType.SETTLEMENT_EXPIRED: Route(topics.SETTLEMENTS.name, "session_id"),
+    DecisionType.SETTLEMENT_REVERSED: Route(topics.SETTLEMENTS.name, "session_id"),
     DecisionType.FLEET_ACCOUNTING_RECORDED: Route(topics.SETTLEMENTS.name, "session_id"),
     DecisionType.DISPUTE_RECORDED: Route(topics.DISPUTES.name, "session_id"),
     # E1: one record per segment pass batch and one per trip, on the road operator's key.

@@ -119,6 +119,8 @@ class Reason(enum.StrEnum):
     NOT_CLOSED_OUT = "NOT_CLOSED_OUT"
     CLOSE_OUT_MISMATCH = "CLOSE_OUT_MISMATCH"
     ALREADY_SIGNED = "ALREADY_SIGNED"
+    # A signature after the rate authority's finality window: the settlement expired (issue 16).
+    SETTLEMENT_EXPIRED = "SETTLEMENT_EXPIRED"
     # ---- V2G (E3) --------------------------------------------------------------------------------
     INVALID_METER_START = "INVALID_METER_START"
     NOT_BIDIRECTIONAL = "NOT_BIDIRECTIONAL"
@@ -141,6 +143,8 @@ class Reason(enum.StrEnum):
     INVALID_TIME = "INVALID_TIME"
     NO_SETTLEMENT = "NO_SETTLEMENT"
     SETTLEMENT_VOIDED = "SETTLEMENT_VOIDED"
+    # Opened after the rate authority's dispute window (issue 16).
+    DISPUTE_WINDOW_CLOSED = "DISPUTE_WINDOW_CLOSED"
     DISPUTE_ALREADY_OPEN = "DISPUTE_ALREADY_OPEN"
     DISPUTE_ALREADY_RESOLVED = "DISPUTE_ALREADY_RESOLVED"
     DISPUTE_CLOSED = "DISPUTE_CLOSED"

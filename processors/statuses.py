@@ -31,6 +31,7 @@ class SessionStatus(enum.StrEnum):
     FINAL = "FINAL"
     VOID = "VOID"
     INADMISSIBLE = "INADMISSIBLE"  # closed out at or after a party's revocation (P4)
+    EXPIRED = "EXPIRED"  # not signed by every required signer within the finality window (M6)
 
 
 class RepriceStatus(enum.StrEnum):

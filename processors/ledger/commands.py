@@ -72,4 +72,6 @@ COMMANDS: Mapping[str, Handler] = MappingProxyType({
 
 def handle(state: LedgerState, cmd: Command, view: GovernanceView) -> Outcome:
     """Decide what an admitted input does to the ledger, and apply it."""
-    return ledger.apply(state, cmd, view, COMMANDS.get(cmd.event_type))
+    outcome = ledger.apply(state, cmd, view, COMMANDS.get(cmd.event_type))
+    sessions.expire_settlements(state, outcome.decisions)  # M6: as the ledger's clock advances
+    return outcome

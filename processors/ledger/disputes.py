@@ -171,6 +171,11 @@ def _snapshot(state: LedgerState, s: dict[str, Any], settlement_id: str, at_ms: 
     }
 
 
+# The copy a P4 reversal (ledger.revocation) keeps too, so a dispute never corrects a reversed
+# settlement again (issue 16).
+snapshot = _snapshot
+
+
 # ---- evidence ---------------------------------------------------------------------------------
 
 

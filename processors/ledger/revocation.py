@@ -25,6 +25,7 @@ from typing import Any
 
 from chargemesh.processors.decisions import Decision, DecisionType, decided
 from chargemesh.processors.governance import TrustStore
+from chargemesh.processors.ledger import disputes
 from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.ledger.sessions import sessions
 from chargemesh.processors.ledger.state import (
@@ -141,9 +142,41 @@ def _sessions(state: LedgerState, p: dict[str, Any], revoked: frozenset[str],
                 s["status"] = SessionStatus.INADMISSIBLE
                 _reevaluated(state, out, p, ReevaluationSubject.SETTLEMENT, s["settlement_id"],
                              ReevaluationOutcome.INADMISSIBLE)
+                _reverse(state, s, p, out)
             else:
                 _reevaluated(state, out, p, ReevaluationSubject.SETTLEMENT, s["settlement_id"],
                              ReevaluationOutcome.UPHELD)
+
+
+def _reverse(state: LedgerState, s: dict[str, Any], p: dict[str, Any],
+             out: list[Decision]) -> None:
+    """An admitted settlement judged inadmissible is reversed on the billing feed by a record of
+    its own (``SettlementReversed``, final at once): every line issued for it so far (the charge
+    and any dispute corrections) negated, so the net is 0. Nothing is issued when no settlement
+    was admitted (a V2G session still waiting for its clearing price) or a dispute voided it."""
+    if not s["settlement_id"]:
+        return
+    disputes.snapshot(state, s, s["settlement_id"], state.clock_ms)
+    held = disputes.disputed_settlements(state)[s["settlement_id"]]
+    if held["voided"]:
+        return
+    lines = [dict(ln, description=f"reversal: {ln['description']}"[:500],
+                  quantity_wh=-ln["quantity_wh"], amount=-ln["amount"]) for ln in held["lines"]]
+    total = -held["net_total"]
+    reversal_id = f"rev:{s['session_id']}"
+    held["lines"].extend(dict(ln) for ln in lines)
+    held["net_total"] += total
+    held["corrections"].append(reversal_id)
+    held["voided"] = True
+    _emit(state, out, decided(DecisionType.SETTLEMENT_REVERSED, {
+        "settlement_id": reversal_id, "reverses_settlement_id": s["settlement_id"],
+        "session_id": s["session_id"], "identity": held["identity"],
+        "tariff_id": held["tariff_id"], "currency": held["currency"],
+        "rounding": held["rounding"], "lines": lines, "total_amount": total,
+        "energy_import_wh": -(s["close_out"]["final_import_wh"] - s["meter_start_wh"]),
+        "reason_code": REVOKED, "revoked_credential_id": p["revoked_credential_id"],
+        "revoked_at_ms": p["effective_at_ms"], "cause_event_id": p["revocation_event_id"],
+        "reversed_at_ms": state.clock_ms}))
 
 
 def _stop(state: LedgerState, s: dict[str, Any], stopped_at: int, out: list[Decision]) -> None:

@@ -31,6 +31,9 @@ PLAUSIBILITY_SLACK_WH = 10
 OVERRUN_MS_MAX = 30 * MINUTE_MS
 EARLY_START_MS_MAX = 15 * MINUTE_MS
 OPEN = (SessionStatus.ACTIVE, SessionStatus.STOPPED)
+# M6: the finality window when the rate authority's rules declare none (rules published before
+# AllocationRulesPublished.finality_window_ms existed): 48 h after the close-out.
+FINALITY_WINDOW_MS_DEFAULT = 48 * HOUR_MS
 
 
 def sessions(state: LedgerState) -> dict[str, dict[str, Any]]:
@@ -291,6 +294,8 @@ def countersign(state: LedgerState, cmd: Command, view: GovernanceView,
     s = _party_session(state, cmd, ("vehicle_credential_id",), "the session's vehicle")
     if isinstance(s, Rejection):
         return s
+    if s["status"] == SessionStatus.EXPIRED:
+        return _expired(s)
     return _add_signature(state, s, cmd, cmd.payload["close_out_event_hash"], out)
 
 
@@ -302,6 +307,8 @@ def co_sign(state: LedgerState, cmd: Command, view: GovernanceView,
         return s
     if cmd.author_id not in s["grid_operator_ids"]:
         return Rejection(Reason.NOT_THE_ZONES_OPERATOR, "no grid program names this operator here")
+    if s["status"] == SessionStatus.EXPIRED:
+        return _expired(s)
     if s["status"] == SessionStatus.CLOSED_OUT and v2g.awaits_clearing_price(s):
         problem = v2g.clearing_price_problem(s, p, settlement_id_for(s["session_id"]))
         if problem is not None:
@@ -334,3 +341,41 @@ def _add_signature(state: LedgerState, s: dict[str, Any], cmd: Command, close_ou
             "signer_ids": [x for x in s["signed_by"] if x in required],
             "finalised_at_ms": cmd.occurred_at_ms}))
     return None
+
+
+# ---- finality window (M6, issue 16) ---------------------------------------------------------
+
+
+def finality_window_ms(state: LedgerState) -> int:
+    """How long after its close-out a settlement may wait for its signatures: the rate
+    authority's rules the station's calendar names declare it."""
+    return int(state.rules.get("finality_window_ms") or FINALITY_WINDOW_MS_DEFAULT)
+
+
+def expire_settlements(state: LedgerState, out: list[Decision]) -> None:
+    """Every closed-out session still missing a required signature when the ledger's clock
+    passes its close-out plus the finality window expires: a ``SettlementExpired`` on the
+    billing feed names the missing signers; the settlement never becomes final, and a later
+    signature is refused ``SETTLEMENT_EXPIRED``. (An exporting V2G session waiting for the grid
+    operator's clearing price expires the same way, with no settlement admitted.)"""
+    window = finality_window_ms(state)
+    due = [s for s in sessions(state).values() if s["status"] == SessionStatus.CLOSED_OUT
+           and s["close_out"] is not None
+           and s["close_out"]["closed_at_ms"] + window <= state.clock_ms]
+    for s in sorted(due, key=lambda x: x["session_id"]):
+        required = required_signers(s)
+        s["status"] = SessionStatus.EXPIRED
+        closed_at = s["close_out"]["closed_at_ms"]
+        _emit(state, out, decided(DecisionType.SETTLEMENT_EXPIRED, {
+            "settlement_id": s["settlement_id"] or settlement_id_for(s["session_id"]),
+            "session_id": s["session_id"], "station_id": state.station_id,
+            "required_signer_ids": required,
+            "signer_ids": [x for x in s["signed_by"] if x in required],
+            "missing_signer_ids": [x for x in required if x not in s["signed_by"]],
+            "closed_at_ms": closed_at, "finality_window_ms": window,
+            "expired_at_ms": closed_at + window}))
+
+
+def _expired(s: dict[str, Any]) -> Rejection:
+    return Rejection(Reason.SETTLEMENT_EXPIRED, f"{s['settlement_id'] or s['session_id']} "
+                     "expired: its finality window closed before every signature was in")

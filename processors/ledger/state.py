@@ -55,7 +55,8 @@ LIVE = (ReservationStatus.ACTIVE, ReservationStatus.ARRIVED)
 # Bound once: on Python 3.11 reading an enum member off its class costs ~60 ns, and the scans
 # below compare every reservation (or session) of the station on every event.
 ACTIVE = ReservationStatus.ACTIVE
-SESSIONS_FINISHED = (SessionStatus.FINAL, SessionStatus.VOID)
+SESSIONS_FINISHED = (SessionStatus.FINAL, SessionStatus.VOID, SessionStatus.EXPIRED,
+                     SessionStatus.INADMISSIBLE)
 # A vehicle's timestamp may move a station's ledger clock this far past the station's own.
 VEHICLE_CLOCK_LEAD_MS_MAX = 2 * MINUTE_MS
 # The event types a station signs on its own clock (full event types: the version counts).

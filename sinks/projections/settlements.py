@@ -1,8 +1,12 @@
 """Projections of the settlements topic into ``settlements``, ``settlement_lines`` and
-``settlement_finality`` (DDL in ``migrations/0003_sessions.sql``)."""
+``settlement_finality`` (DDL in ``migrations/0003_sessions.sql``), and ``settlement_expiries``
+(``migrations/0014_finality_and_reversals.sql``). A reversal (``SettlementReversed``, P4) is a
+settlement row of its own, kind ``REVERSAL``, naming the one it voids in
+``adjusts_settlement_id``, with its negated lines, so every view nets it out."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 from chargemesh.checks import ensure
@@ -19,6 +23,10 @@ SETTLEMENT_NAMESPACE = "chargemesh.settlement.v1."
 SETTLEMENTS = "settlements"
 SETTLEMENT_LINES = "settlement_lines"
 SETTLEMENT_FINALITY = "settlement_finality"
+SETTLEMENT_EXPIRIES = "settlement_expiries"
+# ``settlements.kind`` of a SettlementReversed row (the Avro SettlementKind has no such symbol:
+# a reversal is its own record type).
+REVERSAL = "REVERSAL"
 # A settlement's line items; the ledger writes a handful (energy segments, fees, tax).
 SETTLEMENT_LINES_MAX = 10_000
 
@@ -38,6 +46,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     SETTLEMENT_FINALITY: (
         "settlement_id", "session_id", "signer_ids", "finalised_at_ms", "finalised_at",
         "event_id",
+    ),
+    SETTLEMENT_EXPIRIES: (
+        "settlement_id", "session_id", "station_id", "required_signers", "signer_ids",
+        "missing_signer_ids", "closed_at_ms", "finality_window_ms", "expired_at_ms",
+        "expired_at", "event_id",
     ),
 }
 
@@ -73,6 +86,31 @@ def _settlement_admitted(ctx: ProjectionContext) -> Rows:
     return {SETTLEMENTS: [settlement], SETTLEMENT_LINES: line_rows}
 
 
+def _settlement_reversed(ctx: ProjectionContext) -> Rows:
+    """A reversal: a settlement row (kind REVERSAL) and its lines, final at once (a finality
+    row: the ledger's own re-evaluation is the one signature it needs)."""
+    p = ctx.payload
+    as_settlement = dict(p, kind=REVERSAL, adjusts_settlement_id=p["reverses_settlement_id"],
+                         energy_export_wh=0, evidence_event_ids=[p["cause_event_id"]],
+                         required_signer_ids=[], admitted_at_ms=p["reversed_at_ms"])
+    rows = _settlement_admitted(dataclasses.replace(ctx, payload=as_settlement))
+    rows[SETTLEMENT_FINALITY] = [(
+        p["settlement_id"], p["session_id"], [], p["reversed_at_ms"],
+        seconds(p["reversed_at_ms"]), ctx.event.event_id,
+    )]
+    return rows
+
+
+def _settlement_expired(ctx: ProjectionContext) -> Rows:
+    p = ctx.payload
+    return {SETTLEMENT_EXPIRIES: [(
+        p["settlement_id"], p["session_id"], p["station_id"], list(p["required_signer_ids"]),
+        list(p["signer_ids"]), list(p["missing_signer_ids"]), p["closed_at_ms"],
+        p["finality_window_ms"], p["expired_at_ms"], seconds(p["expired_at_ms"]),
+        ctx.event.event_id,
+    )]}
+
+
 def _settlement_finalised(ctx: ProjectionContext) -> Rows:
     p = ctx.payload
     row = (
@@ -85,4 +123,6 @@ def _settlement_finalised(ctx: ProjectionContext) -> Rows:
 PROJECTORS: dict[str, Projector] = {
     SETTLEMENT_NAMESPACE + "SettlementAdmitted": _settlement_admitted,
     SETTLEMENT_NAMESPACE + "SettlementFinalised": _settlement_finalised,
+    SETTLEMENT_NAMESPACE + "SettlementReversed": _settlement_reversed,
+    SETTLEMENT_NAMESPACE + "SettlementExpired": _settlement_expired,
 }

@@ -248,6 +248,8 @@ def rules_published(authority: Participant, *, rules_version: str, jurisdiction:
                     demand_response_priority_wins: bool = True,
                     reallocation: str = "SAME_SLOT_OTHER_CONNECTOR_THEN_NEXT_SLOT",
                     curtailment_order: str = "CURTAILABLE_FIRST_LOWEST_PRIORITY_FIRST",
+                    finality_window_ms: int = 48 * 3_600_000,
+                    dispute_window_ms: int = 90 * 24 * 3_600_000,
                     at_ms: int = 0) -> SignedEvent:
     payload = {
         "rules_version": rules_version, "authority_id": authority.credential_id,
@@ -256,6 +258,7 @@ def rules_published(authority: Participant, *, rules_version: str, jurisdiction:
         "no_show_grace_ms": no_show_grace_ms, "reallocation": reallocation,
         "curtailment_order": curtailment_order, "bid_gate_closure_ms": bid_gate_closure_ms,
         "walk_up_horizon_ms": walk_up_horizon_ms, "effective_from_ms": 0,
+        "finality_window_ms": finality_window_ms, "dispute_window_ms": dispute_window_ms,
     }
     return authority.sign("chargemesh.governance.v1.AllocationRulesPublished", payload,
                           subject_key=authority.credential_id, occurred_at_ms=at_ms)

@@ -68,6 +68,7 @@ REASON_WIRE_STRINGS = (
     "READING_OUT_OF_ORDER", "METER_WENT_BACKWARDS", "READING_OUTSIDE_SESSION",
     "IMPLAUSIBLE_READING", "NO_SUCH_REPRICE", "MISSING_READINGS", "NOT_THE_ZONES_OPERATOR",
     "UNKNOWN_SETTLEMENT", "NOT_CLOSED_OUT", "CLOSE_OUT_MISMATCH", "ALREADY_SIGNED",
+    "SETTLEMENT_EXPIRED",
     # V2G (E3)
     "INVALID_METER_START", "NOT_BIDIRECTIONAL", "NO_GRID_PROGRAM", "INVALID_CLEARING_PRICE",
     # identity binding (issue 15, hole 4)
@@ -77,7 +78,8 @@ REASON_WIRE_STRINGS = (
     "INVALID_ZONE_REGISTRATION",
     # disputes (P2)
     "INVALID_DISPUTE", "DUPLICATE_DISPUTE", "UNKNOWN_DISPUTE", "NOT_A_SESSION_PARTY",
-    "INVALID_TIME", "NO_SETTLEMENT", "SETTLEMENT_VOIDED", "DISPUTE_ALREADY_OPEN",
+    "INVALID_TIME", "NO_SETTLEMENT", "SETTLEMENT_VOIDED",
+    "DISPUTE_WINDOW_CLOSED", "DISPUTE_ALREADY_OPEN",
     "DISPUTE_ALREADY_RESOLVED", "DISPUTE_CLOSED", "TOO_MANY_DISPUTES", "TOO_MUCH_EVIDENCE",
     "STATEMENT_TOO_LONG", "UNKNOWN_EVIDENCE", "NOT_THE_ARBITER", "INVALID_OUTCOME",
     "INVALID_ADJUSTMENT", "ADJUSTMENT_EXCEEDS_SETTLEMENT", "ADJUSTMENT_TOO_LARGE",
@@ -115,7 +117,8 @@ REASON_WIRE_STRINGS = (
 )
 STATUS_WIRE_STRINGS: dict[type[enum.StrEnum], tuple[str, ...]] = {
     statuses.ReservationStatus: ("ACTIVE", "ARRIVED", "RELEASED", "COMPLETED", "DISPLACED",),
-    statuses.SessionStatus: ("ACTIVE", "STOPPED", "CLOSED_OUT", "FINAL", "VOID", "INADMISSIBLE",),
+    statuses.SessionStatus: ("ACTIVE", "STOPPED", "CLOSED_OUT", "FINAL", "VOID", "INADMISSIBLE",
+                              "EXPIRED",),
     statuses.RepriceStatus: ("PROPOSED", "ACCEPTED", "REFUSED",),
     statuses.StopReason: (
         "COMPLETED", "VEHICLE_REQUEST", "REPRICE_REFUSED", "FAULT", "REVOCATION", "INTERRUPTED",
@@ -167,6 +170,8 @@ DECISION_TYPES = {
     "SESSION_STOPPED": "chargemesh.session.v1.SessionStopped",
     "SETTLEMENT_ADMITTED": "chargemesh.settlement.v1.SettlementAdmitted",
     "SETTLEMENT_FINALISED": "chargemesh.settlement.v1.SettlementFinalised",
+    "SETTLEMENT_EXPIRED": "chargemesh.settlement.v1.SettlementExpired",
+    "SETTLEMENT_REVERSED": "chargemesh.settlement.v1.SettlementReversed",
     "FLEET_ACCOUNTING_RECORDED": "chargemesh.settlement.v1.FleetAccountingRecorded",
     "DISPUTE_RECORDED": "chargemesh.dispute.v1.DisputeRecorded",
     "SEGMENT_PASSES_APPLIED": "chargemesh.wireless.v1.SegmentPassesApplied",

@@ -118,7 +118,8 @@ def test_without_the_vehicles_countersignature_the_settlement_stays_pending_and_
                  {"currency": "USD", "ceiling_per_kwh": "0.80"}, slot_ms=HOUR_MS)
     steps, close = st.session(20_000, 1, [(20, 10_000)], (40, 20_000))
     settlement_of(steps[-1])
-    later = st.feed(sdk.heartbeat(st.station, st.start_ms + 30 * 24 * HOUR_MS))
+    # Within the rate authority's finality window (48 h by default, from the close-out).
+    later = st.feed(sdk.heartbeat(st.station, st.start_ms + 47 * HOUR_MS))
     assert later.decisions == []  # no silent finality, no silent loss
     session = st.state.extra["sessions"]["s1"]
     assert session["status"] == "CLOSED_OUT" and session["signed_by"] == [st.station.credential_id]
