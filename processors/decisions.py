@@ -29,6 +29,7 @@ class DecisionType(enum.StrEnum):
     CREDENTIAL_REEVALUATED = "chargemesh.ledger.v1.CredentialReevaluated"
     REPRICE_PROPOSED = "chargemesh.session.v1.RepriceProposed"
     SESSION_STOPPED = "chargemesh.session.v1.SessionStopped"
+    POWER_LIMIT_SET = "chargemesh.session.v1.PowerLimitSet"
     SETTLEMENT_ADMITTED = "chargemesh.settlement.v1.SettlementAdmitted"
     SETTLEMENT_FINALISED = "chargemesh.settlement.v1.SettlementFinalised"
     SETTLEMENT_EXPIRED = "chargemesh.settlement.v1.SettlementExpired"
@@ -58,6 +59,7 @@ ROUTES: Mapping[DecisionType, Route] = MappingProxyType({
     DecisionType.CREDENTIAL_REEVALUATED: Route(topics.DECISIONS.name, "station_id"),
     DecisionType.REPRICE_PROPOSED: Route(topics.DECISIONS.name, "station_id"),
     DecisionType.SESSION_STOPPED: Route(topics.DECISIONS.name, "station_id"),
+    DecisionType.POWER_LIMIT_SET: Route(topics.DECISIONS.name, "station_id"),
     DecisionType.SETTLEMENT_ADMITTED: Route(topics.SETTLEMENTS.name, "session_id"),
     DecisionType.SETTLEMENT_FINALISED: Route(topics.SETTLEMENTS.name, "session_id"),
     DecisionType.SETTLEMENT_EXPIRED: Route(topics.SETTLEMENTS.name, "session_id"),

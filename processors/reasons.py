@@ -62,6 +62,10 @@ class Reason(enum.StrEnum):
     ABOVE_FILED_CEILING = "ABOVE_FILED_CEILING"
     UNKNOWN_CONNECTOR = "UNKNOWN_CONNECTOR"
     INVALID_WINDOW = "INVALID_WINDOW"
+    # A connector declares more power than its kind delivers (issue 16: ledger/power.py bounds).
+    CONNECTOR_POWER_ABOVE_KIND = "CONNECTOR_POWER_ABOVE_KIND"
+    # A grid operator's limit that cannot be applied (a negative capacity_limit_w).
+    INVALID_GRID_EVENT = "INVALID_GRID_EVENT"
     # ---- orders ----------------------------------------------------------------------------------
     SLOT_OUTSIDE_CALENDAR = "SLOT_OUTSIDE_CALENDAR"
     SLOT_MISALIGNED = "SLOT_MISALIGNED"
@@ -113,6 +117,9 @@ class Reason(enum.StrEnum):
     READING_OUTSIDE_SESSION = "READING_OUTSIDE_SESSION"
     IMPLAUSIBLE_READING = "IMPLAUSIBLE_READING"
     NO_SUCH_REPRICE = "NO_SUCH_REPRICE"
+    # The vehicle did not answer a RepriceProposed by the rules' reprice_response_ms: the ledger
+    # stopped the session at the deadline (SessionStopped.reason_code; issue 16).
+    REPRICE_UNANSWERED = "REPRICE_UNANSWERED"
     MISSING_READINGS = "MISSING_READINGS"
     NOT_THE_ZONES_OPERATOR = "NOT_THE_ZONES_OPERATOR"
     UNKNOWN_SETTLEMENT = "UNKNOWN_SETTLEMENT"
@@ -246,6 +253,18 @@ class Reason(enum.StrEnum):
     # A PROCESSOR and a CHECKPOINT credential share a credential or a key (governance refusal), or
     # a checkpoint is signed by a processors' key (audit finding).
     DUTIES_NOT_SEPARATED = "DUTIES_NOT_SEPARATED"
+    # ---- tariffs and claims (issue 16, M3 and C2) ------------------------------------------------
+    # A filing's currency is no ISO 4217 code, its minor units are not the currency's, or it
+    # declares no rounding rule.
+    UNKNOWN_CURRENCY = "UNKNOWN_CURRENCY"
+    MINOR_UNITS_MISMATCH = "MINOR_UNITS_MISMATCH"
+    UNKNOWN_ROUNDING = "UNKNOWN_ROUNDING"
+    # A re-filing of a tariff id that is no later version of it (retroactive, not after the
+    # version in force, another currency or rounding), or a window no version is in force over.
+    INVALID_TARIFF_VERSION = "INVALID_TARIFF_VERSION"
+    TARIFF_NOT_IN_FORCE = "TARIFF_NOT_IN_FORCE"
+    # The claim's adders are not the filed tariff's.
+    ADDERS_MISMATCH = "ADDERS_MISMATCH"
 
 
 def displaced(cause: str) -> Reason:

@@ -44,7 +44,7 @@ from chargemesh.checks import ensure
 from chargemesh.processors.decisions import Decision, DecisionType, decided
 from chargemesh.processors.governance import ChainOk, TrustStore
 from chargemesh.processors.ingress import decode
-from chargemesh.processors.ledger import sessions
+from chargemesh.processors.ledger import power, sessions
 from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.processors.statuses import CapacityCause, GridEventKind
@@ -430,9 +430,17 @@ def _curtail(state: ledger.LedgerState, cmd: ledger.Command, view: ledger.Govern
                "available": limit_w > 0, "power_w": limit_w, "cause": CURTAILMENT_CAUSE,
                "from_at_ms": decision["interval_start_at_ms"],
                "until_at_ms": decision["interval_end_at_ms"]}
+    before = len(state.outages)
     problem = ledger.change_capacity(state, dataclasses.replace(cmd, payload=payload), view, out)
     ensure(problem is None or problem.reason == Reason.LEDGER_FULL,
            f"curtailment refused: {problem}")
+    if problem is None:  # M5: sessions that have started are held to the step's limit too
+        grid_event_id = reprice_id(decision)
+        if len(state.outages) > before:
+            state.outages[-1].grid_event_id = grid_event_id
+        power.limit_sessions(state, step["connector_id"], (limit_w, payload["from_at_ms"],
+                             payload["until_at_ms"]), grid_event_id, power.SOURCE_QUORUM,
+                             power.SOURCE_QUORUM, out)
 
 
 def _reprice(state: ledger.LedgerState, cmd: ledger.Command, view: ledger.GovernanceView,

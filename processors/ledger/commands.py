@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 from chargemesh.processors.embodiments import mobile, swap, wireless
 from chargemesh.processors.grid import observers
-from chargemesh.processors.ledger import binding, disputes, revocation, sessions
+from chargemesh.processors.ledger import binding, disputes, power, revocation, sessions
 from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.ledger.state import (
     Command,
@@ -30,7 +30,7 @@ from chargemesh.processors.ledger.state import (
 COMMANDS: Mapping[str, Handler] = MappingProxyType({
     # M4, M5: the calendar, capacity and the station's clock
     "chargemesh.capacity.v1.SlotCalendarPublished": binding.bound_calendar(
-        ledger.publish_calendar),
+        power.bounded_calendar(ledger.publish_calendar)),
     "chargemesh.capacity.v1.CapacityChanged": ledger.change_capacity,
     "chargemesh.capacity.v1.StationHeartbeat": ledger.heartbeat,
     # orders
@@ -45,7 +45,8 @@ COMMANDS: Mapping[str, Handler] = MappingProxyType({
     "chargemesh.session.v1.ConnectorHandshakeCompleted": binding.bound_identity(
         sessions.record_handshake, station_signed=True),
     "chargemesh.session.v1.MeterReadingRecorded": sessions.record_reading,
-    "chargemesh.grid.v1.GridEventRouted": sessions.reprice_sessions,
+    # M5, M7: the zone operator's limits bind (ledger/power.py); price signals re-price
+    "chargemesh.grid.v1.GridEventRouted": power.grid_routed(sessions.reprice_sessions),
     "chargemesh.session.v1.RepriceAccepted": sessions.accept_reprice,
     "chargemesh.session.v1.SessionStopped": sessions.stop_session,
     "chargemesh.session.v1.MeterClosedOut": sessions.close_out,

@@ -12,10 +12,27 @@ from typing import Any
 
 from chargemesh.processors.decisions import Decision, DecisionType, decided
 from chargemesh.processors.embodiments import fleet, v2g
-from chargemesh.processors.ledger.state import Command, GovernanceView, LedgerState, _emit
+from chargemesh.processors.ledger import power
+from chargemesh.processors.ledger.state import (
+    Command,
+    GovernanceView,
+    LedgerState,
+    _emit,
+    note_reprice_deadline,
+    reprice_response_ms,
+    stop_by_ledger,
+)
 from chargemesh.processors.reasons import Reason, Rejection
-from chargemesh.processors.settlement import Reading, Reprice, Tariff, segments, settle
+from chargemesh.processors.settlement import (
+    Reading,
+    Reprice,
+    Tariff,
+    schedule_between,
+    segments,
+    settle,
+)
 from chargemesh.processors.statuses import (
+    AboveCeiling,
     GridEventKind,
     RepriceStatus,
     ReservationStatus,
@@ -31,6 +48,10 @@ PLAUSIBILITY_SLACK_WH = 10
 OVERRUN_MS_MAX = 30 * MINUTE_MS
 EARLY_START_MS_MAX = 15 * MINUTE_MS
 OPEN = (SessionStatus.ACTIVE, SessionStatus.STOPPED)
+# Price signals a station's ledger remembers (so a session starting inside one's window is priced
+# at it from its start); a signal is forgotten an hour after its window ends.
+PRICE_SIGNALS_LIVE_MAX = 1_000
+PRICE_SIGNAL_KEPT_MS = HOUR_MS
 # M6: the finality window when the rate authority's rules declare none (rules published before
 # AllocationRulesPublished.finality_window_ms existed): 48 h after the close-out.
 FINALITY_WINDOW_MS_DEFAULT = 48 * HOUR_MS
@@ -96,6 +117,7 @@ def record_handshake(state: LedgerState, cmd: Command, view: GovernanceView,
         "started_at_ms": p["started_at_ms"], "meter_start_wh": p["meter_start_wh"],
         "rate_per_kwh": res.rate_per_kwh, "ceiling_per_kwh": res.ceiling_rate_per_kwh,
         "booked_stop_ms": res.stop_ms, "tariff": Tariff.from_filing(tariff).as_dict(),
+        "filed_ceiling_per_kwh": Decimal(tariff["energy_rate_ceiling_per_kwh"]),
         "grid_zone_id": cal["grid_zone_id"],
         "grid_operator_ids": sorted(program["grid_operator_credential_ids"]) if program else [],
         "readings": [], "reprices": [], "status": SessionStatus.ACTIVE, "stopped_at_ms": 0,
@@ -104,6 +126,9 @@ def record_handshake(state: LedgerState, cmd: Command, view: GovernanceView,
     }
     v2g.start(sessions(state)[p["session_id"]], connector, p)  # E3: the export register
     fleet.start(sessions(state)[p["session_id"]], state.station_id, view)  # E4: one fleet?
+    power.session_started(state, sessions(state)[p["session_id"]], out)  # M5: grid limits
+    for signal in _price_signals(state):  # M6: a price signal in force (or ahead) binds it too
+        _propose(state, sessions(state)[p["session_id"]], signal, view, out)
     return None
 
 
@@ -140,13 +165,21 @@ def _reading_problem(s: dict[str, Any], p: dict[str, Any], last_seq: int, last_a
     if p["cumulative_import_wh"] < last_wh:
         return Rejection(Reason.METER_WENT_BACKWARDS,
                          f"{p['cumulative_import_wh']} Wh < {last_wh} Wh")
+    billed_until = s.get("billed_until_ms")
+    if billed_until is not None and p["read_at_ms"] > billed_until:
+        return Rejection(Reason.READING_OUTSIDE_SESSION, f"the ledger stopped the session at "
+                         f"{billed_until} ({s.get('stop_code', '')}): it settles up to then")
     if not last_at <= p["read_at_ms"] <= s["booked_stop_ms"] + OVERRUN_MS_MAX:
         return Rejection(Reason.READING_OUTSIDE_SESSION, f"read at {p['read_at_ms']}")
     elapsed_ms = p["read_at_ms"] - last_at
-    ceiling_wh = Decimal(s["power_w"]) * elapsed_ms / HOUR_MS * (1 + PLAUSIBILITY_TOLERANCE)
+    # M5: the connector's power, capped by the power limits in force (ledger/power.py)
+    ceiling_wh = power.energy_ceiling_wh(s, last_at, p["read_at_ms"]) * (
+        1 + PLAUSIBILITY_TOLERANCE)
     if p["cumulative_import_wh"] - last_wh > ceiling_wh + PLAUSIBILITY_SLACK_WH:
+        limit = (" under the power limits in force (PowerLimitSet)"
+                 if power.limited(s, last_at, p["read_at_ms"]) else "")
         return Rejection(Reason.IMPLAUSIBLE_READING, f"{p['cumulative_import_wh'] - last_wh} Wh in "
-                         f"{elapsed_ms} ms exceeds {s['power_w']} W")
+                         f"{elapsed_ms} ms exceeds {s['power_w']} W{limit}")
     return v2g.export_problem(s, p.get("cumulative_export_wh", 0),
                               p["cumulative_import_wh"] - last_wh,
                               ceiling_wh + PLAUSIBILITY_SLACK_WH)
@@ -154,24 +187,82 @@ def _reading_problem(s: dict[str, Any], p: dict[str, Any], last_seq: int, last_a
 
 def reprice_sessions(state: LedgerState, cmd: Command, view: GovernanceView,
                 out: list[Decision]) -> Rejection | None:
-    """A zone's grid event, routed to this station: re-price every active session."""
+    """A zone's grid event, routed to this station: re-price every active session for the
+    signal's window (and remember the signal, so sessions starting inside it are priced at it).
+    A price above the filed ceiling is proposed at the ceiling, or refused ABOVE_FILED_CEILING
+    when the station's tariff declares ``above_ceiling`` REFUSE."""
     grid = cmd.payload.get("_grid_event")
     if grid is None:
         return Rejection(Reason.MALFORMED_PAYLOAD, "routed grid event did not verify")
     if grid["kind"] != GridEventKind.PRICE_SIGNAL:
         return None  # capacity limits reach the ledger as the station's CapacityChanged
+    return _price_signal(state, grid, view, out)
+
+
+def _price_signal(state: LedgerState, grid: dict[str, Any], view: GovernanceView,
+                  out: list[Decision]) -> Rejection | None:
+    if grid["until_at_ms"] <= grid["from_at_ms"]:
+        return Rejection(Reason.INVALID_WINDOW, "a price signal's until_at_ms must be after "
+                         "its from_at_ms")
+    filed = view.tariffs.get(state.calendar["tariff_id"]) if state.calendar else None
+    if filed is not None and filed.get("above_ceiling") == AboveCeiling.REFUSE and (
+            grid["rate_per_kwh"] > filed["energy_rate_ceiling_per_kwh"]):
+        return Rejection(Reason.ABOVE_FILED_CEILING, f"{grid['rate_per_kwh']}/kWh exceeds the "
+                         f"filed ceiling {filed['energy_rate_ceiling_per_kwh']} of "
+                         f"{filed['tariff_id']}, which refuses prices above it")
+    signals = state.extra.setdefault("price_signals", [])
+    signals[:] = [x for x in signals if x["until_at_ms"] + PRICE_SIGNAL_KEPT_MS > state.clock_ms]
+    if len(signals) >= PRICE_SIGNALS_LIVE_MAX:
+        return Rejection(Reason.LEDGER_FULL, f"{PRICE_SIGNALS_LIVE_MAX} price signals live")
+    signal = {"grid_event_id": grid["grid_event_id"], "from_at_ms": grid["from_at_ms"],
+              "until_at_ms": grid["until_at_ms"], "rate_per_kwh": grid["rate_per_kwh"]}
+    signals.append(signal)
     for s in sorted(sessions(state).values(), key=lambda x: x["session_id"]):
-        if s["status"] != SessionStatus.ACTIVE:
-            continue
-        effective = max(grid["from_at_ms"], s["started_at_ms"])
-        s["reprices"].append({"grid_event_id": grid["grid_event_id"], "effective_from_ms":
-                              effective, "rate_per_kwh": grid["rate_per_kwh"],
-                              "status": RepriceStatus.PROPOSED})
-        _emit(state, out, decided(DecisionType.REPRICE_PROPOSED, {
-            "session_id": s["session_id"], "station_id": state.station_id,
-            "grid_event_id": grid["grid_event_id"], "effective_from_ms": effective,
-            "new_rate_per_kwh": grid["rate_per_kwh"], "power_limit_w": 0}))
+        if s["status"] == SessionStatus.ACTIVE:
+            _propose(state, s, signal, view, out)
     return None
+
+
+def _price_signals(state: LedgerState) -> list[dict[str, Any]]:
+    return sorted(state.extra.get("price_signals", []),
+                  key=lambda x: (x["from_at_ms"], x["grid_event_id"]))
+
+
+def _filed_ceiling(s: dict[str, Any], view: GovernanceView) -> Decimal | None:
+    """The filed ceiling of the session's tariff (looked up for sessions started before the
+    session kept it)."""
+    if "filed_ceiling_per_kwh" in s:
+        return Decimal(s["filed_ceiling_per_kwh"])
+    filed = view.tariffs.get(s["tariff"]["tariff_id"])
+    return Decimal(filed["energy_rate_ceiling_per_kwh"]) if filed else None
+
+
+def _propose(state: LedgerState, s: dict[str, Any], signal: dict[str, Any], view: GovernanceView,
+             out: list[Decision]) -> None:
+    """Offer ``signal``'s price to session ``s`` for the part of its window the session runs in,
+    capped at the filed ceiling; a price above the vehicle's own ceiling stops the session when
+    it takes effect (the vehicle never agreed to pay it; the station need not sell below it)."""
+    effective = max(signal["from_at_ms"], s["started_at_ms"])
+    until = signal["until_at_ms"]
+    if until <= effective:
+        return  # the window ended before the session began
+    rate = Decimal(signal["rate_per_kwh"])
+    ceiling = _filed_ceiling(s, view)
+    if ceiling is not None:
+        rate = min(rate, ceiling)
+    if s["ceiling_per_kwh"] is not None and rate > s["ceiling_per_kwh"]:
+        stop_by_ledger(state, s, effective, Reason.ABOVE_CEILING, out)
+        return
+    respond_by = state.clock_ms + reprice_response_ms(state)
+    s["reprices"].append({"grid_event_id": signal["grid_event_id"], "effective_from_ms":
+                          effective, "effective_until_ms": until, "rate_per_kwh": rate,
+                          "status": RepriceStatus.PROPOSED, "respond_by_ms": respond_by})
+    note_reprice_deadline(state, respond_by)
+    _emit(state, out, decided(DecisionType.REPRICE_PROPOSED, {
+        "session_id": s["session_id"], "station_id": state.station_id,
+        "grid_event_id": signal["grid_event_id"], "effective_from_ms": effective,
+        "new_rate_per_kwh": rate, "power_limit_w": 0, "effective_until_ms": until,
+        "respond_by_ms": respond_by}))
 
 
 def accept_reprice(state: LedgerState, cmd: Command, view: GovernanceView,
@@ -186,6 +277,10 @@ def accept_reprice(state: LedgerState, cmd: Command, view: GovernanceView,
         if rp["grid_event_id"] == p["grid_event_id"] and rp["status"] == RepriceStatus.PROPOSED:
             if p["accepted_rate_per_kwh"] != rp["rate_per_kwh"]:
                 return Rejection(Reason.PRICE_MISMATCH, f"proposed {rp['rate_per_kwh']}")
+            ceiling = _filed_ceiling(s, view)
+            if ceiling is not None and rp["rate_per_kwh"] > ceiling:  # proposed before the cap
+                return Rejection(Reason.ABOVE_FILED_CEILING, f"the re-price exceeds the filed "
+                                 f"ceiling {ceiling}")
             if s["ceiling_per_kwh"] is not None and rp["rate_per_kwh"] > s["ceiling_per_kwh"]:
                 return Rejection(Reason.ABOVE_CEILING, "the re-price exceeds the vehicle's ceiling")
             rp["status"] = RepriceStatus.ACCEPTED
@@ -236,6 +331,7 @@ def close_out(state: LedgerState, cmd: Command, view: GovernanceView,
                                last_seq, last_at, last_wh)
     if problem is not None:
         return problem
+    s["tariff_schedule"] = tariff_schedule(view, s, p["closed_at_ms"])  # M3: in force when
     s["close_out"] = {"closed_at_ms": p["closed_at_ms"], "final_import_wh": p["final_import_wh"],
                       "final_export_wh": p.get("final_export_wh", 0),
                       "event_hash": cmd.event_hash.hex()}
@@ -260,15 +356,25 @@ def settlement_id_for(session_id: str) -> str:
     return f"stl:{session_id}"
 
 
+def tariff_schedule(view: GovernanceView, s: dict[str, Any],
+                    closed_at_ms: int) -> list[dict[str, Any]]:
+    """The versions of the session's tariff in force between its start and its close-out (M3);
+    a settlement bills each interval under the version in force then."""
+    filed = [Tariff.from_filing(v) for v in view.tariff_schedule(s["tariff"]["tariff_id"])]
+    return [v.as_dict() for v in schedule_between(filed, s["started_at_ms"], closed_at_ms)]
+
+
 def admitted_settlement(state: LedgerState, s: dict[str, Any], at_ms: int) -> dict[str, Any]:
     tariff = Tariff(**s["tariff"])
-    reprices = [Reprice(rp["effective_from_ms"], rp["rate_per_kwh"], rp["grid_event_id"])
+    schedule = [Tariff(**v) for v in s.get("tariff_schedule") or ()] or None
+    reprices = [Reprice(rp["effective_from_ms"], rp["rate_per_kwh"], rp["grid_event_id"],
+                        rp.get("effective_until_ms", 0))
                 for rp in s["reprices"] if rp["status"] == RepriceStatus.ACCEPTED]
     energy = segments(Reading(s["started_at_ms"], s["meter_start_wh"]),
                       [Reading(at, wh) for _, at, wh in s["readings"]],
                       Reading(s["close_out"]["closed_at_ms"], s["close_out"]["final_import_wh"]),
-                      s["rate_per_kwh"], reprices)
-    lines, total = settle(tariff, energy)
+                      s["rate_per_kwh"], reprices, schedule)
+    lines, total = settle(tariff, energy, schedule)
     lines, total = v2g.with_export_credit(tariff, s, lines, total)  # E3: two-sided
     kind, lines, total = fleet.internal_entry(s, lines, total)  # E4: no payment due
     s["settlement_id"] = settlement_id_for(s["session_id"])

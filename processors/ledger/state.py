@@ -29,14 +29,17 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from chargemesh.processors.decisions import Decision, DecisionType, decided
+from chargemesh.processors.ledger import claims
 from chargemesh.processors.reasons import Reason, Rejection, displaced
 from chargemesh.processors.statuses import (
     BidResolution,
     CapacityCause,
     CurtailmentOrder,
     Reallocation,
+    RepriceStatus,
     ReservationStatus,
     SessionStatus,
+    StopReason,
 )
 from chargemesh.units import DAY_MS, HOUR_MS, MINUTE_MS
 
@@ -57,6 +60,9 @@ LIVE = (ReservationStatus.ACTIVE, ReservationStatus.ARRIVED)
 ACTIVE = ReservationStatus.ACTIVE
 SESSIONS_FINISHED = (SessionStatus.FINAL, SessionStatus.VOID, SessionStatus.EXPIRED,
                      SessionStatus.INADMISSIBLE)
+# M6: how long a vehicle has to answer a RepriceProposed when the rules declare nothing (rules
+# published before AllocationRulesPublished.reprice_response_ms existed).
+REPRICE_RESPONSE_MS_DEFAULT = 5 * MINUTE_MS
 # A vehicle's timestamp may move a station's ledger clock this far past the station's own.
 VEHICLE_CLOCK_LEAD_MS_MAX = 2 * MINUTE_MS
 # The event types a station signs on its own clock (full event types: the version counts).
@@ -75,6 +81,8 @@ class GovernanceView(Protocol):
     rules: dict[str, dict[str, Any]]
 
     def is_rate_authority(self, authority_id: str, at_ms: int) -> bool: ...
+
+    def tariff_schedule(self, tariff_id: str) -> list[dict[str, Any]]: ...
 
     def grid_program(self, grid_zone_id: str, at_ms: int) -> dict[str, Any] | None: ...
 
@@ -127,6 +135,9 @@ class Outage:
     until_ms: int
     power_w: int  # 0 = offline
     cause: str
+    # The grid event (operator's or observer quorum's) that imposed it; "" for the station's own
+    # capacity changes. A grid RESTORED lifts only the operator's (ledger/power.py).
+    grid_event_id: str = ""
 
 
 @dataclasses.dataclass
@@ -309,6 +320,64 @@ def _advance_clock(state: LedgerState, at_ms: int, out: list[Decision]) -> None:
     for res in sorted(due_res, key=lambda r: r.seq):
         deadline_ms = _no_show_at_ms(res, grace)
         _emit(state, out, released(state, res, Reason.NO_SHOW, f"no handshake by {deadline_ms}"))
+    _stop_unanswered_reprices(state, at_ms, out)
+
+
+# ---- re-price deadlines (M6, issue 16) --------------------------------------------------------
+# A RepriceProposed carries its respond_by_ms (the ledger's clock when it proposed + the rules'
+# reprice_response_ms). Once the clock passes it with the proposal unanswered, the ledger stops
+# the session itself at the deadline: a signed SessionStopped (REPRICE_REFUSED, reason_code
+# REPRICE_UNANSWERED), and the session settles up to that moment (nothing metered after it).
+
+
+def reprice_response_ms(state: LedgerState) -> int:
+    return int(state.rules.get("reprice_response_ms") or REPRICE_RESPONSE_MS_DEFAULT)
+
+
+def note_reprice_deadline(state: LedgerState, respond_by_ms: int) -> None:
+    """Remember the earliest open deadline, so the clock's advance scans sessions only when one
+    is due (this runs for every event)."""
+    due = state.extra.get("reprice_due_ms")
+    state.extra["reprice_due_ms"] = respond_by_ms if due is None else min(due, respond_by_ms)
+
+
+def _stop_unanswered_reprices(state: LedgerState, at_ms: int, out: list[Decision]) -> None:
+    due_ms = state.extra.get("reprice_due_ms")
+    if due_ms is None or at_ms < due_ms:
+        return
+    due, later = [], []
+    for s in state.extra.get("sessions", {}).values():
+        if s["status"] != SessionStatus.ACTIVE:
+            continue
+        open_by = [rp["respond_by_ms"] for rp in s["reprices"]
+                   if rp["status"] == RepriceStatus.PROPOSED and rp.get("respond_by_ms")]
+        if open_by and min(open_by) <= at_ms:
+            due.append((min(open_by), s["session_id"], s))
+        elif open_by:
+            later.append(min(open_by))
+    state.extra.pop("reprice_due_ms")
+    if later:
+        state.extra["reprice_due_ms"] = min(later)
+    for deadline_ms, _, s in sorted(due, key=lambda d: (d[0], d[1])):
+        stop_by_ledger(state, s, deadline_ms, Reason.REPRICE_UNANSWERED, out)
+
+
+def stop_by_ledger(state: LedgerState, s: dict[str, Any], stopped_at_ms: int, reason: Reason,
+                   out: list[Decision]) -> None:
+    """The ledger stops an active session over its price (an unanswered re-price, or a price in
+    force above the vehicle's ceiling): a signed ``SessionStopped`` naming ``reason``; nothing
+    metered after the stop is billed (its readings and close-out must be at or before it).
+    Never before the session's last reading, which the ledger has already admitted."""
+    last_at = s["readings"][-1][1] if s["readings"] else s["started_at_ms"]
+    at_ms = max(stopped_at_ms, last_at)
+    s.update(status=SessionStatus.STOPPED, stopped_at_ms=at_ms,
+             stop_reason=StopReason.REPRICE_REFUSED, billed_until_ms=at_ms, stop_code=reason)
+    for rp in s["reprices"]:
+        if rp["status"] == RepriceStatus.PROPOSED:
+            rp["status"] = RepriceStatus.REFUSED
+    _emit(state, out, decided(DecisionType.SESSION_STOPPED, {
+        "session_id": s["session_id"], "station_id": state.station_id, "stopped_at_ms": at_ms,
+        "reason": StopReason.REPRICE_REFUSED, "reason_code": reason}))
 
 
 def _no_show_at_ms(res: Reservation, grace_ms: int) -> int:
@@ -398,6 +467,9 @@ def _order_from(cmd: Command, state: LedgerState, rate_field: str,
         return Rejection(Reason.CURRENCY_MISMATCH, f"station settles in {cal['currency']}")
     if claim["energy_wh"] <= 0:
         return Rejection(Reason.INVALID_ENERGY, "energy_wh must be positive")
+    terms = _claim_terms_problem(view, cal["tariff_id"], claim)
+    if terms is not None:
+        return terms
     if any(r.order_id == p["order_id"] for r in state.reservations.values()) or any(
             b.order_id == p["order_id"] for b in state.bids):
         return Rejection(Reason.DUPLICATE_ORDER, f"order {p['order_id']} is already on the ledger")
@@ -409,6 +481,19 @@ def _order_from(cmd: Command, state: LedgerState, rate_field: str,
                bid_rate_per_kwh=rate, energy_wh=claim["energy_wh"],
                dr_priority=flags["demand_response_priority"], curtailable=flags["curtailable"],
                seq=state.seq, ceiling_rate_per_kwh=claim["ceiling_rate_per_kwh"])
+
+
+def _claim_terms_problem(view: GovernanceView, tariff_id: str,
+                         claim: dict[str, Any]) -> Rejection | None:
+    """C2 against M3: the claim's adders are the filed tariff's, which is in force over the
+    claimed window (``ledger.claims``)."""
+    filed = view.tariffs.get(tariff_id)
+    if filed is None:
+        return Rejection(Reason.UNKNOWN_TARIFF, f"{tariff_id} is not filed")
+    schedule = view.tariff_schedule(tariff_id) or [filed]
+    in_force = claims.filing_in_force(schedule, claim["slot_start_at_ms"])
+    return claims.adders_problem(in_force, claim.get("adders") or []) or (
+        claims.in_force_problem(schedule, claim["slot_start_at_ms"], claim["slot_stop_at_ms"]))
 
 
 def roaming_problem(view: GovernanceView, vehicle_credential_id: str, rate_authority_id: str,

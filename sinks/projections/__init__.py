@@ -22,6 +22,7 @@ from chargemesh.sinks.projections import (
     grid_zones,
     ledger,
     observers,
+    power_limits,
     revocation,
     sessions,
     settlements,
@@ -34,12 +35,12 @@ from chargemesh.sinks.projections.core import Projector, Rows, SourceMessage
 _DOMAIN_TABLES: Sequence[Mapping[str, tuple[str, ...]]] = (
     core.TABLES, ledger.TABLES, sessions.TABLES, settlements.TABLES, disputes.TABLES,
     audit.TABLES, observers.TABLES, revocation.TABLES, v2g_fleet.TABLES, swap_mobile.TABLES,
-    wireless.TABLES, grid_zones.TABLES,
+    wireless.TABLES, grid_zones.TABLES, power_limits.TABLES,
 )
 _DOMAIN_PROJECTORS: Sequence[Mapping[str, Projector]] = (
     ledger.PROJECTORS, sessions.PROJECTORS, settlements.PROJECTORS, disputes.PROJECTORS,
     audit.PROJECTORS, observers.PROJECTORS, revocation.PROJECTORS, v2g_fleet.PROJECTORS,
-    swap_mobile.PROJECTORS, wireless.PROJECTORS, grid_zones.PROJECTORS,
+    swap_mobile.PROJECTORS, wireless.PROJECTORS, grid_zones.PROJECTORS, power_limits.PROJECTORS,
 )
 
 
