@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from chargemesh.processors import currencies
 from chargemesh.processors.log_clock import (
     GOVERNANCE_CLOCK_SKEW_MS_MAX,
     revoked_problem,
@@ -28,6 +29,8 @@ CHAIN_DEPTH_MAX = 8
 # A zone names at most this many operators; the store keeps this many registrations per zone.
 ZONE_OPERATORS_MAX = 16
 ZONE_REGISTRATIONS_KEPT_MAX = 16
+# Versions of one tariff id (a tariff changed every day for ten years stays under it).
+TARIFF_VERSIONS_MAX = 4_096
 # A credential attribute naming the organisation behind it (observer independence, P3).
 ORGANISATION_ATTRIBUTE = "organisation"
 FOREVER_MS = 2**62
@@ -102,7 +105,8 @@ class TrustStore:
         self.zone_registrations: dict[str, list[dict[str, Any]]] = {}
         self.revocations: dict[str, Revocation] = {}
         self.reciprocity: dict[frozenset[str], list[tuple[int, int, str]]] = {}
-        self.tariffs: dict[str, dict[str, Any]] = {}
+        self.tariffs: dict[str, dict[str, Any]] = {}  # the first filing of each tariff id
+        self.tariff_versions: dict[str, list[dict[str, Any]]] = {}  # every version, in order
         self.rules: dict[str, dict[str, Any]] = {}
         self.applied_event_ids: set[str] = set()
         # The governance log's clock (issue 15, hole 3): the latest time an admitted governance
@@ -288,6 +292,12 @@ class TrustStore:
 
     def tariff(self, tariff_id: str) -> dict[str, Any] | None:
         return self.tariffs.get(tariff_id)
+
+    def tariff_schedule(self, tariff_id: str) -> list[dict[str, Any]]:
+        """Every filed version of ``tariff_id``, by ``effective_from_ms`` (M3): a version is in
+        force from its ``effective_from_ms`` until the next one's, or its own
+        ``effective_until_ms`` if earlier. Empty: never filed."""
+        return list(self.tariff_versions.get(tariff_id, ()))
 
     def descendants(self, principal_id: str) -> list[str]:
         """Everything that chains through ``principal_id`` (itself first); for P4 cascades."""
@@ -610,9 +620,42 @@ def _file_tariff(store: TrustStore, event: SignedEvent, p: dict[str, Any]) -> Re
             Reason.SUBJECT_MISMATCH,
             f"{event.body.author_credential_id} does not act for {p['rate_authority_id']}",
         )
-    if p["tariff_id"] in store.tariffs:
+    problem = currencies.filing_problem(p["currency"], int(p["currency_minor_units"]),
+                                        p["rounding"])
+    if problem is not None:
+        return problem
+    if p["effective_until_ms"] <= p["effective_from_ms"]:
+        return Rejection.of(Reason.INVALID_TARIFF_VERSION, "effective_until_ms must be after "
+                            "effective_from_ms")
+    versions = store.tariff_versions.setdefault(p["tariff_id"], [])
+    if versions:
+        problem = _version_problem(versions[-1], p, event.body.occurred_at_ms)
+        if problem is not None:
+            return problem
+        if len(versions) >= TARIFF_VERSIONS_MAX:
+            return Rejection.of(Reason.INVALID_TARIFF_VERSION,
+                                f"{TARIFF_VERSIONS_MAX} versions of {p['tariff_id']} filed")
+    else:
+        store.tariffs[p["tariff_id"]] = p  # the first filing: what calendars name and check
+    versions.append(p)
+    return None
+
+
+def _version_problem(last: dict[str, Any], p: dict[str, Any], at_ms: int) -> Rejection | None:
+    """A tariff id filed again is a new version: by the same authority, in the same currency and
+    rounding, in force from after the latest version's start and not before it is filed (a
+    settled session never changes price). It supersedes the previous versions from then on."""
+    if (p["rate_authority_id"] != last["rate_authority_id"]
+            or p["effective_from_ms"] <= last["effective_from_ms"]):
         return Rejection.of(Reason.DUPLICATE_IDENTIFIER, f"tariff {p['tariff_id']} already filed")
-    store.tariffs[p["tariff_id"]] = p
+    if p["effective_from_ms"] < at_ms:
+        return Rejection.of(Reason.INVALID_TARIFF_VERSION, f"a new version of {p['tariff_id']} "
+                            f"cannot take effect ({p['effective_from_ms']}) before it is filed "
+                            f"({at_ms})")
+    for field in ("currency", "currency_minor_units", "rounding", "jurisdiction", "station_ids"):
+        if p[field] != last[field]:
+            return Rejection.of(Reason.INVALID_TARIFF_VERSION, f"a new version of "
+                                f"{p['tariff_id']} changes its {field}: file a new tariff id")
     return None
 
 

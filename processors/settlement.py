@@ -7,7 +7,16 @@ total is the sum of the rounded lines, so the lines always add up to the total e
 
 Energy attribution: the meter is read at instants; the energy between two consecutive readings
 is priced at the rate in force at the later reading (interval metering). The session's base rate
-is the rate its reservation was booked at; an accepted re-price applies from its effective time.
+is the rate its reservation was booked at; an accepted re-price applies to the energy metered in
+its window ``(effective_from_ms, effective_until_ms]`` (a price signal's window: the re-priced
+rate from its start to its end, the booked rate after), so with readings on the window's edges
+the ``ENERGY_REPRICED`` line runs exactly from the window's start to its end.
+
+The tariff in force (M3): a tariff id may be filed again as a new version from a later time
+(``TrustStore.tariff_schedule``). Each interval is billed under the version in force just before
+its later reading, and at the rate of that version's time-of-use band (UTC minute of day) when
+that instant falls in one (an accepted re-price still wins); lines split wherever the version or the
+band changes, and each version's adders and tax apply to the energy billed under it.
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ ROUNDING_MODES = {"HALF_UP": ROUND_HALF_UP, "HALF_EVEN": ROUND_HALF_EVEN, "DOWN"
 WH_PER_KWH = Decimal(1000)
 HUNDRED = Decimal(100)
 MINOR_UNITS_MAX = 4
+MINUTES_PER_DAY = 24 * 60
+MS_PER_MINUTE = 60_000
+FOREVER_MS = 2**62
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +47,12 @@ class Tariff:
     congestion_fee_per_kwh: Decimal
     renewable_adder_per_kwh: Decimal
     swap_fee: Decimal = Decimal(0)
+    # (start_minute_of_day, end_minute_of_day, rate_per_kwh), UTC; lists after a JSON round trip
+    time_of_use: tuple[Any, ...] = ()
+    effective_from_ms: int = 0
+    effective_until_ms: int = FOREVER_MS
+    # E3: the most a grid operator may state as the clearing price (0: the mesh's default)
+    clearing_price_cap_per_kwh: Decimal = Decimal(0)
 
     @classmethod
     def from_filing(cls, filed: dict[str, Any]) -> "Tariff":
@@ -45,7 +63,20 @@ class Tariff:
             congestion_fee_per_kwh=Decimal(filed["congestion_fee_per_kwh"]),
             renewable_adder_per_kwh=Decimal(filed["renewable_adder_per_kwh"]),
             swap_fee=Decimal(filed.get("swap_fee", 0)),
+            time_of_use=tuple((int(b["start_minute_of_day"]), int(b["end_minute_of_day"]),
+                               Decimal(b["rate_per_kwh"])) for b in filed.get("time_of_use") or ()),
+            effective_from_ms=int(filed.get("effective_from_ms", 0)),
+            effective_until_ms=int(filed.get("effective_until_ms", FOREVER_MS)),
+            clearing_price_cap_per_kwh=Decimal(filed.get("clearing_price_cap_per_kwh", 0)),
         )
+
+    def band_at(self, at_ms: int) -> int:
+        """Index of the time-of-use band ``at_ms`` falls in (UTC minute of day), else -1."""
+        minute = (at_ms // MS_PER_MINUTE) % MINUTES_PER_DAY
+        for i, (start, end, _) in enumerate(self.time_of_use):
+            if int(start) <= minute < int(end):
+                return i
+        return -1
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -68,6 +99,12 @@ class Reprice:
     effective_from_ms: int
     rate_per_kwh: Decimal
     grid_event_id: str
+    effective_until_ms: int = 0  # 0: no end (proposals written before windows were honoured)
+
+    def in_force(self, at_ms: int) -> bool:
+        """Whether energy metered up to ``at_ms`` (since the previous reading) is priced at it."""
+        return self.effective_from_ms < at_ms and (
+            not self.effective_until_ms or at_ms <= self.effective_until_ms)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,20 +114,57 @@ class Segment:
     energy_wh: int
     rate_per_kwh: Decimal
     repriced: bool
+    version: int = 0  # index into the tariff schedule of the version billed
+    band: int = -1  # that version's time-of-use band, -1: none
+
+
+def version_at(schedule: list[Tariff], at_ms: int) -> int:
+    """Index of the version in force at ``at_ms``: the latest one effective by then (the first
+    one before any is)."""
+    index = 0
+    for i, version in enumerate(schedule):
+        if version.effective_from_ms <= at_ms:
+            index = i
+    return index
+
+
+def schedule_between(schedule: list[Tariff], from_ms: int, until_ms: int) -> list[Tariff]:
+    """The versions in force at some time of ``[from_ms, until_ms]`` (the one in force at
+    ``from_ms`` first): what a session's settlement needs of a tariff's history."""
+    if not schedule:
+        return []
+    first = version_at(schedule, from_ms)
+    return [schedule[first], *[v for v in schedule[first + 1:]
+                               if v.effective_from_ms <= until_ms]]
+
+
+def uncovered_at(schedule: list[Tariff], from_ms: int, until_ms: int) -> int | None:
+    """The first instant of ``[from_ms, until_ms)`` no filed version is in force at, or None."""
+    at = from_ms
+    for i, version in enumerate(schedule):
+        nxt = schedule[i + 1].effective_from_ms if i + 1 < len(schedule) else FOREVER_MS
+        end = min(version.effective_until_ms, nxt)
+        if version.effective_from_ms <= at < end:
+            at = end
+        if at >= until_ms:
+            return None
+    return at
 
 
 def rate_at(base_rate: Decimal, reprices: list[Reprice], at_ms: int) -> tuple[Decimal, bool]:
-    """The rate in force at ``at_ms``: the latest accepted re-price effective by then."""
+    """The rate for energy metered up to ``at_ms``: of the accepted re-prices whose window holds
+    it, the latest to take effect; the booked rate outside every window."""
     rate, repriced = base_rate, False
     for rp in sorted(reprices, key=lambda r: r.effective_from_ms):
-        if rp.effective_from_ms <= at_ms:
+        if rp.in_force(at_ms):
             rate, repriced = rp.rate_per_kwh, True
     return rate, repriced
 
 
 def segments(start: Reading, readings: list[Reading], final: Reading, base_rate: Decimal,
-             reprices: list[Reprice]) -> list[Segment]:
-    """Energy between consecutive readings, merged while the rate stays the same."""
+             reprices: list[Reprice], schedule: list[Tariff] | None = None) -> list[Segment]:
+    """Energy between consecutive readings, merged while the rate, the tariff version and its
+    time-of-use band stay the same (``schedule``: the tariff's versions; none: one version)."""
     points = [start, *sorted(readings, key=lambda r: r.at_ms), final]
     out: list[Segment] = []
     for before, after in zip(points, points[1:]):
@@ -98,12 +172,20 @@ def segments(start: Reading, readings: list[Reading], final: Reading, base_rate:
         if energy < 0:
             raise ValueError("meter went backwards")
         rate, repriced = rate_at(base_rate, reprices, after.at_ms)
-        if out and out[-1].rate_per_kwh == rate and out[-1].repriced == repriced:
+        # the version and band in force over the interval's last instant: an interval that
+        # ends on a boundary (midnight, a band's end) lies wholly before it
+        version = version_at(schedule, after.at_ms - 1) if schedule else 0
+        band = schedule[version].band_at(after.at_ms - 1) if schedule else -1
+        if band >= 0 and not repriced:
+            rate = Decimal(schedule[version].time_of_use[band][2])  # type: ignore[index]
+        if out and out[-1].rate_per_kwh == rate and out[-1].repriced == repriced and (
+                out[-1].version, out[-1].band) == (version, band):
             last = out[-1]
             out[-1] = dataclasses.replace(last, until_ms=after.at_ms,
                                           energy_wh=last.energy_wh + energy)
         else:
-            out.append(Segment(before.at_ms, after.at_ms, energy, rate, repriced))
+            out.append(Segment(before.at_ms, after.at_ms, energy, rate, repriced, version,
+                               band))
     return [s for s in out if s.energy_wh > 0] or out[-1:]
 
 
@@ -114,8 +196,18 @@ def line(kind: LineKind, description: str, quantity_wh: int, unit_rate: Decimal,
             "until_at_ms": until_ms}
 
 
-def settle(tariff: Tariff, energy: list[Segment]) -> tuple[list[dict[str, Any]], Decimal]:
-    """Line items and total for delivered energy under ``tariff``."""
+def settle(tariff: Tariff, energy: list[Segment],
+           schedule: list[Tariff] | None = None) -> tuple[list[dict[str, Any]], Decimal]:
+    """Line items and total for delivered energy under ``tariff`` (or, with ``schedule``, under
+    the version each segment was billed under: its energy, adders and tax lines in turn)."""
+    versions = sorted({seg.version for seg in energy})
+    if schedule and versions != [0]:
+        lines: list[dict[str, Any]] = []
+        for v in versions:
+            lines += settle(schedule[v], [s for s in energy if s.version == v])[0]
+        return lines, sum((ln["amount"] for ln in lines), Decimal(0))
+    if schedule:
+        tariff = schedule[0]
     lines = []
     for seg in energy:
         amount = tariff.round(Decimal(seg.energy_wh) * seg.rate_per_kwh / WH_PER_KWH)

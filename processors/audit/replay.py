@@ -41,7 +41,14 @@ from chargemesh.processors.governance import (
 from chargemesh.processors.ingress import Refused, admit, admit_governance
 from chargemesh.processors.policy import POLICIES
 from chargemesh.processors.reasons import Reason, Rejection
-from chargemesh.processors.settlement import Reading, Reprice, Tariff, segments, settle
+from chargemesh.processors.settlement import (
+    Reading,
+    Reprice,
+    Tariff,
+    schedule_between,
+    segments,
+    settle,
+)
 from chargemesh.processors.statuses import SettlementShape
 from chargemesh.schemas.codec import DecodeError
 from chargemesh.streams import merkle, topics
@@ -553,7 +560,11 @@ class Audit:
             "vehicle_credential_id": p["identity"]["vehicle_credential_id"],
             "station_credential_id": handshake.event.body.author_credential_id}
         try:
-            lines, total = settle(tariff, segments(start, readings, final, base_rate, reprices))
+            schedule = schedule_between(
+                [Tariff.from_filing(v) for v in self.store.tariff_schedule(p["tariff_id"])],
+                start.at_ms, final.at_ms) or None  # M3: the versions in force in the session
+            lines, total = settle(tariff, segments(start, readings, final, base_rate, reprices,
+                                                   schedule), schedule)
             if v2g.exported_wh(s) > 0:
                 if priced_by is None:
                     return  # found already: no co-signature carries the clearing price
@@ -617,8 +628,13 @@ class Audit:
                       f"{base_rate} > filed {filed['energy_rate_ceiling_per_kwh']}", sid)
         hs = handshakes[0].payload
         start = Reading(int(hs["started_at_ms"]), int(hs["meter_start_wh"]))
-        return (Tariff.from_filing(filed), base_rate, start, self._reprices(entry, evidence),
-                handshakes[0])
+        reprices = self._reprices(entry, evidence)
+        for rp in reprices:  # M6: no re-price is settled above the filed ceiling (issue 16)
+            if rp.rate_per_kwh > Decimal(filed["energy_rate_ceiling_per_kwh"]):
+                self.find(Reason.RATE_ABOVE_FILED_CEILING, entry.record, entry.event,
+                          f"re-priced {rp.rate_per_kwh} > filed "
+                          f"{filed['energy_rate_ceiling_per_kwh']}", sid)
+        return Tariff.from_filing(filed), base_rate, start, reprices, handshakes[0]
 
     def _reprices(self, entry: Entry, evidence: list[Entry]) -> list[Reprice]:
         sid, out = entry.payload["session_id"], []
@@ -634,7 +650,8 @@ class Audit:
             self.verify(proposal)
             out.append(Reprice(int(proposal.payload["effective_from_ms"]),
                                Decimal(proposal.payload["new_rate_per_kwh"]),
-                               e.payload["grid_event_id"]))
+                               e.payload["grid_event_id"],
+                               int(proposal.payload.get("effective_until_ms", 0))))
         return out
 
     def _check_finality(self, entry: Entry, signing: list[Entry], close: Entry) -> None:

@@ -33,8 +33,15 @@ from chargemesh.processors.statuses import LineKind
 
 EXPORT_CREDIT = LineKind.V2G_EXPORT_CREDIT
 # A bulk clearing price above this (per kWh, in the rate authority's currency) is a typo or an
-# attack, not a market outcome.
+# attack, not a market outcome: the default when the filed tariff declares no cap of its own
+# (``TariffFiled.clearing_price_cap_per_kwh``: the rate authority declares it per currency).
 CLEARING_PRICE_PER_KWH_MAX = Decimal(100)
+
+
+def clearing_price_cap(tariff: dict[str, Any]) -> Decimal:
+    """The clearing-price cap of the session's filed tariff, in its currency (M3, E3)."""
+    declared = Decimal(tariff.get("clearing_price_cap_per_kwh") or 0)
+    return declared if declared > 0 else CLEARING_PRICE_PER_KWH_MAX
 
 
 def start(s: dict[str, Any], connector: dict[str, Any], handshake: dict[str, Any]) -> None:
@@ -107,10 +114,12 @@ def clearing_price_problem(s: dict[str, Any], payload: dict[str, Any],
                          f"session's ({settlement_id})")
     if bytes(payload["close_out_event_hash"]).hex() != s["close_out"]["event_hash"]:
         return Rejection(Reason.CLOSE_OUT_MISMATCH, "co-signature is over another close-out")
-    price = payload["clearing_price_per_kwh"]
-    if not Decimal(0) <= price <= CLEARING_PRICE_PER_KWH_MAX:
+    # the tariff version in force at the close-out (the export is priced then)
+    tariff = (s.get("tariff_schedule") or [s.get("tariff") or {}])[-1]
+    price, cap = payload["clearing_price_per_kwh"], clearing_price_cap(tariff)
+    if not Decimal(0) <= price <= cap:
         return Rejection(Reason.INVALID_CLEARING_PRICE, f"clearing price {price}/kWh is outside "
-                         f"[0, {CLEARING_PRICE_PER_KWH_MAX}]")
+                         f"[0, {cap}] {tariff.get('currency', '')}")
     return None
 
 

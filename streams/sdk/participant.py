@@ -225,7 +225,11 @@ def tariff_filed(authority: Participant, *, tariff_id: str, jurisdiction: str, c
                  time_of_use: list[tuple[int, int, str]] | None = None, tax_percent: str = "0",
                  congestion_fee_per_kwh: str = "0", renewable_adder_per_kwh: str = "0",
                  swap_fee: str = "0", station_ids: list[str] | None = None,
-                 at_ms: int = 0) -> SignedEvent:
+                 above_ceiling: str = "CAP", at_ms: int = 0, effective_from_ms: int = 0,
+                 effective_until_ms: int = FOREVER_MS,
+                 clearing_price_cap_per_kwh: str = "0") -> SignedEvent:
+    """M3: a rate authority files a tariff (or, under a tariff id it filed, a new version in
+    force from ``effective_from_ms``)."""
     payload = {
         "tariff_id": tariff_id, "rate_authority_id": authority.credential_id,
         "jurisdiction": jurisdiction, "station_ids": station_ids or [], "currency": currency,
@@ -235,7 +239,9 @@ def tariff_filed(authority: Participant, *, tariff_id: str, jurisdiction: str, c
                          "rate_per_kwh": money(r)} for a, b, r in (time_of_use or [])],
         "tax_percent": money(tax_percent), "congestion_fee_per_kwh": money(congestion_fee_per_kwh),
         "renewable_adder_per_kwh": money(renewable_adder_per_kwh), "swap_fee": money(swap_fee),
-        "effective_from_ms": 0, "effective_until_ms": FOREVER_MS,
+        "effective_from_ms": effective_from_ms, "effective_until_ms": effective_until_ms,
+        "above_ceiling": above_ceiling,
+        "clearing_price_cap_per_kwh": money(clearing_price_cap_per_kwh),
     }
     return authority.sign("chargemesh.governance.v1.TariffFiled", payload,
                           subject_key=authority.credential_id, occurred_at_ms=at_ms)
@@ -248,6 +254,7 @@ def rules_published(authority: Participant, *, rules_version: str, jurisdiction:
                     demand_response_priority_wins: bool = True,
                     reallocation: str = "SAME_SLOT_OTHER_CONNECTOR_THEN_NEXT_SLOT",
                     curtailment_order: str = "CURTAILABLE_FIRST_LOWEST_PRIORITY_FIRST",
+                    reprice_response_ms: int = 5 * 60_000,
                     finality_window_ms: int = 48 * 3_600_000,
                     dispute_window_ms: int = 90 * 24 * 3_600_000,
                     at_ms: int = 0) -> SignedEvent:
@@ -258,6 +265,7 @@ def rules_published(authority: Participant, *, rules_version: str, jurisdiction:
         "no_show_grace_ms": no_show_grace_ms, "reallocation": reallocation,
         "curtailment_order": curtailment_order, "bid_gate_closure_ms": bid_gate_closure_ms,
         "walk_up_horizon_ms": walk_up_horizon_ms, "effective_from_ms": 0,
+        "reprice_response_ms": reprice_response_ms,
         "finality_window_ms": finality_window_ms, "dispute_window_ms": dispute_window_ms,
     }
     return authority.sign("chargemesh.governance.v1.AllocationRulesPublished", payload,

@@ -8,7 +8,7 @@ import hashlib
 from chargemesh.infra.sim.plan import SimConfig, plan_market
 
 SEED_7_EVENTS = 6953
-SEED_7_SHA256 = "c905855b4191d94f4062c48359a59eea030882fb0eb71ffeef0a5491b2966a94"
+SEED_7_SHA256 = "f7eeb428b4ee99dac32a1cbf86251eea40f126c41bda5fb4f5502fee0e6ea3bb"
 
 
 def test_simulate_seed_7_plans_byte_identical_events() -> None:
