@@ -63,4 +63,6 @@ def in_force_problem(schedule: list[dict[str, Any]], from_ms: int,
 
 def filing_in_force(schedule: list[dict[str, Any]], at_ms: int) -> dict[str, Any]:
     """The filed version of a tariff in force at ``at_ms`` (the first before any is)."""
-    return schedule[version_at([Tariff.from_filing(v) for v in schedule], at_ms)]
+    in_force: dict[str, Any] = schedule[version_at([Tariff.from_filing(v) for v in schedule],
+                                                    at_ms)]
+    return in_force

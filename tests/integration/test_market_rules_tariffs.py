@@ -20,7 +20,7 @@ from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk.participant import now_ms
 from chargemesh.streams.topics import REJECTIONS
-from chargemesh.units import HOUR_MS, MINUTE_MS
+from chargemesh.units import HOUR_MS
 
 from tests.conftest import Mesh
 from tests.integration.test_sessions_pipeline import Session, settlement_records

@@ -81,8 +81,8 @@ def test_a_tariff_id_filed_again_is_a_later_version_never_a_retroactive_one() ->
 
 
 def test_a_session_over_midnight_bills_each_part_under_the_version_in_force() -> None:
-    old = Tariff("t", "USD", 2, "HALF_UP", Decimal("10"), Decimal("0.02"), Decimal(0))
-    new = Tariff("t", "USD", 2, "HALF_UP", Decimal("5"), Decimal("0.03"), Decimal(0),
+    old = Tariff("t", "USD", 2, "HALF_UP", Decimal(10), Decimal("0.02"), Decimal(0))
+    new = Tariff("t", "USD", 2, "HALF_UP", Decimal(5), Decimal("0.03"), Decimal(0),
                  time_of_use=((0, 6 * 60, Decimal("0.20")),), effective_from_ms=MIDNIGHT_MS)
     start = MIDNIGHT_MS - 30 * MINUTE_MS
     schedule = schedule_between([old, new], start, MIDNIGHT_MS + 30 * MINUTE_MS)
@@ -191,7 +191,7 @@ def test_the_clearing_price_cap_is_declared_by_the_tariff_else_the_default() -> 
     jpy = Tariff("t", "JPY", 0, "HALF_UP", Decimal(0), Decimal(0), Decimal(0),
                  clearing_price_cap_per_kwh=Decimal(5_000)).as_dict()
     usd = Tariff("t", "USD", 2, "HALF_UP", Decimal(0), Decimal(0), Decimal(0),
-                 clearing_price_cap_per_kwh=Decimal("2")).as_dict()
+                 clearing_price_cap_per_kwh=Decimal(2)).as_dict()
     legacy = Tariff("t", "USD", 2, "HALF_UP", Decimal(0), Decimal(0), Decimal(0)).as_dict()
     assert _priced(jpy, "900") is None  # 900 JPY/kWh: above the old one-number cap of 100
     assert _priced(jpy, "5001") == "INVALID_CLEARING_PRICE"
