@@ -42,6 +42,13 @@ class RepriceStatus(enum.StrEnum):
     REFUSED = "REFUSED"
 
 
+class AboveCeiling(enum.StrEnum):
+    """``TariffFiled.above_ceiling``: what a grid price above the filed ceiling does (M3, M6)."""
+
+    CAP = "CAP"  # proposed to sessions at the filed ceiling
+    REFUSE = "REFUSE"  # the routed price signal is refused ABOVE_FILED_CEILING
+
+
 class StopReason(enum.StrEnum):
     """``SessionStopped.reason`` (the schema's enum)."""
 
