@@ -16,10 +16,11 @@ from typing import Any
 
 from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.processors.settlement import Tariff, uncovered_at, version_at
+from chargemesh.processors.statuses import LineKind
 
 ADDERS_PER_CLAIM_MAX = 8
-_PER_KWH = {"CONGESTION_FEE": "congestion_fee_per_kwh",
-            "RENEWABLE_CONTENT": "renewable_adder_per_kwh"}
+_PER_KWH = {LineKind.CONGESTION_FEE: "congestion_fee_per_kwh",
+            LineKind.RENEWABLE_CONTENT: "renewable_adder_per_kwh"}
 
 
 def filed_adders(filed: dict[str, Any]) -> dict[str, tuple[Decimal, Decimal]]:
@@ -27,7 +28,7 @@ def filed_adders(filed: dict[str, Any]) -> dict[str, tuple[Decimal, Decimal]]:
     out = {kind: (Decimal(filed[field]), Decimal(0)) for kind, field in _PER_KWH.items()
            if Decimal(filed[field])}
     if Decimal(filed["tax_percent"]):
-        out["TAX"] = (Decimal(0), Decimal(filed["tax_percent"]))
+        out[LineKind.TAX] = (Decimal(0), Decimal(filed["tax_percent"]))
     return out
 
 
