@@ -53,7 +53,6 @@ class PlainLoop:
 
     def __init__(self, settings: Settings, profile: bool,
                  from_offsets: dict[int, int] | None = None) -> None:
-        from chargemesh.processors.governance import TrustAnchor
         from chargemesh.processors.runtime.app import (
             APP_ID,
             load_anchors,
@@ -66,9 +65,7 @@ class PlainLoop:
         self.settings = settings
         self.signer = load_processor_signer(settings)
         self.store, self.ledgers, self.positions = asyncio.run(self._restore(
-            load_anchors(settings), [TrustAnchor(self.signer.credential_id,
-                                                 self.signer.public_key)],
-            ChangelogTable(topics.STATION_LEDGER_STATE.name),
+            load_anchors(settings), ChangelogTable(topics.STATION_LEDGER_STATE.name),
             ChangelogTable(topics.EVENT_POSITION_STATE.name)))
         self.partitions = topics.partitions_for(topics.MARKET, settings.partitions)
         self.consumer = Consumer(dict(settings.kafka_client_config(), **{
@@ -92,13 +89,14 @@ class PlainLoop:
         self.events = self.batches = 0
         self.first_s = self.last_s = 0.0
 
-    async def _restore(self, anchors: list[Any], processors: list[Any], *tables: Any) -> Any:
+    async def _restore(self, anchors: list[Any], *tables: Any) -> Any:
         from aiokafka import AIOKafkaProducer
         from chargemesh.processors.runtime.changelog import read_changelog
         from chargemesh.processors.runtime.follower import GovernanceFollower
         from chargemesh.streams import topics
 
-        follower = GovernanceFollower(self.settings.kafka_client_config(), anchors, processors)
+        # The processors' own PROCESSOR credential is in the governance log like any other.
+        follower = GovernanceFollower(self.settings.kafka_client_config(), anchors)
         await follower.start()
         await follower.catch_up()
         await follower.stop()
