@@ -74,10 +74,13 @@ FROM
 ) AS with_expiry
 ANY LEFT JOIN
 (
-    SELECT adjusts_settlement_id AS settlement_id, any(settlement_id) AS reversed_by
-    FROM settlements FINAL
-    WHERE kind = 'REVERSAL'
-    GROUP BY adjusts_settlement_id
+    SELECT reversed_id AS settlement_id, reversed_by
+    FROM
+    (
+        SELECT adjusts_settlement_id AS reversed_id, settlement_id AS reversed_by
+        FROM settlements FINAL
+        WHERE kind = 'REVERSAL'
+    ) AS reversal_rows
 ) AS reversals USING (settlement_id);
 
 DROP TABLE IF EXISTS revenue_daily;
