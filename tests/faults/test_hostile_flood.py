@@ -60,10 +60,11 @@ class Hostile:
 
     def __init__(self, mesh: Mesh, market: Market, revoked: Participant,
                  replayable: list[SignedEvent], seed: int = 9,
-                 revoked_at_ms: int = 0, skewer: Participant | None = None) -> None:
+                 revoked_at_ms: int = 0, skewer: Participant | None = None,
+                 squatter: Participant | None = None) -> None:
         self.rng = random.Random(seed)
         self.mesh, self.market, self.revoked = mesh, market, revoked
-        self.revoked_at_ms, self.skewer = revoked_at_ms, skewer
+        self.revoked_at_ms, self.skewer, self.squatter = revoked_at_ms, skewer, squatter
         self.replayable = replayable
         self.forger = Participant.seeded(market.station.credential_id, market.station_id,
                                          secret="forger")
@@ -76,6 +77,8 @@ class Hostile:
                   self.out_of_scope]
         if self.skewer is not None:  # issue 15, hole 3: claims the ledger's time refutes
             makers += [self.skewed, self.backdated]
+        if self.squatter is not None:  # issue 15, hole 2: claims on a zone one does not operate
+            makers += [self.zone_claim]
         out = [self.oversized(i) for i in range(OVERSIZED_COUNT)]
         while len(out) < count:
             out.append(makers[len(out) % len(makers)](len(out)))
@@ -170,6 +173,30 @@ class Hostile:
             "RECOGNITION_EXCEEDS_AUTHORITY", "JURISDICTION_NOT_DELEGATED",
             "UNRECOGNISED_AUTHORITY")[kind]
         return topics.GOVERNANCE.name, event.body.subject_key.encode(), event.encode()
+
+    def zone_claim(self, n: int) -> tuple[str, bytes, bytes]:
+        """A validly credentialed GRID_OPERATOR whose own attribute says ``grid_zones=zone-flood``
+        but whom no authority registered for it: its program for the zone, its price signal
+        there, and its program for a zone nobody registered (issue 15, hole 2)."""
+        assert self.squatter is not None
+        kind, at = n % 3, now_ms()
+        if kind == 0:
+            event = sdk.grid_program(self.squatter, grid_zone_id="zone-flood", program="V2G",
+                                     operator_ids=[self.squatter.credential_id], at_ms=at)
+            topic = topics.GOVERNANCE.name
+        elif kind == 1:
+            event = sdk.grid_event(self.squatter, grid_event_id=f"squat-{n}",
+                                   grid_zone_id="zone-flood", kind="PRICE_SIGNAL",
+                                   from_ms=at, until_ms=at + HOUR_MS, rate_per_kwh="9.99")
+            topic = topics.GRID.name
+        else:
+            event = sdk.grid_program(self.squatter, grid_zone_id=f"zone-nobody-{n}",
+                                     program="V2G", operator_ids=[self.squatter.credential_id],
+                                     at_ms=at)
+            topic = topics.GOVERNANCE.name
+        self.scope_reasons[event.encode()] = ("NOT_THE_ZONES_OPERATOR", "NOT_THE_ZONES_OPERATOR",
+                                              "ZONE_NOT_REGISTERED")[kind]
+        return topic, event.body.subject_key.encode(), event.encode()
 
     def skewed(self, n: int) -> tuple[str, bytes, bytes]:
         """Validly signed, by the station itself or a valid vehicle, at a time weeks to years
@@ -356,6 +383,8 @@ def test_valid_traffic_settles_the_same_under_a_hostile_flood(mesh: Mesh) -> Non
     revoked = market.vehicle("ev-revoked")
     skewer = market.vehicle("ev-skewer")
     operator = mesh.world.grid_operator("flood-op", "zone-flood", subject_id="flood-op")
+    squatter = mesh.world.credential("flood-squatter", ["GRID_OPERATOR"],
+                                     attributes={"grid_zones": "zone-flood"})
     mesh.publish(*mesh.world.governance)
     mesh.world.governance.clear()
     revocation = mesh.world.issuer.revoke(revoked.credential_id, effective_at_ms=t,
@@ -379,7 +408,8 @@ def test_valid_traffic_settles_the_same_under_a_hostile_flood(mesh: Mesh) -> Non
 
     # Flooded: the same traffic while hostile records arrive at several times its rate.
     valid_rate = (ORDERS_PER_PHASE + 8) / (sum(quiet_latency) / 1000 + quiet_s)
-    maker = Hostile(mesh, market, revoked, replayable, revoked_at_ms=t, skewer=skewer)
+    maker = Hostile(mesh, market, revoked, replayable, revoked_at_ms=t, skewer=skewer,
+                    squatter=squatter)
     hostile = maker.records(int(HOSTILE_PER_VALID * (ORDERS_PER_PHASE + 8)))
     flood = Flood(mesh, hostile, HOSTILE_PER_VALID * valid_rate)
     flood.start()
