@@ -278,9 +278,20 @@ class Planner(WorldPlanner):
                 v.vehicle.participant, session_id=v.session_id, station_id=v.station.sid,
                 grid_event_id=f"ge:{self.cfg.prefix}:spike",
                 rate_per_kwh=SPIKE_RATE, at_ms=self.spike_ms + MINUTE_MS))
+        # A session starting inside the signal is proposed it at its handshake (issue 16); its
+        # vehicle answers a minute later, within the rules' response deadline (else the ledger
+        # would stop it REPRICE_UNANSWERED and refuse its later readings and close-out).
+        inside = [v for v in self.visits if v.fate == "SETTLE" and v.station.grid_zone == zone
+                  and self.spike_ms <= v.start_ms < self.spike_ms + 2 * HOUR_MS
+                  and v.start_ms + MINUTE_MS < v.close_ms]
+        for v in inside:
+            self.day.add(sdk.reprice_accepted(
+                v.vehicle.participant, session_id=v.session_id, station_id=v.station.sid,
+                grid_event_id=f"ge:{self.cfg.prefix}:spike",
+                rate_per_kwh=SPIKE_RATE, at_ms=v.start_ms + MINUTE_MS))
         self.grid_events[event.event_id] = tuple(sorted(v.session_id for v in active))
         self.count("grid_event")
-        self.count("reprice", len(active))
+        self.count("reprice", len(active) + len(inside))
 
     def dispute(self) -> None:
         """A meter dispute on a settled session, adjusted by the rate authority (the root)."""

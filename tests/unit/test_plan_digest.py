@@ -7,8 +7,8 @@ import hashlib
 
 from chargemesh.infra.sim.plan import SimConfig, plan_market
 
-SEED_7_EVENTS = 6953
-SEED_7_SHA256 = "f7eeb428b4ee99dac32a1cbf86251eea40f126c41bda5fb4f5502fee0e6ea3bb"
+SEED_7_EVENTS = 6983
+SEED_7_SHA256 = "00f243e7399a5ebbfaa88cc50231f10621f46187f32797c4ec323f1136b4a787"
 
 
 def test_simulate_seed_7_plans_byte_identical_events() -> None:
