@@ -96,7 +96,7 @@ def test_issuer_revocation_cascades_to_a_stations_sessions(mesh: Mesh) -> None:
              if r.event().event_type.endswith("SessionStopped")
              and r.payload()["session_id"] == active.session_id]
     assert stops == [{"session_id": active.session_id, "station_id": market.station_id,
-                      "stopped_at_ms": effective, "reason": "REVOCATION"}]
+                      "stopped_at_ms": effective, "reason": "REVOCATION", "reason_code": ""}]
 
     # The station's close-out of the stopped session cannot become a settlement any more.
     rejections = TopicReader(mesh.settings, REJECTIONS.name)
