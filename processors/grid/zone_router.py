@@ -25,7 +25,7 @@ from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.reasons import Reason, Rejection
 from chargemesh.processors.records import Output, decision_id
 from chargemesh.streams import topics
-from chargemesh.streams.envelope import SignedEvent, seal
+from chargemesh.streams.envelope import SignedEvent, open_envelope, open_payload, seal
 from chargemesh.streams.keys import Signer
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,14 @@ ZONE_STATIONS_MAX = 100_000
 # decision index a calendar can produce, so its id never collides with one).
 ZONE_JOINED_INDEX = 1_000
 ERROR_DETAIL_CHARS_MAX = 500
+# A zone remembers its grid events still in force (their window not yet over) so that a station
+# joining after one was routed still receives it: the station's calendar and the operator's
+# signal race to the zone (the join is the processors' own answer to the calendar). Bounded:
+# past this, the oldest-ending are forgotten first.
+IN_FORCE_EVENTS_MAX = 64
+# The index of a grid event routed to a late joiner among the records derived from the join
+# (above any index a join or a routing at declaration time uses).
+LATE_JOIN_INDEX = 2_000
 
 ZoneState = dict[str, Any]
 
@@ -62,9 +70,13 @@ def route(zone: ZoneState, verdict: Admitted, store: TrustStore,
     """Apply one admitted grid event to its zone: the verdict it ends with, and its outputs."""
     event, payload = verdict.event, verdict.payload
     if event.event_type == STATION_ZONE_JOINED:
-        stations = set(zone["stations"]) | {payload["station_id"]}
+        joining = payload["station_id"]
+        known = joining in zone["stations"]
+        stations = set(zone["stations"]) | {joining}
         zone["stations"] = sorted(stations)[:ZONE_STATIONS_MAX]
-        return verdict, []
+        if known or joining not in zone["stations"]:
+            return verdict, []
+        return verdict, _route_in_force(zone, event, joining, signer)
     if event.event_type in observers.ROUTER_EVENT_TYPES:
         return _observer_step(zone, verdict, store, signer)
     # Only a registered operator of the zone signs its grid events (price signals, limits).
@@ -74,16 +86,48 @@ def route(zone: ZoneState, verdict: Admitted, store: TrustStore,
         return Refused(problem, event), []
     if observers.observed(zone.get("observers"), payload["from_at_ms"]):
         return verdict, []  # P3: in lineage as a proposal; only an observer quorum takes effect
-    outputs = []
-    for index, station in enumerate(zone["stations"]):
-        routed = seal(
-            GRID_EVENT_ROUTED,
-            {"station_id": station, "grid_zone_id": payload["grid_zone_id"],
-             "grid_event_id": payload["grid_event_id"], "grid_event": event.encode()},
-            author=signer, subject_key=station, occurred_at_ms=event.body.occurred_at_ms,
-            prev_hash=event.event_hash, event_id=decision_id(event.event_id, index))
-        outputs.append(Output(topics.MARKET.name, station.encode(), routed.encode()))
+    _remember_in_force(zone, event, payload)
+    outputs = [_routed(event, payload, station, signer, decision_id(event.event_id, index))
+               for index, station in enumerate(zone["stations"])]
     return verdict, outputs
+
+
+def _routed(event: SignedEvent, payload: dict[str, Any], station: str, signer: Signer,
+            event_id: str) -> Output:
+    routed = seal(
+        GRID_EVENT_ROUTED,
+        {"station_id": station, "grid_zone_id": payload["grid_zone_id"],
+         "grid_event_id": payload["grid_event_id"], "grid_event": event.encode()},
+        author=signer, subject_key=station, occurred_at_ms=event.body.occurred_at_ms,
+        prev_hash=event.event_hash, event_id=event_id)
+    return Output(topics.MARKET.name, station.encode(), routed.encode())
+
+
+def _remember_in_force(zone: ZoneState, event: SignedEvent, payload: dict[str, Any]) -> None:
+    """Keep the grid event (its exact bytes) while its window lasts, for stations joining later;
+    the ones whose window ended before this event's time are dropped."""
+    now = event.body.occurred_at_ms
+    kept = [e for e in zone.get("in_force", []) if e["until_at_ms"] > now]
+    kept.append({"until_at_ms": payload["until_at_ms"], "event_hex": event.encode().hex()})
+    kept.sort(key=lambda e: -int(e["until_at_ms"]))
+    zone["in_force"] = kept[:IN_FORCE_EVENTS_MAX]
+
+
+def _route_in_force(zone: ZoneState, joined: SignedEvent, station: str,
+                    signer: Signer) -> list[Output]:
+    """The zone's grid events still in force when ``station`` joined, routed to it in the order
+    they were declared (ids derived from the join, so a redelivered join derives the same)."""
+    outputs = []
+    live = [e for e in zone.get("in_force", []) if e["until_at_ms"] > joined.body.occurred_at_ms]
+    events = sorted((open_envelope(bytes.fromhex(e["event_hex"])) for e in live),
+                    key=lambda e: (e.body.occurred_at_ms, e.event_id))
+    for index, event in enumerate(events):
+        payload = open_payload(event)
+        if observers.observed(zone.get("observers"), payload["from_at_ms"]):
+            continue
+        outputs.append(_routed(event, payload, station, signer,
+                               decision_id(joined.event_id, LATE_JOIN_INDEX + index)))
+    return outputs
 
 
 def _observer_step(zone: ZoneState, verdict: Admitted, store: TrustStore,

@@ -315,3 +315,31 @@ def test_murmur2_is_the_java_clients() -> None:
     keys = [os.urandom(rng.randrange(0, 48)) for _ in range(2_000)]
     keys += [s.encode() for s in STATIONS] + [b"", b"a", b"ab", b"abc", b"abcd"]
     assert [murmur2(k) for k in keys] == [java_client_murmur2(k) for k in keys]
+
+
+def test_a_station_joining_after_a_grid_event_still_receives_it_while_it_is_in_force() -> None:
+    """The operator's signal and a station's calendar race to the zone (the join is the
+    processors' own answer to the calendar): a station that joins while an event is in force
+    gets it routed then, once, with an id derived from its join."""
+    mesh = make_mesh()
+    first, late = STATIONS[0], STATIONS[1]
+    joins = [o for o in mesh.market([mesh.record(calendar(mesh.stations[first]))]).outputs
+             if o.topic == topics.GRID.name]
+    mesh.grid([mesh.record(o) for o in joins])
+    event = sdk.grid_event(mesh.operator, grid_event_id="pipe-ge-late", grid_zone_id=ZONE,
+                           kind="PRICE_SIGNAL", from_ms=START_MS, until_ms=START_MS + HOUR_MS,
+                           rate_per_kwh="0.55", at_ms=T0_MS + 3)
+    routed = mesh.grid([mesh.record(event)])
+    assert [o.key.decode() for o in routed.outputs if o.topic == topics.MARKET.name] == [first]
+
+    late_joins = [o for o in mesh.market([mesh.record(calendar(mesh.stations[late]))]).outputs
+                  if o.topic == topics.GRID.name]
+    joined = mesh.grid([mesh.record(o) for o in late_joins])
+    copies = [o for o in joined.outputs if o.topic == topics.MARKET.name]
+    assert [o.key.decode() for o in copies] == [late]
+    sealed, payload = opened(copies[0])
+    assert payload["grid_event"] == event.encode() and payload["station_id"] == late
+    assert isinstance(pipeline.verify(mesh.record(copies[0]), mesh.store), Admitted)
+    # a station already in the zone (a new calendar version, a redelivered join) gets nothing
+    again = mesh.grid([mesh.record(o) for o in late_joins])
+    assert not [o for o in again.outputs if o.topic == topics.MARKET.name]
