@@ -89,6 +89,9 @@ class Fixture:
         self.vehicle = world.credential("fz-ev", ["VEHICLE"], subject_id="fz-vehicle")
         self.meter = world.credential("fz-meter-c1", ["METER"], subject_id="fz-meter-c1")
         self.operator = world.grid_operator("fz-op", "fz-zone", subject_id="fz-op")
+        # issue 15, hole 2: an operator whose own attribute names the zone, registered by nobody
+        self.squatter = world.credential("fz-squatter", ["GRID_OPERATOR"], subject_id="fz-sq",
+                                         attributes={"grid_zones": "fz-zone"})
         self.observer = world.credential("fz-obs", ["OBSERVER"], subject_id="fz-obs")
         self.arbiter = world.credential("fz-arb", ["ARBITER"], subject_id="fz-arb")
         self.processor = world.processor_credential("mesh:processor").signer
@@ -531,6 +534,34 @@ def test_out_of_scope_governance_is_refused_and_changes_nothing(data: st.DataObj
         return
     assert isinstance(verdict, Refused) and verdict.rejection.reason in codes, verdict
     assert (store.principals, store.applied_event_ids) == before
+
+
+# Issue 15, hole 2: zone claims. A program (and the right to sign the zone's grid events) for a
+# registered zone by its registered operator is admitted; by a GRID_OPERATOR whose attribute
+# names the zone, by another participant, or for a zone nobody registered, it is refused and the
+# store's programs do not change.
+@FUZZ
+@given(data=st.data())
+def test_zone_claims_by_anyone_but_the_registered_operator_are_refused(
+        data: st.DataObject) -> None:
+    fx = fixture()
+    store = copy.deepcopy(fx.store)
+    author = data.draw(st.sampled_from([fx.operator, fx.squatter, fx.station, fx.vehicle]))
+    zone = data.draw(st.sampled_from(["fz-zone", f"fz-nobody-{data.draw(st.integers(0, 99))}"]))
+    program = data.draw(st.sampled_from(["V2G", "DEMAND_RESPONSE", "NONE"]))
+    event = sdk.grid_program(author, grid_zone_id=zone, program=program,
+                             operator_ids=[author.credential_id], at_ms=T0_MS + 1)
+    legitimate = author is fx.operator and zone == "fz-zone"
+    assert (store.zone_problem(author.credential_id, zone, T0_MS + 1) is None) == legitimate
+    before = copy.deepcopy(store.grid_programs)
+    verdict = admit_governance(event.encode(), event.body.subject_key.encode(), store)
+    if legitimate:
+        assert isinstance(verdict, Admitted), verdict
+        return
+    assert isinstance(verdict, Refused), verdict
+    assert verdict.rejection.reason in {"NOT_THE_ZONES_OPERATOR", "ZONE_NOT_REGISTERED",
+                                        "ROLE_NOT_PERMITTED"}, verdict
+    assert store.grid_programs == before
 
 
 DECISION_TYPES = sorted(n for n in catalog().names()
