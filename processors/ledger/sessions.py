@@ -246,6 +246,11 @@ def _propose(state: LedgerState, s: dict[str, Any], signal: dict[str, Any], view
     until = signal["until_at_ms"]
     if until <= effective:
         return  # the window ended before the session began
+    if effective >= s["booked_stop_ms"] + OVERRUN_MS_MAX:
+        # The window starts after the session can meter anything (its booking plus the overrun
+        # its readings may reach): it prices nothing here, and proposing it would stop a session
+        # that never reaches it as REPRICE_UNANSWERED (a signal remembered for later slots).
+        return
     rate = Decimal(signal["rate_per_kwh"])
     ceiling = _filed_ceiling(s, view)
     if ceiling is not None:

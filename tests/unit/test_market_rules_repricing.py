@@ -249,6 +249,20 @@ def test_a_signal_that_ended_before_the_session_started_does_not_touch_it() -> N
     assert pairs(st.start().decisions) == []
 
 
+def test_a_signal_for_a_window_after_the_session_can_meter_is_not_proposed_to_it() -> None:
+    """A signal remembered for later slots (here announced before the session, for hours after
+    its booking plus overrun ends) prices nothing of this session: no proposal, so nothing goes
+    unanswered and the session runs and settles at its booked rate (the hostile flood's notice)."""
+    st = Station(make_world(), "later", reprice_response_ms=3 * MINUTE_MS)
+    assert st.price("0.61", 300, 315, grid_event_id="ge-later", at_min=-5).rejection is None
+    assert pairs(st.start().decisions) == []
+    assert st.price("0.62", 400, 415, grid_event_id="ge-later-2", at_min=1).decisions == []
+    assert st.reading(10, 5_000).rejection is None
+    assert st.reading(30, 12_000).rejection is None  # past any 3-minute deadline: still running
+    lines = energy_lines(st.close(40, 15_000))
+    assert lines == [("ENERGY", 15_000, Decimal("0.30"), st.at(0), st.at(40))]
+
+
 # ---- the response deadline --------------------------------------------------------------------------
 
 
