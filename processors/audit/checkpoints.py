@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from chargemesh.processors.records import Record
 from chargemesh.streams import merkle, topics
 from chargemesh.streams.envelope import SignedEvent, seal
 from chargemesh.streams.keys import Signer
@@ -28,15 +29,8 @@ CHECKPOINT_NAMESPACE = uuid.UUID("3c2b9f4e-8a61-4d0b-b7e5-1f6a2c9d8e71")
 LOG_RECORDS_MAX = 50_000_000
 
 
-@dataclasses.dataclass(frozen=True)
-class LogRecord:
-    """One record of a log partition as read from the topic (or the archive)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
+# One record of a log partition as read from the topic (or the archive): the pipeline's record.
+LogRecord = Record
 
 
 @dataclasses.dataclass(frozen=True)
