@@ -20,41 +20,19 @@ as every worker builds it), and the legitimate zone program stays in force.
 from __future__ import annotations
 
 import pytest
-from chargemesh.infra.stack.worker import TopicReader, event_ids, log_tail
+from chargemesh.infra.stack.worker import TopicReader
 from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ingress import admit_governance
-from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk.participant import Participant, now_ms
-from chargemesh.streams.topics import ADMITTED, GOVERNANCE, REJECTIONS
+from chargemesh.streams.topics import GOVERNANCE
 
 from tests.conftest import Mesh
+from tests.support.verdicts import await_verdicts
 
 pytestmark = pytest.mark.integration
 
 ZONE = "h1-zone-ca"
-
-
-def await_verdicts(mesh: Mesh, refused: list[SignedEvent],
-                   admitted: list[SignedEvent]) -> dict[str, dict[str, object]]:
-    """Every ``refused`` event on the rejections topic, every ``admitted`` one in the admitted
-    log, none of either on the other side; the rejection records by event id."""
-    rejections, log = mesh.reader(REJECTIONS.name), mesh.reader(ADMITTED.name)
-    wanted_refused = {e.event_id for e in refused}
-    try:
-        rejections.wait_for(
-            lambda rs: wanted_refused <= {r.rejection()["event_id"] for r in rs},
-            timeout_s=60, workers=(mesh.worker,))
-        log.wait_for(lambda rs: {e.event_id for e in admitted} <= event_ids(rs), timeout_s=60,
-                     workers=(mesh.worker,))
-    except TimeoutError:
-        pytest.fail("worker log:\n" + log_tail(mesh.worker.log_path))
-    records = {r.rejection()["event_id"]: r.rejection() for r in rejections.records}
-    assert not wanted_refused & event_ids(log.records)
-    assert not {e.event_id for e in admitted} & set(records)
-    rejections.close()
-    log.close()
-    return {event_id: records[event_id] for event_id in wanted_refused}
 
 
 def governance_store(mesh: Mesh) -> TrustStore:

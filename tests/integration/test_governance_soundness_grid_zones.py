@@ -16,43 +16,19 @@ import json
 
 import pytest
 from chargemesh.infra.cli.main import cli
-from chargemesh.infra.stack.worker import event_ids, log_tail
 from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.streams.sdk.participant import now_ms
-from chargemesh.streams.topics import ADMITTED, REJECTIONS
 from chargemesh.units import MINUTE_MS
 from click.testing import CliRunner
 
 from tests.conftest import Mesh
+from tests.support.verdicts import await_verdicts
 
 pytestmark = pytest.mark.integration
 
 ZONE = "h2-zone"
 NOBODYS_ZONE = "h2-zone-unregistered"
-
-
-def await_verdicts(mesh: Mesh, refused: list[SignedEvent],
-                   admitted: list[SignedEvent]) -> dict[str, dict[str, object]]:
-    """Wait until every ``refused`` event is on the rejections topic and every ``admitted`` one
-    in the admitted log; the rejection records by event id. None of ``refused`` is admitted,
-    none of ``admitted`` refused."""
-    rejections, log = mesh.reader(REJECTIONS.name), mesh.reader(ADMITTED.name)
-    wanted_refused = {e.event_id for e in refused}
-    try:
-        rejections.wait_for(
-            lambda rs: wanted_refused <= {r.rejection()["event_id"] for r in rs},
-            timeout_s=60, workers=(mesh.worker,))
-        log.wait_for(lambda rs: {e.event_id for e in admitted} <= event_ids(rs), timeout_s=60,
-                     workers=(mesh.worker,))
-    except TimeoutError:
-        pytest.fail("worker log:\n" + log_tail(mesh.worker.log_path))
-    records = {r.rejection()["event_id"]: r.rejection() for r in rejections.records}
-    assert not wanted_refused & event_ids(log.records)
-    assert not {e.event_id for e in admitted} & set(records)
-    rejections.close()
-    log.close()
-    return {event_id: records[event_id] for event_id in wanted_refused}
 
 
 def test_a_zone_is_its_jurisdictions_and_only_its_registered_operator_acts_for_it(
