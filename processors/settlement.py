@@ -116,6 +116,7 @@ class Segment:
     repriced: bool
     version: int = 0  # index into the tariff schedule of the version billed
     band: int = -1  # that version's time-of-use band, -1: none
+    note: str = ""  # appended to the line's description (C2: metered beyond the claim)
 
 
 def version_at(schedule: list[Tariff], at_ms: int) -> int:
@@ -189,6 +190,29 @@ def segments(start: Reading, readings: list[Reading], final: Reading, base_rate:
     return [s for s in out if s.energy_wh > 0] or out[-1:]
 
 
+def within_claim(energy: list[Segment], claimed_wh: int,
+                 overrun_allowed: bool = False) -> list[Segment]:
+    """C2: the energy billed never exceeds the claimed energy unless the claim allows an
+    overrun. Segments in time order up to ``claimed_wh``; the one crossing it is cut there (its
+    line says how much metered energy beyond the claim is not billed), later ones are dropped.
+    ``claimed_wh`` <= 0 (a booking written before claims were kept): no cap."""
+    metered = sum(s.energy_wh for s in energy)
+    if overrun_allowed or claimed_wh <= 0 or metered <= claimed_wh:
+        return energy
+    out: list[Segment] = []
+    left = claimed_wh
+    for seg in energy:
+        if seg.energy_wh < left:
+            out.append(seg)
+            left -= seg.energy_wh
+            continue
+        out.append(dataclasses.replace(
+            seg, energy_wh=left, note=f"(claimed {claimed_wh} Wh: {metered - claimed_wh} Wh "
+                                      "metered beyond the claim not billed)"))
+        break
+    return out
+
+
 def line(kind: LineKind, description: str, quantity_wh: int, unit_rate: Decimal, amount: Decimal,
          from_ms: int = 0, until_ms: int = 0) -> dict[str, Any]:
     return {"kind": kind, "description": description, "quantity_wh": quantity_wh,
@@ -212,7 +236,8 @@ def settle(tariff: Tariff, energy: list[Segment],
     for seg in energy:
         amount = tariff.round(Decimal(seg.energy_wh) * seg.rate_per_kwh / WH_PER_KWH)
         kind = LineKind.ENERGY_REPRICED if seg.repriced else LineKind.ENERGY
-        lines.append(line(kind, f"{seg.energy_wh} Wh at {seg.rate_per_kwh}/kWh", seg.energy_wh,
+        lines.append(line(kind, " ".join(filter(None, (
+            f"{seg.energy_wh} Wh at {seg.rate_per_kwh}/kWh", seg.note))), seg.energy_wh,
                           seg.rate_per_kwh, amount, seg.from_ms, seg.until_ms))
     lines += adder_lines(tariff, sum(s.energy_wh for s in energy))
     return with_tax(tariff, lines)

@@ -48,6 +48,7 @@ from chargemesh.processors.settlement import (
     schedule_between,
     segments,
     settle,
+    within_claim,
 )
 from chargemesh.processors.statuses import SettlementShape
 from chargemesh.schemas.codec import DecodeError
@@ -563,8 +564,11 @@ class Audit:
             schedule = schedule_between(
                 [Tariff.from_filing(v) for v in self.store.tariff_schedule(p["tariff_id"])],
                 start.at_ms, final.at_ms) or None  # M3: the versions in force in the session
-            lines, total = settle(tariff, segments(start, readings, final, base_rate, reprices,
-                                                   schedule), schedule)
+            claimed = self.reserved[handshake.payload["reservation_id"]].payload  # C2: the cap
+            energy = within_claim(segments(start, readings, final, base_rate, reprices, schedule),
+                                  int(claimed["energy_wh"]),
+                                  bool(claimed.get("overrun_allowed", False)))
+            lines, total = settle(tariff, energy, schedule)
             if v2g.exported_wh(s) > 0:
                 if priced_by is None:
                     return  # found already: no co-signature carries the clearing price

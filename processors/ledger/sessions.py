@@ -30,6 +30,7 @@ from chargemesh.processors.settlement import (
     schedule_between,
     segments,
     settle,
+    within_claim,
 )
 from chargemesh.processors.statuses import (
     AboveCeiling,
@@ -117,6 +118,7 @@ def record_handshake(state: LedgerState, cmd: Command, view: GovernanceView,
         "started_at_ms": p["started_at_ms"], "meter_start_wh": p["meter_start_wh"],
         "rate_per_kwh": res.rate_per_kwh, "ceiling_per_kwh": res.ceiling_rate_per_kwh,
         "booked_stop_ms": res.stop_ms, "tariff": Tariff.from_filing(tariff).as_dict(),
+        "claimed_energy_wh": res.energy_wh, "overrun_allowed": res.overrun_allowed,  # C2
         "filed_ceiling_per_kwh": Decimal(tariff["energy_rate_ceiling_per_kwh"]),
         "grid_zone_id": cal["grid_zone_id"],
         "grid_operator_ids": sorted(program["grid_operator_credential_ids"]) if program else [],
@@ -379,6 +381,8 @@ def admitted_settlement(state: LedgerState, s: dict[str, Any], at_ms: int) -> di
                       [Reading(at, wh) for _, at, wh in s["readings"]],
                       Reading(s["close_out"]["closed_at_ms"], s["close_out"]["final_import_wh"]),
                       s["rate_per_kwh"], reprices, schedule)
+    energy = within_claim(energy, int(s.get("claimed_energy_wh", 0)),  # C2: no overrun billed
+                          bool(s.get("overrun_allowed", False)))
     lines, total = settle(tariff, energy, schedule)
     lines, total = v2g.with_export_credit(tariff, s, lines, total)  # E3: two-sided
     kind, lines, total = fleet.internal_entry(s, lines, total)  # E4: no payment due

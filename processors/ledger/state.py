@@ -110,6 +110,7 @@ class Reservation:
     session_id: str = ""
     ceiling_rate_per_kwh: Decimal | None = None  # the vehicle's signed ceiling (re-price bound)
     booked_at_ms: int = 0  # ledger time of the booking; 0 in states saved before it existed
+    overrun_allowed: bool = False  # C2: the claim lets energy beyond energy_wh be billed
 
 
 @dataclasses.dataclass
@@ -126,6 +127,7 @@ class Bid:
     curtailable: bool
     seq: int
     ceiling_rate_per_kwh: Decimal | None = None
+    overrun_allowed: bool = False  # C2: the claim lets energy beyond energy_wh be billed
 
 
 @dataclasses.dataclass
@@ -224,6 +226,7 @@ def evolve(state: LedgerState, decision: Decision) -> None:
             energy_wh=p["energy_wh"], dr_priority=own["dr_priority"],
             curtailable=own["curtailable"], walk_up=p["walk_up"], seq=state.seq,
             ceiling_rate_per_kwh=own["ceiling"], booked_at_ms=own["booked_at_ms"],
+            overrun_allowed=bool(p.get("overrun_allowed", False)),
         )
         state.bids = [b for b in state.bids if b.order_id != p["order_id"]]
     elif kind == DecisionType.SLOT_RELEASED:
@@ -415,6 +418,7 @@ def _reserved(state: LedgerState, order: Bid, connector_id: str, rate: Decimal,
         "connector_id": connector_id, "slot_start_at_ms": order.start_ms,
         "slot_stop_at_ms": order.stop_ms, "rate_per_kwh": rate, "energy_wh": order.energy_wh,
         "rules_version": state.rules["rules_version"], "walk_up": walk_up,
+        "overrun_allowed": order.overrun_allowed,
     }, private={  # what evolve() needs to hold the booking; not on the wire
         "vehicle_id": order.vehicle_id, "dr_priority": order.dr_priority,
         "curtailable": order.curtailable, "booked_at_ms": state.clock_ms,
@@ -480,7 +484,8 @@ def _order_from(cmd: Command, state: LedgerState, rate_field: str,
                start_ms=claim["slot_start_at_ms"], stop_ms=claim["slot_stop_at_ms"],
                bid_rate_per_kwh=rate, energy_wh=claim["energy_wh"],
                dr_priority=flags["demand_response_priority"], curtailable=flags["curtailable"],
-               seq=state.seq, ceiling_rate_per_kwh=claim["ceiling_rate_per_kwh"])
+               seq=state.seq, ceiling_rate_per_kwh=claim["ceiling_rate_per_kwh"],
+               overrun_allowed=bool(claim.get("overrun_allowed", False)))
 
 
 def _claim_terms_problem(view: GovernanceView, tariff_id: str,

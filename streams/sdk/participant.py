@@ -197,14 +197,15 @@ def identity(*, station_id: str, vehicle: Participant, rate_authority_id: str,
 def claim(*, energy_wh: int, start_ms: int, stop_ms: int, ceiling_rate_per_kwh: str | Decimal,
           currency: str, curtailable: bool = False, v2g_eligible: bool = False,
           demand_response_priority: int = 0, adders: list[dict[str, Any]] | None = None,
-          extension: Any = None) -> dict[str, Any]:
-    """C2 Claim: the terms a vehicle offers."""
+          extension: Any = None, overrun_allowed: bool = False) -> dict[str, Any]:
+    """C2 Claim: the terms a vehicle offers (``overrun_allowed``: energy metered beyond
+    ``energy_wh`` may be billed; else the settlement bills at most ``energy_wh``)."""
     return {
         "energy_wh": energy_wh, "slot_start_at_ms": start_ms, "slot_stop_at_ms": stop_ms,
         "ceiling_rate_per_kwh": money(ceiling_rate_per_kwh), "currency": currency,
         "grid_flags": {"curtailable": curtailable, "v2g_eligible": v2g_eligible,
                        "demand_response_priority": demand_response_priority},
-        "adders": adders or [], "extension": extension,
+        "adders": adders or [], "extension": extension, "overrun_allowed": overrun_allowed,
     }
 
 

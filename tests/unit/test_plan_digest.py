@@ -8,7 +8,7 @@ import hashlib
 from chargemesh.infra.sim.plan import SimConfig, plan_market
 
 SEED_7_EVENTS = 6983
-SEED_7_SHA256 = "00f243e7399a5ebbfaa88cc50231f10621f46187f32797c4ec323f1136b4a787"
+SEED_7_SHA256 = "aaaad39583d19ca42402c7fbce7fca9f1a473cb22d0e44eb5e69506b45639281"
 
 
 def test_simulate_seed_7_plans_byte_identical_events() -> None:

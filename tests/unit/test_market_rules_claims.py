@@ -1,0 +1,94 @@
+"""Issue 16, tariffs and claims (C2), pure: the energy billed never exceeds the claimed energy
+unless the claim allows an overrun (settlement.within_claim, at the ledger's close-out and in the
+regulator's audit alike)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from chargemesh.processors.settlement import Reading, Tariff, segments, settle, within_claim
+from chargemesh.schemas.codec import SchemaCatalog
+from chargemesh.streams.sdk import participant as sdk
+from chargemesh.units import HOUR_MS, MINUTE_MS
+
+from tests.support.world import T0_MS, make_world
+from tests.unit.test_sessions import Station, settlement_of
+
+USD = Tariff("t", "USD", 2, "HALF_UP", Decimal(10), Decimal("0.02"), Decimal(0))
+
+
+def _energy() -> list[Any]:
+    return segments(Reading(0, 0), [Reading(600_000, 8_000)], Reading(1_200_000, 20_000),
+                    Decimal("0.40"), [])
+
+
+def test_energy_beyond_the_claim_is_cut_at_the_claimed_wh() -> None:
+    capped = within_claim(_energy(), 15_000)
+    assert sum(s.energy_wh for s in capped) == 15_000
+    lines, total = settle(USD, capped)
+    energy = [ln for ln in lines if ln["kind"] == "ENERGY"]
+    assert [ln["quantity_wh"] for ln in energy] == [15_000]
+    assert "5000 Wh metered beyond the claim not billed" in energy[-1]["description"]
+    assert [(ln["kind"], ln["quantity_wh"], ln["amount"]) for ln in lines] == [
+        ("ENERGY", 15_000, Decimal("6.00")), ("CONGESTION_FEE", 15_000, Decimal("0.30")),
+        ("TAX", 0, Decimal("0.63"))]
+    assert total == Decimal("6.93")
+
+
+def test_the_cut_falls_in_the_segment_that_crosses_the_claim() -> None:
+    energy = segments(Reading(0, 0), [Reading(600_000, 8_000)], Reading(1_200_000, 20_000),
+                      Decimal("0.40"), [], [USD, Tariff(
+                          "t", "USD", 2, "HALF_UP", Decimal(10), Decimal("0.02"), Decimal(0),
+                          time_of_use=((10, 20, Decimal("0.10")),))])
+    assert [s.energy_wh for s in within_claim(energy, 6_000)] == [6_000]
+    assert [s.energy_wh for s in within_claim(energy, 8_000)] == [8_000]
+    assert [s.energy_wh for s in within_claim(energy, 9_000)] == [8_000, 1_000]
+
+
+def test_a_claim_allowing_an_overrun_or_not_exceeded_bills_all() -> None:
+    assert within_claim(_energy(), 15_000, overrun_allowed=True) == _energy()
+    assert within_claim(_energy(), 20_000) == _energy()
+    assert within_claim(_energy(), 0) == _energy()  # a booking written before claims were kept
+
+
+def _session(overrun_allowed: bool) -> dict[str, Any]:
+    world = make_world()
+    st = Station(world, "cap", sdk.connector("c1", 22_000, kind="AC_L2"),
+                 {"currency": "USD", "ceiling_per_kwh": "0.80"}, slot_ms=HOUR_MS)
+    ident = sdk.identity(station_id="cap", vehicle=st.vehicle, rate_authority_id="auth-root",
+                         jurisdiction="US-CA", connector_id="c1")
+    terms = sdk.claim(energy_wh=2_000, start_ms=st.start_ms, stop_ms=st.start_ms + HOUR_MS,
+                      ceiling_rate_per_kwh="0.50", currency="USD",
+                      overrun_allowed=overrun_allowed)
+    reserved = st.feed(sdk.order(st.vehicle, "posted", order_id="o1", ident=ident, terms=terms,
+                                 rate_per_kwh="0.30", at_ms=T0_MS + 1))
+    assert [d.payload["overrun_allowed"] for d in reserved.decisions] == [overrun_allowed]
+    st.feed(sdk.handshake(st.station, st.vehicle, session_id="s1", reservation_id="res:o1",
+                          ident=ident, started_at_ms=st.start_ms))
+    st.feed(sdk.meter_reading(st.meter, session_id="s1", station_id="cap", connector_id="c1",
+                              seq=1, import_wh=1_500, at_ms=st.start_ms + 10 * MINUTE_MS))
+    return settlement_of(st.feed(sdk.meter_closed_out(
+        st.station, session_id="s1", connector_id="c1",
+        closed_at_ms=st.start_ms + 20 * MINUTE_MS, final_import_wh=3_000, last_reading_seq=1)))
+
+
+def test_the_ledger_bills_at_most_the_claimed_energy() -> None:
+    capped = _session(overrun_allowed=False)
+    assert capped["energy_import_wh"] == 3_000  # metered
+    assert [(ln["quantity_wh"], ln["amount"]) for ln in capped["lines"]] == [
+        (2_000, Decimal("0.60"))]
+    assert "1000 Wh metered beyond the claim not billed" in capped["lines"][0]["description"]
+    allowed = _session(overrun_allowed=True)
+    assert [(ln["quantity_wh"], ln["amount"]) for ln in allowed["lines"]] == [
+        (3_000, Decimal("0.90"))]
+
+
+def test_claims_written_before_the_field_still_decode() -> None:
+    catalog = SchemaCatalog.packaged()
+    for name in ("chargemesh.orders.v1.BidPlaced", "chargemesh.orders.v1.WalkUpRequested",
+                 "chargemesh.orders.v1.PostedPriceAccepted", "chargemesh.ledger.v1.SlotReserved",
+                 "chargemesh.commodity.v1.ChargingSessionDeclared",
+                 "chargemesh.wireless.v1.TripAuthorised"):
+        fields = catalog.current(name).parsed
+        assert "overrun_allowed" in str(fields)
