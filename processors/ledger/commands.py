@@ -75,4 +75,5 @@ def handle(state: LedgerState, cmd: Command, view: GovernanceView) -> Outcome:
     """Decide what an admitted input does to the ledger, and apply it."""
     outcome = ledger.apply(state, cmd, view, COMMANDS.get(cmd.event_type))
     sessions.expire_settlements(state, outcome.decisions)  # M6: as the ledger's clock advances
+    disputes.remember_settled(state, outcome.decisions, view)  # issue 16: the dispute window
     return outcome

@@ -21,10 +21,13 @@ events with the session's own. The rules:
 Every accepted change emits a ``DisputeRecorded`` decision (disputes topic); state lives in
 ``state.extra`` so it is saved and restored with the ledger.
 
-Limit: a dispute is opened while its session is still in the live ledger (up to
-``ledger.FINISHED_KEPT_MS`` after its slot ends); once opened, the dispute keeps what it needs
-of the session (parties, rate authority, settlement lines) and is resolved whenever the arbiter
-decides.
+A dispute is opened within the rate authority's dispute window (``dispute_window_ms`` of its
+rules, 90 days unless they say otherwise) after the settlement, ``DISPUTE_WINDOW_CLOSED`` after
+it: once the session has left the live ledger (``ledger.FINISHED_KEPT_MS`` after its slot) a
+compact summary of its settlement stands in for it (see "the dispute window" below; battery
+swaps and wireless trips are summarised the same way, so they are disputable too). Once opened,
+the dispute keeps what it needs of the session (parties, rate authority, settlement lines) and
+is resolved whenever the arbiter decides.
 """
 
 from __future__ import annotations
@@ -85,10 +88,14 @@ def open_dispute(state: LedgerState, cmd: Command, view: GovernanceView,
           out: list[Decision]) -> Rejection | None:
     p = cmd.payload
     _prune(state)
-    s = sessions.sessions(state).get(p["session_id"])
+    closed = window_problem(state, p["session_id"])
+    if closed is not None:
+        return closed
+    s = sessions.sessions(state).get(p["session_id"]) or _from_summary(state, p["session_id"])
     if s is None:
         return Rejection(Reason.UNKNOWN_SESSION,
-                         f"{p['session_id']} is not a session of this station")
+                         f"{p['session_id']} is not a session of this station (or it settled "
+                         f"more than the dispute window + {ledger.FINISHED_KEPT_MS} ms ago)")
     if cmd.author_id not in (s["vehicle_credential_id"], s["station_credential_id"]):
         return Rejection(Reason.NOT_A_SESSION_PARTY,
                          f"{cmd.author_id} is neither the vehicle nor the "
@@ -132,13 +139,15 @@ def _open_problem(state: LedgerState, cmd: Command, s: dict[str, Any]) -> Reject
                          f"session {p['session_id']}")
     if p["kind"] in NEEDS_SETTLEMENT and not settled:
         return Rejection(Reason.NO_SETTLEMENT, f"a {p['kind']} needs a settled session")
-    if settled and disputed_settlements(state).get(s["settlement_id"], {}).get("voided"):
+    voided = disputed_settlements(state).get(s["settlement_id"], {}).get("voided")
+    if settled and (voided or s.get("_summary", {}).get("x")):
         return Rejection(Reason.SETTLEMENT_VOIDED, f"{s['settlement_id']} is voided already")
     of_session = [d for d in disputes(state).values() if d["session_id"] == p["session_id"]]
     if any(d["status"] == OPEN for d in of_session):
         return Rejection(Reason.DISPUTE_ALREADY_OPEN,
                          "the session has an open dispute: add evidence")
-    if len(of_session) >= DISPUTES_PER_SESSION_MAX:
+    opened_before = settled_summaries(state).get(p["session_id"], {}).get("n", 0)
+    if max(len(of_session), opened_before) >= DISPUTES_PER_SESSION_MAX:
         return Rejection(Reason.TOO_MANY_DISPUTES, f"{DISPUTES_PER_SESSION_MAX} per session")
     if len(disputes(state)) >= DISPUTES_LIVE_MAX:
         return Rejection(Reason.LEDGER_FULL, f"{DISPUTES_LIVE_MAX} disputes live")
@@ -160,6 +169,9 @@ def _snapshot(state: LedgerState, s: dict[str, Any], settlement_id: str, at_ms: 
     the ledger admitted them) so corrections never depend on the live session."""
     held = disputed_settlements(state)
     if settlement_id in held:
+        return
+    if "_summary" in s:  # the session has left the live ledger: its compact summary
+        held[settlement_id] = dict(_held_from_summary(s["_summary"]), session_id=s["session_id"])
         return
     admitted = sessions.admitted_settlement(state, s, at_ms)
     held[settlement_id] = {
@@ -228,7 +240,8 @@ def _evidence_problem(state: LedgerState, session_id: str, known: list[str],
     if len(cited) > EVIDENCE_IDS_PER_EVENT_MAX:
         return Rejection(Reason.TOO_MUCH_EVIDENCE, f"{EVIDENCE_IDS_PER_EVENT_MAX} ids per event")
     s = sessions.sessions(state).get(session_id)
-    lineage = set(known) | set(s["evidence_event_ids"] if s else [])
+    summarised = settled_summaries(state).get(session_id, {}).get("ev", [])
+    lineage = set(known) | set(s["evidence_event_ids"] if s else summarised)
     unknown = [event_id for event_id in cited if event_id not in lineage]
     if unknown:
         return Rejection(Reason.UNKNOWN_EVIDENCE, f"not in the lineage of session {session_id}: "
@@ -398,3 +411,135 @@ def _prune(state: LedgerState) -> None:
     for settlement_id in [i for i, h in held.items()
                           if i not in referenced and h["session_id"] not in live]:
         del held[settlement_id]
+
+
+# ---- the dispute window (issue 16) ------------------------------------------------------------
+# The rate authority's rules declare how long after a settlement a dispute may be opened
+# (``AllocationRulesPublished.dispute_window_ms``, 90 days unless they say otherwise). The live
+# ledger forgets a finished session FINISHED_KEPT_MS after its slot; what a dispute needs of a
+# settled session (charging session, battery swap, wireless trip alike) is kept as a compact
+# summary from its admission until the window has closed (plus FINISHED_KEPT_MS, so a late
+# dispute is refused DISPUTE_WINDOW_CLOSED rather than UNKNOWN_SESSION): settlement id, the
+# parties, the rate authority, currency and rounding, the tax, the lines issued so far
+# (original and corrections) and the net total. At most SETTLED_KEPT_MAX summaries per station
+# (their bytes are within STATION_STATE_BYTES_MAX); past it the oldest is forgotten early and a
+# dispute naming it is refused DISPUTE_WINDOW_CLOSED (``forgotten_through_ms`` says up to when).
+
+DISPUTE_WINDOW_MS_DEFAULT = 90 * 24 * 3_600_000
+# ~770 serialised bytes per summary of a two-line settlement, ~120 more per further line
+# (tests/unit/test_market_rules_disputes.py measures it): 500 summaries use 0.4-0.6 MB of the
+# station's STATION_STATE_BYTES_MAX (900 kB), leaving the rest to the live ledger.
+SETTLED_KEPT_MAX = 500
+EVIDENCE_IDS_SUMMARISED_MAX = 4  # more: the first and the last (the handshake, the close-out)
+_LINE_FIELDS = ("kind", "description", "quantity_wh", "unit_rate_per_kwh", "amount",
+                "from_at_ms", "until_at_ms")
+
+
+def settled_summaries(state: LedgerState) -> dict[str, dict[str, Any]]:
+    """session id -> the compact summary of its settlement (see above)."""
+    return state.extra.setdefault("settled", {})  # type: ignore[no-any-return]
+
+
+def dispute_window_ms(state: LedgerState) -> int:
+    return int(state.rules.get("dispute_window_ms") or DISPUTE_WINDOW_MS_DEFAULT)
+
+
+def window_problem(state: LedgerState, session_id: str) -> Rejection | None:
+    """DISPUTE_WINDOW_CLOSED when the ledger's clock is past the session's settlement + the
+    rules' dispute window (the ledger's clock: a vehicle cannot back-date its dispute)."""
+    window = dispute_window_ms(state)
+    summary = settled_summaries(state).get(session_id)
+    if summary is not None and state.clock_ms > summary["at"] + window:
+        return Rejection(Reason.DISPUTE_WINDOW_CLOSED, f"{summary['i']} settled at "
+                         f"{summary['at']}: the {window} ms dispute window closed at "
+                         f"{summary['at'] + window}")
+    forgotten = int(state.extra.get("settled_forgotten_through_ms", 0))
+    if summary is None and session_id not in sessions.sessions(state) and forgotten:
+        return Rejection(Reason.DISPUTE_WINDOW_CLOSED, f"{session_id} is not disputable here: "
+                         f"the station keeps {SETTLED_KEPT_MAX} settled sessions disputable and "
+                         f"forgot those settled up to {forgotten} early")
+    return None
+
+
+def summarise(decision: Decision, view: GovernanceView) -> dict[str, Any]:
+    """The compact summary of an admitted (original) settlement."""
+    p = decision.payload
+    filed = view.tariffs.get(p["tariff_id"]) or {}
+    ev = list(p["evidence_event_ids"])
+    return {
+        "i": p["settlement_id"], "p": list(p["required_signer_ids"][:2]),
+        "ra": str(filed.get("rate_authority_id") or p["identity"]["rate_authority_id"]),
+        "id": dict(p["identity"]), "t": p["tariff_id"], "c": p["currency"], "r": p["rounding"],
+        "mu": int(filed.get("currency_minor_units", 2)),
+        "tx": Decimal(filed.get("tax_percent", 0)), "at": int(p["admitted_at_ms"]),
+        "l": [[ln[f] for f in _LINE_FIELDS] for ln in p["lines"]], "o": p["total_amount"],
+        "net": p["total_amount"], "x": 0, "n": 0,
+        "ev": ev if len(ev) <= EVIDENCE_IDS_SUMMARISED_MAX else [ev[0], ev[-1]],
+    }
+
+
+def remember_settled(state: LedgerState, decisions: list[Decision], view: GovernanceView) -> None:
+    """Fold one step's decisions into the settled-session summaries, then forget the ones past
+    the window (and the oldest past SETTLED_KEPT_MAX)."""
+    kept = settled_summaries(state)
+    for decision in decisions:
+        p, kind = decision.payload, decision.event_type
+        if kind == DecisionType.SETTLEMENT_ADMITTED and not p["adjusts_settlement_id"]:
+            kept[p["session_id"]] = summarise(decision, view)
+        elif kind == DecisionType.SETTLEMENT_ADMITTED and p["session_id"] in kept:
+            _corrected(kept[p["session_id"]], p, voids=p["kind"] == SettlementKind.CREDIT)
+        elif kind == DecisionType.SETTLEMENT_REVERSED and p["session_id"] in kept:
+            _corrected(kept[p["session_id"]], p, voids=True)
+        elif kind == DecisionType.SETTLEMENT_EXPIRED:
+            kept.pop(p["session_id"], None)  # never final: nothing to dispute
+        elif (kind == DecisionType.DISPUTE_RECORDED and p["change"] == DisputeChange.OPENED
+              and p["session_id"] in kept):
+            kept[p["session_id"]]["n"] += 1
+    if not kept:
+        return
+    horizon = state.clock_ms - dispute_window_ms(state) - ledger.FINISHED_KEPT_MS
+    for session_id in [i for i, summary in kept.items() if summary["at"] < horizon]:
+        del kept[session_id]
+    if len(kept) > SETTLED_KEPT_MAX:
+        oldest = sorted(kept, key=lambda i: (kept[i]["at"], i))[:len(kept) - SETTLED_KEPT_MAX]
+        live = sessions.sessions(state)
+        for session_id in oldest:
+            if session_id not in live:
+                state.extra["settled_forgotten_through_ms"] = max(
+                    int(state.extra.get("settled_forgotten_through_ms", 0)),
+                    kept[session_id]["at"])
+                del kept[session_id]
+
+
+def _corrected(summary: dict[str, Any], p: dict[str, Any], voids: bool) -> None:
+    summary["l"].extend([ln[f] for f in _LINE_FIELDS] for ln in p["lines"])
+    summary["net"] += p["total_amount"]
+    summary["x"] = int(voids or summary["x"])
+
+
+def _from_summary(state: LedgerState, session_id: str) -> dict[str, Any] | None:
+    """A settled session that has left the live ledger, as much of it as a dispute reads."""
+    summary = settled_summaries(state).get(session_id)
+    if summary is None:
+        return None
+    vehicle, station = (summary["p"] + [""])[:2]
+    return {
+        "session_id": session_id, "settlement_id": summary["i"], "close_out": {"summarised": True},
+        "vehicle_credential_id": vehicle, "station_credential_id": station,
+        "tariff": {"tariff_id": summary["t"]}, "identity": summary["id"],
+        "evidence_event_ids": list(summary["ev"]), "_summary": summary,
+    }
+
+
+def _held_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The disputed-settlement copy ``_snapshot`` keeps, rebuilt from a summary."""
+    tariff = {"tariff_id": summary["t"], "currency": summary["c"], "minor_units": summary["mu"],
+              "rounding": summary["r"], "tax_percent": summary["tx"],
+              "congestion_fee_per_kwh": ZERO, "renewable_adder_per_kwh": ZERO}
+    return {
+        "session_id": "", "identity": dict(summary["id"]), "tariff": tariff,
+        "tariff_id": summary["t"], "currency": summary["c"], "rounding": summary["r"],
+        "original_total": summary["o"], "net_total": summary["net"],
+        "lines": [dict(zip(_LINE_FIELDS, ln, strict=True)) for ln in summary["l"]],
+        "corrections": [], "voided": bool(summary["x"]),
+    }

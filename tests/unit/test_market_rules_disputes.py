@@ -1,0 +1,101 @@
+"""Issue 16, disputes: the rate authority's dispute window, not ledger pruning, bounds when a
+dispute may be opened; a compact summary of each settled session is kept for it. Pure."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from chargemesh.processors.ledger import disputes
+from chargemesh.processors.ledger import state as ledger
+from chargemesh.processors.ledger.step import STATION_STATE_BYTES_MAX
+from chargemesh.streams.sdk import participant as sdk
+from chargemesh.units import DAY_MS, HOUR_MS
+
+from tests.unit.test_disputes_logic import Disputed, kinds, reason
+
+
+def _later(d: Disputed, at_ms: int) -> None:
+    """The station's clock moves to ``at_ms`` (its heartbeat); disputes are opened after it."""
+    assert d.feed(sdk.heartbeat(d.station, at_ms)).rejection is None
+    d.clock_ms = at_ms
+
+
+def test_a_settled_session_is_summarised_compactly_at_its_settlement() -> None:
+    d = Disputed()
+    summary = disputes.settled_summaries(d.state)["s1"]
+    assert summary["i"] == "stl:s1" and summary["p"] == [d.station.credential_id,
+                                                        d.vehicle.credential_id]
+    assert summary["o"] == summary["net"] == Decimal("6.50") and summary["c"] == "USD"
+    assert [ln[0] for ln in summary["l"]] == ["ENERGY", "TAX"]
+    size = len(ledger.dump_state(d.state)) - len(ledger.dump_state(_without_summaries(d)))
+    assert size < 800  # bytes per summary of a two-line settlement (README Limits)
+    assert disputes.SETTLED_KEPT_MAX * size < STATION_STATE_BYTES_MAX
+
+
+def _without_summaries(d: Disputed) -> ledger.LedgerState:
+    bare = ledger.load_state(ledger.dump_state(d.state))
+    bare.extra.pop("settled")
+    return bare
+
+
+def test_a_dispute_after_the_session_left_the_live_ledger_is_accepted_within_the_window() -> None:
+    d = Disputed()
+    _later(d, d.start_ms + 5 * DAY_MS)
+    assert "s1" not in d.state.extra["sessions"]  # pruned after ledger.FINISHED_KEPT_MS
+    opened = d.open(d.vehicle, evidence=[d.lineage[-1]])  # the close-out: kept in the summary
+    assert opened.rejection is None and kinds(opened) == ["DisputeRecorded"]
+    void = d.feed(d.resolved(d.arbiter, "VOIDED"))
+    assert void.rejection is None
+    credit = void.decisions[1].payload
+    assert credit["kind"] == "CREDIT" and credit["adjusts_settlement_id"] == "stl:s1"
+    assert credit["total_amount"] == Decimal("-6.50")
+    assert [ln["kind"] for ln in credit["lines"]] == ["ENERGY", "TAX"]
+    _later(d, d.start_ms + 12 * DAY_MS)  # the resolved dispute is pruned; the summary is not
+    assert reason(d.open(d.station, dispute_id="d2")) == "SETTLEMENT_VOIDED"
+
+
+def test_an_adjustment_after_pruning_follows_the_rounding_and_tax_of_the_tariff() -> None:
+    d = Disputed()
+    _later(d, d.start_ms + 5 * DAY_MS)
+    d.open(d.vehicle, evidence=[])
+    step = d.feed(d.resolved(d.world.root, "ADJUSTED", "-1.50"))
+    assert [(ln["kind"], ln["amount"]) for ln in step.decisions[1].payload["lines"]] == [
+        ("ADJUSTMENT", Decimal("-1.50")), ("TAX", Decimal("-0.12"))]
+    assert disputes.settled_summaries(d.state)["s1"]["net"] == Decimal("4.88")
+
+
+def test_a_dispute_after_the_rules_window_is_refused_window_closed() -> None:
+    d = Disputed()
+    assert d.state.calendar is not None
+    d.state.calendar["rules"]["dispute_window_ms"] = 3 * DAY_MS
+    _later(d, d.start_ms + 4 * DAY_MS)
+    assert reason(d.open(d.vehicle, evidence=[])) == "DISPUTE_WINDOW_CLOSED"
+
+
+def test_the_window_defaults_to_ninety_days_and_binds_live_sessions_too() -> None:
+    d = Disputed()
+    assert disputes.dispute_window_ms(d.state) == 90 * DAY_MS
+    assert d.state.calendar is not None
+    d.state.calendar["rules"]["dispute_window_ms"] = HOUR_MS
+    _later(d, d.start_ms + 2 * HOUR_MS)
+    assert "s1" in d.state.extra["sessions"]  # still live: the window still binds
+    assert reason(d.open(d.vehicle)) == "DISPUTE_WINDOW_CLOSED"
+
+
+def test_evidence_after_pruning_is_judged_against_the_summary() -> None:
+    d = Disputed()
+    _later(d, d.start_ms + 5 * DAY_MS)
+    assert reason(d.open(d.vehicle, evidence=["not-in-lineage"])) == "UNKNOWN_EVIDENCE"
+
+
+def test_past_the_kept_maximum_the_oldest_is_forgotten_and_refused_with_a_reason() -> None:
+    d = Disputed()
+    _later(d, d.start_ms + 5 * DAY_MS)
+    kept = disputes.settled_summaries(d.state)
+    template = kept["s1"]
+    for i in range(disputes.SETTLED_KEPT_MAX):
+        kept[f"x{i}"] = dict(template, i=f"stl:x{i}", at=template["at"] + 1 + i)
+    _later(d, d.clock_ms + HOUR_MS)
+    assert "s1" not in kept and len(kept) == disputes.SETTLED_KEPT_MAX
+    assert d.state.extra["settled_forgotten_through_ms"] == template["at"]
+    assert reason(d.open(d.vehicle, evidence=[])) == "DISPUTE_WINDOW_CLOSED"
