@@ -249,6 +249,16 @@ class Reason(enum.StrEnum):
     CHECKPOINT_INCONSISTENT = "CHECKPOINT_INCONSISTENT"
     CHECKPOINT_BEYOND_LOG = "CHECKPOINT_BEYOND_LOG"
     CHECKPOINT_MISMATCH = "CHECKPOINT_MISMATCH"
+    # ---- the audit of issue 16's billing records -------------------------------------------------
+    # A SettlementExpired whose finality window is not the rules', whose close-out or expiry time
+    # is not the session's, that expired before the window passed, or that names as missing a
+    # signer whose signature the ledger had admitted (or a finalised settlement).
+    EXPIRY_NOT_DUE = "EXPIRY_NOT_DUE"
+    EXPIRED_SIGNER_NOT_MISSING = "EXPIRED_SIGNER_NOT_MISSING"
+    # A SettlementReversed with no revocation of a credential the settlement rested on, or whose
+    # lines are not the exact negation of what it voids.
+    REVERSAL_WITHOUT_REVOCATION = "REVERSAL_WITHOUT_REVOCATION"
+    REVERSAL_MISMATCH = "REVERSAL_MISMATCH"
     # ---- the deployment's own identity (issue 15, hole 7) ----------------------------------------
     # A PROCESSOR and a CHECKPOINT credential share a credential or a key (governance refusal), or
     # a checkpoint is signed by a processors' key (audit finding).

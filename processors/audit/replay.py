@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
+from chargemesh.processors.audit import billing
 from chargemesh.processors.audit import checkpoints as checkpointer
 from chargemesh.processors.audit.checkpoints import Checkpoint, LogRecord
 from chargemesh.processors.embodiments import fleet, swap, v2g
@@ -63,6 +64,9 @@ SESSION = "chargemesh.session.v1."
 CALENDAR = "chargemesh.capacity.v1.SlotCalendarPublished"
 SETTLEMENT_ADMITTED = "chargemesh.settlement.v1.SettlementAdmitted"
 SETTLEMENT_FINALISED = "chargemesh.settlement.v1.SettlementFinalised"
+SETTLEMENT_EXPIRED = "chargemesh.settlement.v1.SettlementExpired"
+SETTLEMENT_REVERSED = "chargemesh.settlement.v1.SettlementReversed"
+CLOSED_OUT = "chargemesh.session.v1.MeterClosedOut"
 SLOT_RESERVED = "chargemesh.ledger.v1.SlotReserved"
 REPRICE_PROPOSED = SESSION + "RepriceProposed"
 GRID_ROUTED = "chargemesh.grid.v1.GridEventRouted"
@@ -370,8 +374,20 @@ class Audit:
         self.proposed: dict[tuple[str, str], Entry] = {}
         self.finalised: dict[str, list[Entry]] = {}
         self.signatures: dict[str, dict[str, Entry]] = {}
+        self.admitted: dict[str, list[Entry]] = {}  # settlement id -> it, then its corrections
+        self.closed_out: dict[str, Entry] = {}
+        self.calendars: dict[str, list[Entry]] = {}
         for e in self.entries:
             kind, p = e.event.event_type, e.payload
+            if kind == SETTLEMENT_ADMITTED:
+                issued = self.admitted.setdefault(
+                    p.get("adjusts_settlement_id") or p["settlement_id"], [])
+                if all(x.event.event_id != e.event.event_id for x in issued):
+                    issued.append(e)
+            elif kind == CLOSED_OUT and e.record.topic == topics.ADMITTED.name:
+                self.closed_out.setdefault(p["session_id"], e)
+            elif kind == CALENDAR and e.record.topic == topics.ADMITTED.name:
+                self.calendars.setdefault(p["station_id"], []).append(e)
             if kind == SLOT_RESERVED:
                 self.reserved.setdefault(p["reservation_id"], e)
             elif kind == REPRICE_PROPOSED:
@@ -638,6 +654,10 @@ class Audit:
                 self.find(Reason.RATE_ABOVE_FILED_CEILING, entry.record, entry.event,
                           f"re-priced {rp.rate_per_kwh} > filed "
                           f"{filed['energy_rate_ceiling_per_kwh']}", sid)
+        for problem in billing.lines_above_ceiling(  # M6, M3: nor any line it settled
+                p["lines"], max(Decimal(v["energy_rate_ceiling_per_kwh"])
+                                for v in self.store.tariff_schedule(p["tariff_id"]) or [filed])):
+            self.find(problem.reason, entry.record, entry.event, problem.detail, sid)
         return Tariff.from_filing(filed), base_rate, start, reprices, handshakes[0]
 
     def _reprices(self, entry: Entry, evidence: list[Entry]) -> list[Reprice]:
@@ -679,6 +699,71 @@ class Audit:
                           "finality does not link to a signature of this session", sid)
         if finals:
             self.report.settlements_final += 1
+
+    # ---- issue 16: expiries and reversals on the billing feed --------------------------------
+
+    def billing_records(self, in_scope: list[Entry]) -> list[Entry]:
+        """The authority's SettlementExpired (its stations') and SettlementReversed records."""
+        stations = {e.event.body.subject_key for e in in_scope}
+        return [e for e in self.entries if self.in_window(e.event.body.occurred_at_ms) and (
+            (e.event.event_type == SETTLEMENT_EXPIRED and e.payload["station_id"] in stations)
+            or (e.event.event_type == SETTLEMENT_REVERSED
+                and e.payload["identity"]["rate_authority_id"] == self.authority_id))]
+
+    def _before(self, entries: list[Entry], cause: Entry | None) -> list[Entry]:
+        """``entries`` admitted before ``cause`` on its (the station's) partition."""
+        if cause is None:
+            return entries
+        return [e for e in entries if e.record.topic != cause.record.topic
+                or e.record.partition != cause.record.partition
+                or e.record.offset <= cause.record.offset]
+
+    def check_billing_record(self, entry: Entry) -> None:
+        self.verify(entry)
+        if entry.event.event_type == SETTLEMENT_EXPIRED:
+            problems = self._expiry_problems(entry)
+        else:
+            problems = self._reversal_problems(entry)
+        for problem in problems:
+            self.find(problem.reason, entry.record, entry.event, problem.detail,
+                      entry.payload["session_id"])
+
+    def _expiry_problems(self, entry: Entry) -> list[Rejection]:
+        p, sid = entry.payload, entry.payload["session_id"]
+        cause = self.by_hash.get(entry.event.body.prev_hash)
+        close = self.closed_out.get(sid)
+        calendars = self._before(self.calendars.get(p["station_id"], []), cause)
+        rules = self.store.rules.get(calendars[-1].payload["rules_version"]) \
+            if calendars else None
+        signed: set[str] = set()
+        if close is not None:
+            signed.add(close.event.body.author_credential_id)
+            linked = [e for e in self.signatures.get(sid, {}).values()
+                      if e.event.body.prev_hash == close.event.event_hash]
+            signed |= {e.event.body.author_credential_id for e in self._before(linked, cause)}
+        admitted = self.admitted.get(p["settlement_id"])
+        problems: list[Rejection] = billing.expiry_problems(
+            p, int(close.payload["closed_at_ms"]) if close else None,
+            billing.finality_window_ms(rules),
+            cause.event.body.occurred_at_ms if cause else 0, signed,
+            list(admitted[0].payload["required_signer_ids"]) if admitted else None,
+            bool(self.finalised.get(sid)))
+        return problems
+
+    def _reversal_problems(self, entry: Entry) -> list[Rejection]:
+        p = entry.payload
+        voided = [e for e in self.admitted.get(p["reverses_settlement_id"], [])
+                  if e.record.offset < entry.record.offset]
+        rested_on: set[str] = set()
+        if voided:
+            original = voided[0].payload
+            parties = {original["identity"]["vehicle_credential_id"],
+                       *original["required_signer_ids"]}
+            rested_on = parties & set(self.store.descendants(p["revoked_credential_id"]))
+        problems: list[Rejection] = billing.reversal_problems(
+            p, [v.payload for v in voided],
+            self.store.revocations.get(p["revoked_credential_id"]), rested_on)
+        return problems
 
     # ---- 5. checkpoints ---------------------------------------------------------------------------
 
@@ -761,6 +846,10 @@ class Audit:
             if entry.event.event_id not in seen:
                 seen.add(entry.event.event_id)
                 self.check_settlement(entry)
+        for entry in self.billing_records(in_scope):
+            if entry.event.event_id not in seen:
+                seen.add(entry.event.event_id)
+                self.check_billing_record(entry)
         self.check_checkpoints()
         self.report.events_replayed = (len(self.source.governance) + len(self.source.logs)
                                        + len(self.source.checkpoints))
