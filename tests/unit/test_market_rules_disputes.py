@@ -9,7 +9,7 @@ from chargemesh.processors.ledger import disputes
 from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.ledger.step import STATION_STATE_BYTES_MAX
 from chargemesh.streams.sdk import participant as sdk
-from chargemesh.units import DAY_MS, HOUR_MS
+from chargemesh.units import DAY_MS, HOUR_MS, MINUTE_MS
 
 from tests.unit.test_disputes_logic import Disputed, kinds, reason
 
@@ -99,3 +99,49 @@ def test_past_the_kept_maximum_the_oldest_is_forgotten_and_refused_with_a_reason
     assert "s1" not in kept and len(kept) == disputes.SETTLED_KEPT_MAX
     assert d.state.extra["settled_forgotten_through_ms"] == template["at"]
     assert reason(d.open(d.vehicle, evidence=[])) == "DISPUTE_WINDOW_CLOSED"
+
+
+def test_a_battery_swap_can_be_disputed_and_voided() -> None:
+    from tests.unit.test_swap_mobile import SwapStation, decided
+
+    st = SwapStation()
+    assert st.register("P1", "NMC", 950).rejection is None
+    st.book("v1", "o1", slot=0)
+    swapped = st.swap_event("v1", "o1", 0, "P1", 57_000, "PA", 6_000)
+    assert decided(st.ledger.feed(swapped), "SettlementFinalised")
+    at = swapped.body.occurred_at_ms + MINUTE_MS
+    opened = st.ledger.feed(sdk.dispute_opened(
+        st.vehicles["v1"], dispute_id="d-swap", session_id="swap-o1", station_id="swap-st",
+        kind="METER_DISPUTE", claim="the pack came out short", settlement_id="stl:swap-o1",
+        evidence_event_ids=[swapped.event_id], at_ms=at))
+    assert opened.rejection is None, opened.rejection
+    void = st.ledger.feed(sdk.dispute_resolved(
+        st.world.root, dispute_id="d-swap", session_id="swap-o1", station_id="swap-st",
+        outcome="VOIDED", reasoning="reviewed", adjustment_amount="0", currency="USD",
+        at_ms=at + MINUTE_MS))
+    credit = decided(void, "SettlementAdmitted")
+    assert credit["kind"] == "CREDIT" and credit["total_amount"] == Decimal("-27.94")
+    assert [ln["kind"] for ln in credit["lines"]] == ["SWAP_FEE", "ENERGY", "TAX"]
+
+
+def test_a_wireless_trip_can_be_disputed_by_its_vehicle() -> None:
+    from tests.unit.test_wireless_logic import Drive, decision
+
+    drive = Drive()
+    assert drive.open().rejection is None
+    drive.traverse("trip-1", range(3), drive.t0 + MINUTE_MS)
+    close = drive.road.close(drive.ev, "trip-1", drive.t0 + 10 * MINUTE_MS)
+    settled = decision(drive.feed(close), "SettlementAdmitted")
+    at = drive.t0 + 11 * MINUTE_MS
+    opened = drive.feed(sdk.dispute_opened(
+        drive.ev, dispute_id="d-trip", session_id="trip-1", station_id=drive.road.operator_id,
+        kind="METER_DISPUTE", claim="segment 2 over-read", settlement_id="stl:trip-1",
+        evidence_event_ids=[close.event_id], at_ms=at))
+    assert opened.rejection is None, opened.rejection
+    assert decision(opened, "DisputeRecorded")["settlement_id"] == "stl:trip-1"
+    stranger = drive.feed(sdk.dispute_opened(
+        drive.other, dispute_id="d-trip-2", session_id="trip-1",
+        station_id=drive.road.operator_id, kind="METER_DISPUTE", claim="not mine",
+        evidence_event_ids=[], at_ms=at))
+    assert reason(stranger) == "NOT_A_SESSION_PARTY"
+    assert settled["total_amount"] > 0
