@@ -18,6 +18,8 @@ import dataclasses
 from typing import Any
 
 from chargemesh.infra.sim.plan_model import (  # noqa: F401 - public names of the planner
+    CURTAILMENT_LIMIT_W,
+    FINALITY_WINDOW_MS,
     HOUR_MS,
     JURISDICTIONS,
     Jurisdiction,
@@ -27,6 +29,7 @@ from chargemesh.infra.sim.plan_model import (  # noqa: F401 - public names of th
     PASS_MS,
     Phase,
     READINGS_PER_SESSION_MAX,
+    REPRICE_RESPONSE_MS,
     SLOT_MS,
     SPIKE_RATE,
     SWAP_PACK_WH,
@@ -162,20 +165,29 @@ class Planner(WorldPlanner):
                 st.meters[visit.connector_id], session_id=visit.session_id, station_id=st.sid,
                 connector_id=visit.connector_id, seq=k, import_wh=wh, at_ms=at,
                 export_wh=export_start_wh + export_wh * k // (n + 1))))
-        close = self.day.add(sdk.meter_closed_out(
+        close = sdk.meter_closed_out(
             st.participant, session_id=visit.session_id, connector_id=visit.connector_id,
             closed_at_ms=visit.close_ms, final_import_wh=start_wh + visit.energy_wh,
-            last_reading_seq=n, final_export_wh=export_start_wh + export_wh))
-        visit.evidence.append(close)
-        last = self.day.add(sdk.close_out_countersigned(vehicle, close,
-                                                        visit.close_ms + MINUTE_MS))
+            last_reading_seq=n, final_export_wh=export_start_wh + export_wh)
+        # IGNORE_REPRICE closes at the re-price's deadline: the station's clock reaching it, the
+        # ledger stops the session there first (REPRICE_UNANSWERED), then takes its close-out.
+        sign_ms = visit.close_ms + MINUTE_MS
+        visit.evidence.append(self.day.add(close))
+        last = close
+        if visit.market_rule == "EXPIRE":  # the vehicle never countersigns: it expires
+            self.settlements.add(f"stl:{visit.session_id}")
+            self.expiring.add(f"stl:{visit.session_id}")
+            self.count("settlement_expiry")
+        else:
+            last = self.day.add(sdk.close_out_countersigned(vehicle, close, sign_ms))
         if st.grid_coupled:
             last = self.day.add(sdk.settlement_co_signed(
                 self.operator, close, grid_zone_id=st.grid_zone,
                 clearing_price_per_kwh=V2G_CLEARING if v2g else "0.183",
-                at_ms=visit.close_ms + 2 * MINUTE_MS))
+                at_ms=sign_ms + MINUTE_MS))
             self.count("grid_co_signed")
-        self.settled(visit, last)
+        if visit.market_rule != "EXPIRE":
+            self.settled(visit, last)
         self.count({"V2G": "v2g_session", "DEPOT": "fleet_internal_session",
                     "MOBILE": "mobile_session", "MCS": "megawatt_session",
                     "DESTINATION": "overnight_session"}.get(st.kind, "public_session"))
@@ -273,7 +285,7 @@ class Planner(WorldPlanner):
         self.spike_event = event
         active = [v for v in self.visits if v.fate == "SETTLE" and v.station.grid_zone == zone
                   and v.start_ms < self.spike_ms <= v.close_ms]
-        for v in active:
+        for v in [x for x in active if x.market_rule != "IGNORE_REPRICE"]:
             self.day.add(sdk.reprice_accepted(
                 v.vehicle.participant, session_id=v.session_id, station_id=v.station.sid,
                 grid_event_id=f"ge:{self.cfg.prefix}:spike",
@@ -291,11 +303,80 @@ class Planner(WorldPlanner):
                 rate_per_kwh=SPIKE_RATE, at_ms=v.start_ms + MINUTE_MS))
         self.grid_events[event.event_id] = tuple(sorted(v.session_id for v in active))
         self.count("grid_event")
-        self.count("reprice", len(active) + len(inside))
+        self.count("price_window")
+        self.count("reprice", len(active) + len(inside) - self.caps.get("reprice_unanswered", 0))
+
+    # ---- issue 16's market rules in the day -----------------------------------------------------
+
+    def market_rule_visits(self) -> None:
+        """A session that ignores the spike's re-price, one left unsigned (it expires) and one
+        whose vehicle is revoked after it settled, from before its close-out (it is reversed)."""
+        self.expiring: set[str] = set()
+        self.reversing: list[tuple[Visit, SignedEvent]] = []
+        zone = self.zone("caiso-sfbay")
+        public = [s for s in self.stations if s.jurisdiction.code == "US-CA"
+                  and s.kind in ("DC_FAST", "AC_L2", "MCS")]
+        public.sort(key=lambda s: s.kind == "MCS")  # a car at a public charger first
+        us = self.jurisdiction("US-CA")
+        deadline = self.spike_ms + REPRICE_RESPONSE_MS
+        ignoring = self.build_vehicle(len(self.vehicles) + 1, "CAR", us)
+        for st in [s for s in public if s.grid_zone == zone]:
+            visit = self.place(ignoring, st, self.spike_ms - 40 * MINUTE_MS, False, slots_min=4)
+            if (visit is not None and visit.start_ms + 10 * MINUTE_MS < self.spike_ms
+                    and deadline < visit.slot_stop_ms):
+                if visit.close_ms > deadline:  # charged until the stop
+                    full = visit.close_ms - visit.start_ms
+                    visit.energy_wh = visit.energy_wh * (deadline - visit.start_ms) // full
+                visit.close_ms, visit.pinned, visit.market_rule = deadline, True, "IGNORE_REPRICE"
+                self.visits.append(visit)
+                # its station's clock reaches the signal's start with it, so the deadline is
+                # the signal's start + the rules' response time
+                self.day.add(sdk.heartbeat(st.participant, self.spike_ms - MINUTE_MS))
+                self.count("reprice_unanswered")
+                break
+        unsigned_car = self.build_vehicle(len(self.vehicles) + 3, "CAR", us)
+        for st in public:
+            visit = self.place(unsigned_car, st, self.day0 + HOUR_MS, False)
+            if visit is not None and visit.close_ms + FINALITY_WINDOW_MS < self.end - HOUR_MS:
+                visit.pinned, visit.market_rule = True, "EXPIRE"
+                self.visits.append(visit)
+                break
+        reversed_car = self.build_vehicle(len(self.vehicles) + 2, "CAR", us)
+        for st in public:
+            visit = self.place(reversed_car, st, self.day0 + HOUR_MS, False)
+            if visit is not None:
+                visit.pinned, visit.market_rule = True, "REVERSE"
+                self.visits.append(visit)
+                revoke = self.issuer.revoke(
+                    reversed_car.participant.credential_id,
+                    effective_at_ms=visit.close_ms - MINUTE_MS, reason_code="KEY_COMPROMISE",
+                    detail="simulated key compromise found after a settlement")
+                self.day.add(revoke, at_ms=visit.close_ms + HOUR_MS)
+                self.settlements.add(f"rev:{visit.session_id}")
+                self.count("settlement_reversal")
+                break
+
+    def curtailment_and_tariff_version(self) -> None:
+        """The zone operator curtails the (unobserved) spike zone for half an hour at night; the
+        DE-BY authority files its tariff's next version, in force from the next midnight."""
+        zone, at = self.zone("caiso-sfbay"), self.day0 + 3 * HOUR_MS
+        self.day.add(sdk.grid_event(
+            self.operator, grid_event_id=f"ge:{self.cfg.prefix}:curtail", grid_zone_id=zone,
+            kind="CURTAILMENT", from_ms=at, until_ms=at + 30 * MINUTE_MS,
+            capacity_limit_w=CURTAILMENT_LIMIT_W, at_ms=at - 5 * MINUTE_MS))
+        self.count("curtailment_unobserved")
+        j = self.jurisdiction("DE-BY")
+        self.governance.append(sdk.tariff_filed(
+            self.authorities[j.code], tariff_id=f"tariff:{self.cfg.prefix}:{j.code}",
+            jurisdiction=j.code, currency=j.currency, ceiling_per_kwh="0.95",
+            rounding=j.rounding, tax_percent=j.tax_percent, congestion_fee_per_kwh=j.congestion,
+            renewable_adder_per_kwh=j.renewable, at_ms=self.setup_at,
+            effective_from_ms=self.day0 + 24 * HOUR_MS))
+        self.count("tariff_version")
 
     def dispute(self) -> None:
         """A meter dispute on a settled session, adjusted by the rate authority (the root)."""
-        done = [v for v in self.visits if v.fate == "SETTLE" and v.evidence
+        done = [v for v in self.visits if v.fate == "SETTLE" and v.evidence and not v.market_rule
                 and v.station.jurisdiction.code == "US-CA"
                 and v.station.kind in ("AC_L2", "DC_FAST", "MCS")
                 and v.close_ms + 30 * MINUTE_MS < self.end]
@@ -425,10 +506,12 @@ class Planner(WorldPlanner):
         self.revocation()
         self.plan_visits()
         self.spike_session()
+        self.market_rule_visits()
         self.no_shows()
         for visit in self.visits:
             self.emit_visit(visit)
         self.grid_spike()
+        self.curtailment_and_tariff_version()
         self.dispute()
         self.hostile_events()
         self.heartbeats()

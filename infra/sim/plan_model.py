@@ -85,6 +85,9 @@ JURISDICTIONS = (
 )
 V2G_ZONE = "caiso-v2g"
 SPIKE_RATE = "0.61"
+FINALITY_WINDOW_MS = HOUR_MS  # the sim's rules: an unsigned settlement expires within the day
+REPRICE_RESPONSE_MS = 5 * MINUTE_MS  # the rules' default deadline to answer a re-price
+CURTAILMENT_LIMIT_W = 5_000_000  # the operator's night curtailment: above every connector
 V2G_CLEARING = "0.183"
 
 
@@ -172,6 +175,7 @@ class Visit:
     readings: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     evidence: list[SignedEvent] = dataclasses.field(default_factory=list)
     pinned: bool = False  # planned for a capability: never drawn as a no-show
+    market_rule: str = ""  # "" | IGNORE_REPRICE | EXPIRE | REVERSE (issue 16's rules in the day)
 
     @property
     def session_id(self) -> str:

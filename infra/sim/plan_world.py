@@ -9,6 +9,7 @@ from chargemesh.infra.sim.plan_model import (
     DEPOT_SLOT_MS,
     DEST_SLOT_MS,
     DIURNAL,
+    FINALITY_WINDOW_MS,
     FLEET_ID,
     HOUR_MS,
     JURISDICTIONS,
@@ -125,7 +126,8 @@ class WorldPlanner:
                     self.count("roaming_reciprocity_agreements")
             gov.append(self.tariff(j, f"tariff:{self.cfg.prefix}:{j.code}"))
             gov.append(sdk.rules_published(authority, rules_version=self.rules_of(j),
-                                           jurisdiction=j.code, at_ms=at))
+                                           jurisdiction=j.code, at_ms=at,
+                                           finality_window_ms=FINALITY_WINDOW_MS))
 
     def grid_operator(self, programs: tuple[tuple[str, str], ...]) -> None:
         """The grid operator, credentialed in US-CA; each zone of its ``(zone name, program)``s

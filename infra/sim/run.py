@@ -103,6 +103,9 @@ class Watcher:
         self.reprices: dict[str, float] = {}  # session id -> RepriceProposed
         self.reevaluated: dict[str, float] = {}  # subject id -> CredentialReevaluated
         self.final: dict[str, float] = {}  # settlement id -> SettlementFinalised
+        # issue 16: a settlement left unsigned past the finality window, a reversal's own id
+        self.expired: dict[str, float] = {}  # settlement id -> SettlementExpired
+        self.reversed: dict[str, float] = {}  # reversal id -> SettlementReversed
         self.settlements: dict[str, dict[str, Any]] = {}  # settlement id -> admitted payload
         self.rejected: dict[str, str] = {}  # event id -> first reason
         self.stop = threading.Event()
@@ -141,6 +144,10 @@ class Watcher:
                 self.reevaluated.setdefault(p["subject_id"], at)
             elif kind == "SettlementFinalised":
                 self.final.setdefault(p["settlement_id"], at)
+            elif kind == "SettlementExpired":
+                self.expired.setdefault(p["settlement_id"], at)
+            elif kind == "SettlementReversed":
+                self.reversed.setdefault(p["settlement_id"], at)
             elif kind == "SettlementAdmitted":
                 self.settlements.setdefault(p["settlement_id"], p)
 
@@ -151,7 +158,14 @@ class Watcher:
             "final": self.final, "rejected": self.rejected}
         table = tables[kind]
         with self.lock:
+            if kind == "final":  # its final state: FINAL, or EXPIRED / a reversal as planned
+                return key in table or key in self.expired or key in self.reversed
             return key in table
+
+    def settled_ids(self) -> set[str]:
+        """Every settlement id in its final state (FINAL, EXPIRED, a REVERSAL)."""
+        with self.lock:
+            return set(self.final) | set(self.expired) | set(self.reversed)
 
     def close(self) -> None:
         self.stop.set()
@@ -364,13 +378,13 @@ def wait_for_sink(settings: Settings, run: Run, progress: Progress) -> None:
     """Until ClickHouse holds this run's final settlements and hostile rejections."""
     prefix = run.plan.config.prefix
     hostile = tuple(run.plan.hostile) or ("-",)
-    with run.watcher.lock:
-        final = len([s for s in run.watcher.final if f":{prefix}-" in s])
+    final = len([s for s in run.watcher.settled_ids() if f":{prefix}-" in s])
     client = clickhouse_client(settings)
 
     def rows() -> int:
         finals = client.execute(
-            "SELECT count() FROM settlements_status WHERE status = 'FINAL' AND "
+            "SELECT count() FROM settlements_status WHERE status IN ('FINAL', 'EXPIRED', "
+            "'REVERSED') AND "
             "settlement_id LIKE %(p)s", {"p": f"%:{prefix}-%"})[0][0]
         rejected = client.execute("SELECT uniqExact(event_id) FROM rejections WHERE event_id "
                                   "IN %(e)s", {"e": hostile})[0][0]
@@ -424,8 +438,9 @@ def run_simulation(settings: Settings, config: SimConfig, compress: float = 0.0,
             latencies = run.latencies()
             write_latencies(settings, run_id, latencies)
             wait_for_sink(settings, run, progress)
+            settled = run.watcher.settled_ids()
             with run.watcher.lock:
-                final = sum(1 for s in plan.expected_settlements if s in run.watcher.final)
+                final = sum(1 for s in plan.expected_settlements if s in settled)
                 hostile_rejected = sum(1 for e in plan.hostile if e in run.watcher.rejected)
                 refused_seen = sum(1 for e in plan.refused if e in run.watcher.rejected)
             summary = SimSummary(

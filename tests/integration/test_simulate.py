@@ -27,7 +27,10 @@ EVERY_CAPABILITY = (
     "mobile_session", "wireless_trip", "megawatt_session", "overnight_session",
     "roaming_with_reciprocity", "roaming_without_reciprocity", "dispute", "revocation",
     "hostile_forged_signature", "hostile_replayed_event_id", "hostile_double_booking",
-    "hostile_meter_went_backwards")
+    "hostile_meter_went_backwards",
+    # issue 16's market rules in the day
+    "price_window", "curtailment_unobserved", "tariff_version", "reprice_unanswered",
+    "settlement_expiry", "settlement_reversal")
 
 
 def test_the_same_seed_plans_the_same_bytes_and_another_seed_does_not() -> None:
@@ -104,10 +107,17 @@ def test_a_small_simulated_market_on_its_own_stack(
                 "(SELECT run_id FROM simulation_runs FINAL WHERE seed = %(s)s) GROUP BY kind",
                 {"s": SMALL.seed}))
             assert {"walk_up_authorisation", "settlement_finality", "reprice"} <= set(kinds)
-            final = client.execute(
-                "SELECT count() FROM settlements_status WHERE status = 'FINAL' AND "
-                "settlement_id LIKE %(p)s", {"p": f"%:{SMALL.prefix}-%"})[0][0]
-            assert final == len(plan.expected_settlements)
+            statuses = dict(client.execute(
+                "SELECT status, count() FROM settlements_status WHERE settlement_id LIKE %(p)s "
+                "GROUP BY status", {"p": f"%:{SMALL.prefix}-%"}))
+            # issue 16: one settlement left unsigned expires; one reversed after a revocation
+            # (its reversal is itself FINAL)
+            assert statuses == {"FINAL": len(plan.expected_settlements) - 2,
+                                "EXPIRED": 1, "REVERSED": 1}
+            stopped = client.execute(
+                "SELECT count() FROM session_lifecycle WHERE stage = 'STOPPED' AND stop_reason = "
+                "'REPRICE_REFUSED' AND session_id LIKE %(p)s", {"p": f"%:{SMALL.prefix}-%"})
+            assert stopped == [(plan.capabilities["reprice_unanswered"],)]
         finally:
             client.disconnect()
     finally:

@@ -7,8 +7,8 @@ import hashlib
 
 from chargemesh.infra.sim.plan import SimConfig, plan_market
 
-SEED_7_EVENTS = 6983
-SEED_7_SHA256 = "aaaad39583d19ca42402c7fbce7fca9f1a473cb22d0e44eb5e69506b45639281"
+SEED_7_EVENTS = 7035
+SEED_7_SHA256 = "da254f448260a5d479a7a0d1b33f75e4eac5dfe22af054bb40c6236142cf8bfb"
 
 
 def test_simulate_seed_7_plans_byte_identical_events() -> None:
