@@ -330,6 +330,11 @@ class Audit:
             return
         policy = POLICIES.get(event.event_type)
         verdict = admit(record.value, record.key, policy.topic if policy else "", self.store)
+        if isinstance(verdict, Refused) and verdict.rejection.reason == Reason.CREDENTIAL_REVOKED \
+                and entry.payload.get("session_id") in self.reversed_sessions:
+            # P4: admitted before a backdated revocation was known; the ledger's re-evaluation
+            # reversed the session's settlement on the billing feed (the reversal is checked).
+            return
         if isinstance(verdict, Refused):
             self.find(verdict.rejection.reason, record, event, verdict.rejection.detail)
             return
@@ -377,6 +382,8 @@ class Audit:
         self.admitted: dict[str, list[Entry]] = {}  # settlement id -> it, then its corrections
         self.closed_out: dict[str, Entry] = {}
         self.calendars: dict[str, list[Entry]] = {}
+        self.reversed_sessions = {e.payload["session_id"] for e in self.entries
+                                  if e.event.event_type == SETTLEMENT_REVERSED}
         for e in self.entries:
             kind, p = e.event.event_type, e.payload
             if kind == SETTLEMENT_ADMITTED:
@@ -516,7 +523,8 @@ class Audit:
                 self.find(problem.reason, entry.record, entry.event, problem.detail, sid)
         else:
             self.verify(reservation)
-            tariff = Tariff.from_filing(filed)
+            tariff = swap.tariff_in_force(self.store.tariff_schedule(p["tariff_id"]) or [filed],
+                                          int(sp["swapped_at_ms"]))  # M3: in force then
             delivered = max(0, int(sp["pack_out_charge_wh"]) - int(sp["pack_in_charge_wh"]))
             lines, total = swap.swap_settlement(tariff, Decimal(reservation.payload[
                 "rate_per_kwh"]), delivered, int(sp["swapped_at_ms"]))
