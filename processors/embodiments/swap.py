@@ -16,7 +16,8 @@ Same single writer per station, same reservations, same settlement feed as a cha
   settlement is admitted and final at once. It follows the filed tariff: the tariff's
   ``swap_fee``, the energy difference (charge out minus charge returned, never negative) at the
   booked rate, the tariff's per-kWh adders and its tax, each line rounded by the authority's
-  rule, the total their exact sum (:func:`swap_settlement`);
+  rule, the total their exact sum (:func:`swap_settlement`); under the version of the tariff
+  in force at the swap, and at its time-of-use band's rate when the swap falls in one (M3);
 * each pack's identity is followed through every cycle (registered, out on a vehicle,
   returned): ClickHouse ``pack_history``, ``chargemesh pack history PACK``.
 """
@@ -38,7 +39,14 @@ from chargemesh.processors.ledger.state import (
     _emit,
 )
 from chargemesh.processors.reasons import Reason, Rejection
-from chargemesh.processors.settlement import WH_PER_KWH, Tariff, adder_lines, line, with_tax
+from chargemesh.processors.settlement import (
+    WH_PER_KWH,
+    Tariff,
+    adder_lines,
+    line,
+    version_at,
+    with_tax,
+)
 from chargemesh.processors.statuses import (
     ConnectorKind,
     LineKind,
@@ -94,12 +102,24 @@ def norm_chemistry(chemistry: str) -> str:
     return chemistry.strip().upper()
 
 
+def tariff_in_force(filings: list[dict[str, Any]], at_ms: int) -> Tariff:
+    """M3: the version of a tariff (``filings``: its schedule, by ``effective_from_ms``) in
+    force at ``at_ms``, as sessions bill each interval (the first one before any is)."""
+    return Tariff.from_filing(filings[version_at([Tariff.from_filing(f) for f in filings],
+                                                 at_ms)])
+
+
 def swap_settlement(tariff: Tariff, rate_per_kwh: Decimal, delivered_wh: int,
                     at_ms: int) -> tuple[list[dict[str, Any]], Decimal]:
-    """Line items of a swap under ``tariff``: swap fee, energy difference at ``rate_per_kwh``,
-    per-kWh adders on it, tax on the sum; every line rounded once, total = sum of lines."""
+    """Line items of a swap under ``tariff`` (the version in force at the swap): swap fee,
+    energy difference at ``rate_per_kwh`` (or, at a time of the tariff's time-of-use bands, the
+    band's rate, as for sessions), per-kWh adders on it, tax on the sum; every line rounded once,
+    total = sum of lines."""
     if delivered_wh < 0:
         raise ValueError("delivered energy is never negative")
+    band = tariff.band_at(at_ms)
+    if band >= 0:
+        rate_per_kwh = Decimal(tariff.time_of_use[band][2])
     lines = []
     if tariff.swap_fee:
         lines.append(line(LineKind.SWAP_FEE, "pack swap fee", 0, Decimal(0),
@@ -289,7 +309,8 @@ def complete_swap(state: LedgerState, cmd: Command, view: GovernanceView,
     filed = view.tariffs.get(cal.get("tariff_id", ""))
     if filed is None:
         return Rejection(Reason.UNKNOWN_TARIFF, f"{cal.get('tariff_id')} is not filed")
-    tariff = Tariff.from_filing(filed)
+    tariff = tariff_in_force(view.tariff_schedule(filed["tariff_id"]) or [filed],
+                             p["swapped_at_ms"])  # M3: the version in force at the swap
     delivered_wh = max(0, p["pack_out_charge_wh"] - p["pack_in_charge_wh"])
     lines, total = swap_settlement(tariff, res.rate_per_kwh, delivered_wh, p["swapped_at_ms"])
     _move_packs(state, p, hold, res.vehicle_credential_id)

@@ -41,9 +41,11 @@ meter-seconds fit in the pass (``1000 * meter_seconds <= left - entered + METER_
 and energy fits the segment's credentialed power over those meter-seconds (plus
 ``PLAUSIBILITY_TOLERANCE`` and ``PLAUSIBILITY_SLACK_WH``). Geofence: the pass names the
 segment's geofence and its position fix lies in the segment's box. Money: each pass is priced
-at its segment's filed rate at entry (the tariff's time-of-use band, else its ceiling) and
-refused above the vehicle's ceiling; a trip settles in lines per (segment, rate), each rounded
-once by the rate authority's rule, plus the tariff's adders and tax (``settlement.with_tax``).
+at its segment's filed rate at entry (the tariff's time-of-use band, else its ceiling), under
+the version of the tariff in force at entry (M3, as sessions bill), and refused above the
+vehicle's ceiling; a trip settles in lines per (segment, rate, version), each rounded once by
+the rate authority's rule, plus each version's adders and tax on the energy billed under it
+(``settlement.with_tax``).
 
 A trip closes when its vehicle signs ``TripClosed``, or -- as its signed authorisation agreed
 (``idle_close_ms``, the trip window) -- at its last pass plus ``idle_close_ms`` or at the
@@ -63,7 +65,14 @@ from chargemesh.processors.governance import TrustStore
 from chargemesh.processors.ledger import state as ledger
 from chargemesh.processors.ledger.state import Command, GovernanceView, LedgerState, _emit
 from chargemesh.processors.reasons import Reason, Rejection
-from chargemesh.processors.settlement import WH_PER_KWH, Tariff, adder_lines, line, with_tax
+from chargemesh.processors.settlement import (
+    WH_PER_KWH,
+    Tariff,
+    adder_lines,
+    line,
+    version_at,
+    with_tax,
+)
 from chargemesh.processors.statuses import (
     ConnectorKind,
     LineKind,
@@ -146,7 +155,15 @@ def segment_of(view: GovernanceView, credential_id: str, road_operator_id: str,
     if filed is None or (filed["station_ids"] and segment_id not in filed["station_ids"]):
         return Rejection(Reason.UNKNOWN_TARIFF, f"{tariff_id!r} is not filed for {segment_id}")
     return {"segment_id": segment_id, "geofence_id": principal.attribute("geofence_id"),
-            "box": box, "power_w": power_w, "tariff": filed}
+            "box": box, "power_w": power_w, "tariff": filed,
+            "tariff_schedule": view.tariff_schedule(tariff_id)}
+
+
+def in_force(segment: dict[str, Any], at_ms: int) -> dict[str, Any]:
+    """The segment with the version of its tariff in force at ``at_ms`` (M3)."""
+    filings = segment.get("tariff_schedule") or [segment["tariff"]]
+    filed = filings[version_at([Tariff.from_filing(f) for f in filings], at_ms)]
+    return dict(segment, tariff=filed)
 
 
 def filed_rate(filed: dict[str, Any], at_ms: int) -> Decimal:
@@ -266,6 +283,7 @@ def _road_clock(state: LedgerState, at_ms: int) -> None:
 def _apply_pass(state: LedgerState, cmd: Command, segment: dict[str, Any],
                 ps: dict[str, Any]) -> dict[str, Any]:
     trip = wireless(state)["trips"].get(ps["trip_id"])
+    segment = in_force(segment, ps["entered_at_ms"])  # M3: the version in force at entry
     rate = filed_rate(segment["tariff"], ps["entered_at_ms"])
     amount = Decimal(ps["energy_wh"]) * rate / WH_PER_KWH if ps["energy_wh"] >= 0 else ZERO
     problem = pass_problem(state, segment, ps, trip, rate, cmd.occurred_at_ms)
@@ -372,6 +390,8 @@ def _terms(segment: dict[str, Any]) -> dict[str, Any]:
 def _same_terms(a: dict[str, Any], b: dict[str, Any]) -> bool:
     keep = ("currency", "minor_units", "rounding", "tax_percent", "congestion_fee_per_kwh",
             "renewable_adder_per_kwh")
+    if a["rate_authority_id"] == b["rate_authority_id"] and a["tariff_id"] == b["tariff_id"]:
+        return True  # another version of the same tariff (M3): its own adders and tax apply
     return a["rate_authority_id"] == b["rate_authority_id"] and all(
         a["tariff"][k] == b["tariff"][k] for k in keep)
 
@@ -408,9 +428,11 @@ def _aggregate(trip: dict[str, Any], segment: dict[str, Any], ps: dict[str, Any]
     if trip["terms"] is None:
         trip["terms"] = _terms(segment)
     sid = segment["segment_id"]
-    key = f"{sid}@{rate}"
+    version = Tariff.from_filing(segment["tariff"])
+    key = f"{sid}@{rate}" + (f"@{version.effective_from_ms}" if version.effective_from_ms else "")
     agg = trip["lines"].setdefault(key, {
         "segment_id": sid, "tariff_id": segment["tariff"]["tariff_id"], "rate": rate,
+        "tariff": version.as_dict(),  # M3: the version it is billed under
         "energy_wh": 0, "meter_seconds": 0, "passes": 0, "from_ms": ps["entered_at_ms"],
         "until_ms": ps["left_at_ms"]})
     agg["energy_wh"] += ps["energy_wh"]
@@ -498,18 +520,33 @@ def _settle(state: LedgerState, trip: dict[str, Any], closed_at_ms: int,
 
 
 def trip_lines(trip: dict[str, Any]) -> tuple[list[dict[str, Any]], Decimal]:
-    """One ENERGY line per (segment, filed rate), rounded once; then adders and tax."""
-    tariff = Tariff(**trip["terms"]["tariff"])
-    lines = []
+    """Per version of the tariff billed (M3, in order of taking effect): one ENERGY line per
+    (segment, filed rate), rounded once; then that version's adders and tax."""
+    versions: dict[int, list[dict[str, Any]]] = {}  # segments' tariffs of one trip share terms
     for key in sorted(trip["lines"]):
         agg = trip["lines"][key]
+        version = Tariff(**(agg.get("tariff") or trip["terms"]["tariff"]))
+        versions.setdefault(version.effective_from_ms, []).append(agg)
+    if len(versions) == 1:
+        return _version_lines(Tariff(**trip["terms"]["tariff"]), trip["lines"])
+    lines: list[dict[str, Any]] = []
+    for aggs in (versions[k] for k in sorted(versions)):
+        lines += _version_lines(Tariff(**aggs[0]["tariff"]),
+                                {f"{i:06d}": a for i, a in enumerate(aggs)})[0]
+    return lines, sum((ln["amount"] for ln in lines), Decimal(0))
+
+
+def _version_lines(tariff: Tariff, aggs: dict[str, Any]) -> tuple[list[dict[str, Any]], Decimal]:
+    lines = []
+    for key in sorted(aggs):
+        agg = aggs[key]
         rate = Decimal(agg["rate"])
         amount = tariff.round(Decimal(agg["energy_wh"]) * rate / WH_PER_KWH)
         lines.append(line(LineKind.ENERGY, f"segment {agg['segment_id']}: {agg['passes']} passes, "
                           f"{agg['meter_seconds']} meter-seconds, {agg['energy_wh']} Wh at "
                           f"{rate}/kWh", agg["energy_wh"], rate, amount, agg["from_ms"],
                           agg["until_ms"]))
-    lines += adder_lines(tariff, trip["energy_wh"])
+    lines += adder_lines(tariff, sum(int(a["energy_wh"]) for a in aggs.values()))
     taxed: tuple[list[dict[str, Any]], Decimal] = with_tax(tariff, lines)
     return taxed
 

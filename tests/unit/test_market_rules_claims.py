@@ -92,3 +92,62 @@ def test_claims_written_before_the_field_still_decode() -> None:
                  "chargemesh.wireless.v1.TripAuthorised"):
         fields = catalog.current(name).parsed
         assert "overrun_allowed" in str(fields)
+
+
+# ---- swaps and wireless trips bill under the version in force and its bands (M3) -------------
+
+OLD = Tariff("t", "USD", 2, "HALF_UP", Decimal(10), Decimal(0), Decimal(0), swap_fee=Decimal(5))
+NEW = Tariff("t", "USD", 2, "HALF_UP", Decimal(5), Decimal("0.03"), Decimal(0),
+             swap_fee=Decimal(4), time_of_use=((0, 6 * 60, Decimal("0.20")),),
+             effective_from_ms=T0_MS + 24 * HOUR_MS)
+
+
+def test_a_swap_bills_under_the_version_in_force_and_its_band() -> None:
+    from chargemesh.processors.embodiments import swap
+
+    filings = filings_of(OLD, NEW)
+    assert swap.tariff_in_force(filings, T0_MS) == OLD
+    assert swap.tariff_in_force(filings, NEW.effective_from_ms) == NEW
+    night = NEW.effective_from_ms - NEW.effective_from_ms % (24 * HOUR_MS) + 24 * HOUR_MS
+    lines, total = swap.swap_settlement(NEW, Decimal("0.40"), 10_000, night + HOUR_MS)
+    assert [(ln["kind"], ln["unit_rate_per_kwh"], ln["amount"]) for ln in lines] == [
+        ("SWAP_FEE", Decimal(0), Decimal("4.00")), ("ENERGY", Decimal("0.20"), Decimal("2.00")),
+        ("CONGESTION_FEE", Decimal("0.03"), Decimal("0.30")),
+        ("TAX", Decimal(0), Decimal("0.32"))]  # 5% of 6.30 = 0.315
+    assert total == Decimal("6.62")
+    lines, _ = swap.swap_settlement(NEW, Decimal("0.40"), 10_000, night + 7 * HOUR_MS)
+    assert lines[1]["unit_rate_per_kwh"] == Decimal("0.40")  # outside the band: the booked rate
+    assert swap.swap_settlement(OLD, Decimal("0.40"), 10_000, T0_MS)[1] == Decimal("9.90")
+
+
+def test_a_wireless_trip_bills_each_version_with_its_own_adders_and_tax() -> None:
+    from chargemesh.processors.embodiments import wireless
+
+    def agg(seg: str, rate: str, wh: int, version: Tariff) -> dict[str, Any]:
+        return {"segment_id": seg, "tariff_id": "t", "rate": Decimal(rate), "energy_wh": wh,
+                "meter_seconds": 30, "passes": 1, "from_ms": 0, "until_ms": 1,
+                "tariff": version.as_dict()}
+
+    trip = {"terms": {"tariff": OLD.as_dict()}, "energy_wh": 3_000,
+            "lines": {"a@0.3": agg("a", "0.3", 1_000, OLD),
+                      f"b@0.2@{NEW.effective_from_ms}": agg("b", "0.2", 2_000, NEW)}}
+    lines, total = wireless.trip_lines(trip)
+    assert [(ln["kind"], ln["amount"]) for ln in lines] == [
+        ("ENERGY", Decimal("0.30")), ("TAX", Decimal("0.03")),  # 10% under the old version
+        ("ENERGY", Decimal("0.40")), ("CONGESTION_FEE", Decimal("0.06")),
+        ("TAX", Decimal("0.02"))]  # 5% of 0.46 = 0.023 under the new one
+    assert total == Decimal("0.81")
+    one = {"terms": {"tariff": OLD.as_dict()}, "energy_wh": 1_000,
+           "lines": {"a@0.3": agg("a", "0.3", 1_000, OLD)}}
+    assert wireless.trip_lines(one)[1] == Decimal("0.33")
+    segment = {"tariff": filings_of(OLD)[0], "tariff_schedule": filings_of(OLD, NEW)}
+    assert Decimal(wireless.in_force(segment, NEW.effective_from_ms)["tariff"]["tax_percent"]) == 5
+    assert Decimal(wireless.in_force(segment, T0_MS)["tariff"]["tax_percent"]) == 10
+
+
+def filings_of(*versions: Tariff) -> list[dict[str, Any]]:
+    return [dict(v.as_dict(), currency_minor_units=v.minor_units,
+                 energy_rate_ceiling_per_kwh=Decimal("0.80"),
+                 time_of_use=[{"start_minute_of_day": a, "end_minute_of_day": b,
+                               "rate_per_kwh": r} for a, b, r in v.time_of_use])
+            for v in versions]
