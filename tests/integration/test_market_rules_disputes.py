@@ -1,0 +1,78 @@
+"""Issue 16, disputes (P2) on the real stack: the rate authority's dispute window, not ledger
+pruning, bounds when a dispute may be opened.
+
+- The rules declare a 3-day dispute window. Two sessions settle FINAL. Two and a half days
+  later the station's ledger has forgotten both sessions (FINISHED_KEPT_MS), yet a dispute on
+  the first is accepted from its settlement's compact summary and voided by the rate authority:
+  a CREDIT settlement naming it, on the billing feed and in ClickHouse.
+- Past the window (three and a half days), a dispute on the second is refused
+  DISPUTE_WINDOW_CLOSED, on chargemesh.rejections.v1 and in ClickHouse ``rejections``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from chargemesh.streams.sdk import participant as sdk
+from chargemesh.streams.sdk.participant import now_ms
+from chargemesh.units import DAY_MS, HOUR_MS, MINUTE_MS
+
+from tests.conftest import Mesh
+from tests.integration.test_disputes import rejection_reasons
+from tests.integration.test_market_rules_finality import _settle
+from tests.integration.test_sessions_pipeline import Session, settlement_records
+from tests.support.market import open_market
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_dispute_is_accepted_after_pruning_within_the_window_and_refused_after_it(
+        mesh: Mesh) -> None:
+    market = open_market(mesh, "dsw", now_ms(), [sdk.connector("c1", 50_000),
+                                                 sdk.connector("c2", 50_000)],
+                         hours=6, grid_zone_id="zone-dsw", dispute_window_ms=3 * DAY_MS)
+    start = market.start_ms
+    early = Session(market, market.vehicle("early"), "early", start, connector_id="c1")
+    late = Session(market, market.vehicle("late"), "late", start, connector_id="c2")
+    mesh.publish(*mesh.world.governance)  # the vehicles' credentials
+    mesh.world.governance.clear()
+    mesh.publish(early.booking, late.booking)
+    early_close, _ = _settle(mesh, (early, 26), (late, 26))
+    for session in (early, late):
+        settlement_records(mesh, session.session_id, {"SettlementFinalised"})
+    original = settlement_records(mesh, early.session_id, {"SettlementAdmitted"})[
+        "SettlementAdmitted"][1]
+
+    # 2.5 days on: both sessions have left the live ledger; the dispute window is still open.
+    within = start + 60 * HOUR_MS
+    where = {"station_id": market.station_id}
+    opened = sdk.dispute_opened(
+        early.vehicle, dispute_id="dsw-d1", session_id=early.session_id, kind="METER_DISPUTE",
+        claim="the meter over-read", settlement_id=f"stl:{early.session_id}",
+        evidence_event_ids=[early_close.event_id], at_ms=within + MINUTE_MS,
+        **where)
+    voided = sdk.dispute_resolved(
+        mesh.world.root, dispute_id="dsw-d1", session_id=early.session_id, outcome="VOIDED",
+        currency="USD", reasoning="meter out of calibration", at_ms=within + 2 * MINUTE_MS,
+        **where)
+    mesh.publish(sdk.heartbeat(market.station, within), opened, voided)
+    credit = mesh.wait_rows(
+        "SELECT settlement_id, kind, adjusts_settlement_id, total_amount FROM settlements FINAL "
+        "WHERE session_id = %(s)s AND kind = 'CREDIT'", {"s": early.session_id})
+    assert credit == [(f"adj:{early.session_id}:dsw-d1", "CREDIT", original["settlement_id"],
+                       -original["total_amount"])]
+
+    # 3.5 days on: the window has closed for the second session.
+    after = start + 84 * HOUR_MS
+    too_late = sdk.dispute_opened(
+        late.vehicle, dispute_id="dsw-d2", session_id=late.session_id, kind="METER_DISPUTE",
+        claim="the meter over-read", settlement_id=f"stl:{late.session_id}",
+        evidence_event_ids=[], at_ms=after + MINUTE_MS, **where)
+    mesh.publish(sdk.heartbeat(market.station, after), too_late)
+    assert rejection_reasons(mesh, {too_late.event_id}) == {
+        too_late.event_id: "DISPUTE_WINDOW_CLOSED"}
+    assert mesh.wait_rows("SELECT reason_code FROM rejections WHERE event_id = %(e)s",
+                          {"e": too_late.event_id}) == [("DISPUTE_WINDOW_CLOSED",)]
+    assert original["total_amount"] > Decimal(0)
