@@ -160,6 +160,7 @@ class Reason(enum.StrEnum):
     STATEMENT_TOO_LONG = "STATEMENT_TOO_LONG"
     UNKNOWN_EVIDENCE = "UNKNOWN_EVIDENCE"
     NOT_THE_ARBITER = "NOT_THE_ARBITER"
+    NOT_THE_PAYMENT_AGENT = "NOT_THE_PAYMENT_AGENT"  # issue 16: not the vehicle's named agent
     INVALID_OUTCOME = "INVALID_OUTCOME"
     INVALID_ADJUSTMENT = "INVALID_ADJUSTMENT"
     ADJUSTMENT_EXCEEDS_SETTLEMENT = "ADJUSTMENT_EXCEEDS_SETTLEMENT"
@@ -259,6 +260,11 @@ class Reason(enum.StrEnum):
     # lines are not the exact negation of what it voids.
     REVERSAL_WITHOUT_REVOCATION = "REVERSAL_WITHOUT_REVOCATION"
     REVERSAL_MISMATCH = "REVERSAL_MISMATCH"
+    # A ledger stop over the price (SessionStopped with reason_code REPRICE_UNANSWERED or
+    # ABOVE_CEILING) that was not due (an unanswered proposal's deadline had not passed, or it was
+    # answered), or a settlement billing readings or a close-out after it.
+    REPRICE_STOP_NOT_DUE = "REPRICE_STOP_NOT_DUE"
+    BILLED_AFTER_STOP = "BILLED_AFTER_STOP"
     # ---- the deployment's own identity (issue 15, hole 7) ----------------------------------------
     # A PROCESSOR and a CHECKPOINT credential share a credential or a key (governance refusal), or
     # a checkpoint is signed by a processors' key (audit finding).

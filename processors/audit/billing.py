@@ -125,6 +125,30 @@ def reversal_problems(reversal: dict[str, Any], voided: Sequence[dict[str, Any]]
     return out
 
 
+
+
+def stop_problems(stop: dict[str, Any], billed_at_ms: Sequence[int],
+                  proposals: Sequence[dict[str, Any]], answered: Collection[str]
+                  ) -> list[Rejection]:
+    """A ledger stop over the price (``stop``, a SessionStopped payload with a reason_code)
+    against the times of the evidence its session's settlement billed (readings, close-out), the
+    ledger's proposals to the session and the grid event ids of the re-prices its vehicle
+    answered before the stop: nothing is billed after it, and an unanswered re-price stop is due
+    (a proposal's ``respond_by_ms`` passed unanswered)."""
+    out: list[Rejection] = []
+    sid, stopped_ms = stop["session_id"], int(stop["stopped_at_ms"])
+    late = [t for t in billed_at_ms if t > stopped_ms]
+    if late:
+        out.append(Rejection(Reason.BILLED_AFTER_STOP, f"{sid} stopped at {stopped_ms}; "
+                             f"billed evidence at {late[:5]}"))
+    if stop.get("reason_code") == Reason.REPRICE_UNANSWERED and not any(
+            0 < int(rp.get("respond_by_ms", 0)) <= stopped_ms
+            and rp["grid_event_id"] not in answered for rp in proposals):
+        out.append(Rejection(Reason.REPRICE_STOP_NOT_DUE, f"{sid} stopped at {stopped_ms} as "
+                             "unanswered; no proposal to it was unanswered past its deadline"))
+    return out
+
+
 def lines_above_ceiling(lines: Sequence[dict[str, Any]], ceiling_per_kwh: Decimal
                         ) -> list[Rejection]:
     """Every settled energy line billed at a rate above the filed ceiling (M6, M3)."""

@@ -67,6 +67,8 @@ SETTLEMENT_FINALISED = "chargemesh.settlement.v1.SettlementFinalised"
 SETTLEMENT_EXPIRED = "chargemesh.settlement.v1.SettlementExpired"
 SETTLEMENT_REVERSED = "chargemesh.settlement.v1.SettlementReversed"
 CLOSED_OUT = "chargemesh.session.v1.MeterClosedOut"
+SESSION_STOPPED = SESSION + "SessionStopped"
+REPRICE_ACCEPTED = SESSION + "RepriceAccepted"
 SLOT_RESERVED = "chargemesh.ledger.v1.SlotReserved"
 REPRICE_PROPOSED = SESSION + "RepriceProposed"
 GRID_ROUTED = "chargemesh.grid.v1.GridEventRouted"
@@ -384,8 +386,14 @@ class Audit:
         self.calendars: dict[str, list[Entry]] = {}
         self.reversed_sessions = {e.payload["session_id"] for e in self.entries
                                   if e.event.event_type == SETTLEMENT_REVERSED}
+        self.price_stops: dict[str, Entry] = {}  # the ledger's stops over the price (M6)
+        self.answered: dict[str, set[str]] = {}
         for e in self.entries:
             kind, p = e.event.event_type, e.payload
+            if kind == SESSION_STOPPED and p.get("reason_code"):
+                self.price_stops.setdefault(p["session_id"], e)
+            elif kind == REPRICE_ACCEPTED and e.record.topic == topics.ADMITTED.name:
+                self.answered.setdefault(p["session_id"], set()).add(p["grid_event_id"])
             if kind == SETTLEMENT_ADMITTED:
                 issued = self.admitted.setdefault(
                     p.get("adjusts_settlement_id") or p["settlement_id"], [])
@@ -448,6 +456,17 @@ class Audit:
         elif entry.event.body.prev_hash != close.event.event_hash:
             self.find(Reason.BROKEN_HASH_LINK, entry.record, entry.event,
                       "the settlement's prev_hash is not its session's close-out", sid)
+        stop = self.price_stops.get(sid)
+        if stop is not None:
+            self.verify(stop)
+            billed = [int(e.payload["read_at_ms"]) for e in evidence
+                      if e.event.event_type == SESSION + "MeterReadingRecorded"]
+            for problem in billing.stop_problems(
+                    stop.payload, [*billed, int(close.payload["closed_at_ms"])],
+                    [e.payload for (s, _), e in self.proposed.items() if s == sid],
+                    self.answered.get(sid, set())):
+                on = entry if problem.reason == Reason.BILLED_AFTER_STOP else stop
+                self.find(problem.reason, on.record, on.event, problem.detail, sid)
         if p["kind"] in (fleet.CHARGE, fleet.INTERNAL):
             self._recompute(entry, evidence, close, priced_by)
         else:

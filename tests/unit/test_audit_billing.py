@@ -123,3 +123,27 @@ def test_an_energy_line_above_the_filed_ceiling_is_found() -> None:
     found = billing.lines_above_ceiling(lines, Decimal("0.80"))
     assert [r.reason for r in found] == [Reason.RATE_ABOVE_FILED_CEILING]
     assert "1.20" in found[0].detail
+
+
+STOP = {"session_id": "s1", "station_id": "st1", "stopped_at_ms": 20_000,
+        "reason": "REPRICE_REFUSED", "reason_code": "REPRICE_UNANSWERED"}
+PROPOSAL = {"session_id": "s1", "grid_event_id": "g1", "respond_by_ms": 20_000}
+
+
+def test_an_unanswered_reprice_stop_settled_to_the_stop_passes() -> None:
+    assert billing.stop_problems(STOP, [10_000, 20_000], [PROPOSAL], set()) == []
+
+
+def test_billing_after_a_reprice_stop_is_found() -> None:
+    found = billing.stop_problems(STOP, [10_000, 25_000], [PROPOSAL], set())
+    assert [r.reason for r in found] == [Reason.BILLED_AFTER_STOP]
+
+
+def test_a_stop_over_an_answered_or_undue_reprice_is_found() -> None:
+    assert [r.reason for r in billing.stop_problems(STOP, [10_000], [PROPOSAL], {"g1"})] == [
+        Reason.REPRICE_STOP_NOT_DUE]
+    early = dict(PROPOSAL, respond_by_ms=30_000)
+    assert [r.reason for r in billing.stop_problems(STOP, [10_000], [early], set())] == [
+        Reason.REPRICE_STOP_NOT_DUE]
+    above = dict(STOP, reason_code="ABOVE_CEILING")  # a ceiling stop needs no deadline
+    assert billing.stop_problems(above, [10_000], [], set()) == []
