@@ -152,6 +152,11 @@ POLICIES: dict[str, EventPolicy] = {
         MKT, PARTY_ROLES | ARBITER_ROLES, key_path="station_id"
     ),
     "chargemesh.dispute.v1.DisputeResolved": _p(MKT, ARBITER_ROLES, key_path="station_id"),
+    # Issue 16: a payment failure is reported by the vehicle's payment agent (a PAYMENT_AGENT
+    # credential the vehicle credential names in its payment_agent attribute; disputes.py
+    # checks the naming) and opens a PAYMENT_FAILURE dispute.
+    "chargemesh.dispute.v1.PaymentFailed": _p(MKT, frozenset({"PAYMENT_AGENT"}),
+                                              key_path="station_id"),
     # E1 wireless: keyed by the road operator, whose ledger aggregates trips (wireless.py); the
     # segment signs its own batch of passes, the vehicle its trip.
     "chargemesh.wireless.v1.TripAuthorised": _p(

@@ -17,7 +17,7 @@ from chargemesh.streams.envelope import SignedEvent
 from chargemesh.streams.sdk.participant import Participant
 
 ALL_DELEGATED_ROLES = ["STATION", "VEHICLE", "FLEET_AGENT", "METER", "GRID_OPERATOR", "OBSERVER",
-                       "ARBITER", "MOBILE_STATION", "RATE_AUTHORITY"]
+                       "ARBITER", "MOBILE_STATION", "RATE_AUTHORITY", "PAYMENT_AGENT"]
 # The deployment's own duties (issue 15, hole 7): the processors' credential, shared by every
 # worker, and the checkpoints' (a key of its own). A root delegates them to a deployment issuer.
 DEPLOYMENT_ROLES = ["PROCESSOR", "CHECKPOINT"]

@@ -56,6 +56,7 @@ COMMANDS: Mapping[str, Handler] = MappingProxyType({
     "chargemesh.dispute.v1.DisputeOpened": disputes.open_dispute,
     "chargemesh.dispute.v1.DisputeEvidenceSubmitted": disputes.add_evidence,
     "chargemesh.dispute.v1.DisputeResolved": disputes.resolve_dispute,
+    "chargemesh.dispute.v1.PaymentFailed": disputes.payment_failed,
     # P3: an observer quorum's decision; P4: a revocation
     "chargemesh.grid.v1.ObserverDecisionRouted": observers.apply_routed_decision,
     "chargemesh.ledger.v1.RevocationRouted": revocation.apply_revocation,

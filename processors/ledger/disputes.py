@@ -85,7 +85,9 @@ def disputed_settlements(state: LedgerState) -> dict[str, dict[str, Any]]:
 
 
 def open_dispute(state: LedgerState, cmd: Command, view: GovernanceView,
-          out: list[Decision]) -> Rejection | None:
+          out: list[Decision], agent_id: str = "") -> Rejection | None:
+    """A party opens a dispute (``agent_id``: the vehicle's payment agent opened it on the
+    vehicle's behalf, see payment_failed)."""
     p = cmd.payload
     _prune(state)
     closed = window_problem(state, p["session_id"])
@@ -109,7 +111,7 @@ def open_dispute(state: LedgerState, cmd: Command, view: GovernanceView,
     d = {
         "dispute_id": p["dispute_id"], "session_id": p["session_id"],
         "settlement_id": settlement_id, "kind": p["kind"], "status": OPEN, "seq": 0,
-        "opened_by": cmd.author_id, "opened_at_ms": p["opened_at_ms"],
+        "opened_by": agent_id or cmd.author_id, "opened_at_ms": p["opened_at_ms"],
         "parties": [s["vehicle_credential_id"], s["station_credential_id"]],
         "rate_authority_id": rate_authority_of(s, view),
         "evidence_event_ids": list(dict.fromkeys(p["evidence_event_ids"])),
@@ -384,7 +386,8 @@ def _recorded(state: LedgerState, d: dict[str, Any], change: DisputeChange, cmd:
         "dispute_id": d["dispute_id"], "session_id": d["session_id"],
         "station_id": state.station_id, "settlement_id": d["settlement_id"], "kind": d["kind"],
         "change": change, "status": d["status"], "seq": d["seq"],
-        "opened_by_credential_id": d["opened_by"], "actor_credential_id": cmd.author_id,
+        "opened_by_credential_id": d["opened_by"],
+        "actor_credential_id": d["opened_by"] if change == DisputeChange.OPENED else cmd.author_id,
         "cause_event_id": cmd.event_id, "rate_authority_id": d["rate_authority_id"],
         "evidence_event_ids": list(d["evidence_event_ids"]), "statement": statement,
         "outcome": d["outcome"],
@@ -543,3 +546,37 @@ def _held_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
         "lines": [dict(zip(_LINE_FIELDS, ln, strict=True)) for ln in summary["l"]],
         "corrections": [], "voided": bool(summary["x"]),
     }
+
+
+# ---- payment failures (issue 16) --------------------------------------------------------------
+# The vehicle's payment agent reports a failed payment with a signed PaymentFailed (policy: a
+# PAYMENT_AGENT credential); it must be the agent the vehicle credential names in its
+# ``payment_agent`` attribute (NOT_THE_PAYMENT_AGENT otherwise), for the vehicle of a settled
+# session of this station. It opens a PAYMENT_FAILURE dispute (id ``pay:<event id>``) by the
+# same rules as a party's DisputeOpened (window, one open dispute per session, ...).
+
+PAYMENT_AGENT_ATTRIBUTE = "payment_agent"
+
+
+def payment_failed(state: LedgerState, cmd: Command, view: GovernanceView,
+                   out: list[Decision]) -> Rejection | None:
+    p = cmd.payload
+    vehicle = p["vehicle_credential_id"]
+    resolve: Callable[[str, int], Any] | None = getattr(view, "resolve", None)
+    verdict = resolve(vehicle, cmd.occurred_at_ms) if resolve is not None else None
+    principal = getattr(verdict, "principal", None)
+    named = principal.attribute(PAYMENT_AGENT_ATTRIBUTE) if principal is not None else ""
+    if not named or named != cmd.author_id:
+        return Rejection(Reason.NOT_THE_PAYMENT_AGENT, f"{cmd.author_id} is not the payment "
+                         f"agent {vehicle} names ({named or 'none'})")
+    s = sessions.sessions(state).get(p["session_id"]) or _from_summary(state, p["session_id"])
+    if s is not None and s["vehicle_credential_id"] != vehicle:
+        return Rejection(Reason.NOT_A_SESSION_PARTY, f"{vehicle} is not the vehicle of session "
+                         f"{p['session_id']}")
+    opened = {"dispute_id": f"pay:{cmd.event_id}", "session_id": p["session_id"],
+              "settlement_id": p["settlement_id"], "kind": str(DisputeKind.PAYMENT_FAILURE),
+              "claim": f"payment failed: {p['reason']}", "opened_at_ms": p["failed_at_ms"],
+              "station_id": p["station_id"], "evidence_event_ids": []}
+    as_vehicle = Command(cmd.event_type, opened, cmd.occurred_at_ms, vehicle, cmd.event_id,
+                         cmd.event_hash)
+    return open_dispute(state, as_vehicle, view, out, agent_id=cmd.author_id)

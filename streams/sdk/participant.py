@@ -483,6 +483,18 @@ def dispute_resolved(arbiter: Participant, *, dispute_id: str, session_id: str, 
                         occurred_at_ms=at_ms, chain_id=session_id)
 
 
+def payment_failed(agent: Participant, *, settlement_id: str, session_id: str, station_id: str,
+                   vehicle_credential_id: str, reason: str, at_ms: int) -> SignedEvent:
+    """The vehicle's payment agent (the PAYMENT_AGENT credential its vehicle credential names in
+    its ``payment_agent`` attribute) reports a failed payment: it opens a PAYMENT_FAILURE
+    dispute on the settlement (issue 16)."""
+    payload = {"settlement_id": settlement_id, "session_id": session_id,
+               "station_id": station_id, "vehicle_credential_id": vehicle_credential_id,
+               "reason": reason, "failed_at_ms": at_ms}
+    return agent.sign("chargemesh.dispute.v1.PaymentFailed", payload, subject_key=station_id,
+                      occurred_at_ms=at_ms, chain_id=session_id)
+
+
 # ---- P3: grid observers -------------------------------------------------------------------------
 
 

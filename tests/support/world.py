@@ -87,7 +87,7 @@ def make_world(jurisdictions: tuple[str, ...] = ("US-CA", "DE-BY")) -> World:
     root = Participant.seeded("auth-root", secret="tests")
     issuer = Participant.seeded("issuer-1", secret="tests")
     delegated = ["STATION", "VEHICLE", "FLEET_AGENT", "METER", "GRID_OPERATOR", "OBSERVER",
-                 "ARBITER", "MOBILE_STATION", "RATE_AUTHORITY"]
+                 "ARBITER", "MOBILE_STATION", "RATE_AUTHORITY", "PAYMENT_AGENT"]
     governance = [  # the root holds (declares) every role and jurisdiction it delegates
         root.declare_authority("Root charging authority", "US-CA",
                                ["AUTHORITY", *delegated, *DEPLOYMENT_ROLES],

@@ -11,6 +11,9 @@ from chargemesh.processors.ledger.step import STATION_STATE_BYTES_MAX
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.units import DAY_MS, HOUR_MS, MINUTE_MS
 
+from chargemesh.processors.ledger.step import Step
+
+from tests.support.world import T0_MS, pairs
 from tests.unit.test_disputes_logic import Disputed, kinds, reason
 
 
@@ -145,3 +148,47 @@ def test_a_wireless_trip_can_be_disputed_by_its_vehicle() -> None:
         evidence_event_ids=[], at_ms=at))
     assert reason(stranger) == "NOT_A_SESSION_PARTY"
     assert settled["total_amount"] > 0
+
+
+class PaidBy(Disputed):
+    """The dispute world whose vehicle credential names a payment agent ("pay-agent")."""
+
+    def open_ledger(self, tariff: dict[str, object]) -> None:
+        world = self.world
+        self.agent = world.credential("pay-agent", ["PAYMENT_AGENT"], subject_id="pay-agent")
+        self.impostor = world.credential("pay-impostor", ["PAYMENT_AGENT"],
+                                         subject_id="pay-impostor")
+        [at] = [i for i, e in enumerate(world.governance)
+                if e.event_type.endswith("CredentialIssued")
+                and self.vehicle.credential_id.encode() in e.body.payload]
+        world.governance[at] = world.issuer.issue_credential(
+            self.vehicle, ["VEHICLE"], "US-CA", valid_from_ms=0, valid_until_ms=2**62,
+            attributes={"payment_agent": "pay-agent"}, at_ms=T0_MS)
+        super().open_ledger(tariff)  # type: ignore[arg-type]
+
+    def failed(self, agent: object, vehicle_id: str = "", session_id: str = "s1") -> Step:
+        return self.feed(sdk.payment_failed(
+            agent, settlement_id="stl:s1", session_id=session_id,  # type: ignore[arg-type]
+            station_id=self.name, vehicle_credential_id=vehicle_id or self.vehicle.credential_id,
+            reason="card declined", at_ms=self.tick()))
+
+
+def test_a_payment_failure_from_the_vehicles_agent_opens_a_payment_failure_dispute() -> None:
+    d = PaidBy("pay")
+    step = d.failed(d.agent)
+    assert step.rejection is None, step.rejection
+    [opened] = [p for k, p in pairs(step.decisions) if k == "DisputeRecorded"]
+    assert (opened["kind"], opened["change"], opened["settlement_id"]) == (
+        "PAYMENT_FAILURE", "OPENED", "stl:s1")
+    assert opened["opened_by_credential_id"] == "pay-agent"
+    assert opened["dispute_id"].startswith("pay:")
+    void = d.feed(d.resolved(d.arbiter, "VOIDED", dispute_id=opened["dispute_id"]))
+    assert void.rejection is None  # the arbiter resolves it like any dispute
+
+
+def test_a_payment_failure_from_another_agent_or_for_another_vehicle_is_refused() -> None:
+    d = PaidBy("pay")
+    assert reason(d.failed(d.impostor)) == "NOT_THE_PAYMENT_AGENT"
+    assert reason(d.failed(d.agent, vehicle_id=d.stranger.credential_id)) == (
+        "NOT_THE_PAYMENT_AGENT")  # the stranger names no agent
+    assert reason(d.failed(d.agent, session_id="nope")) == "UNKNOWN_SESSION"

@@ -8,7 +8,7 @@ import hashlib
 from chargemesh.infra.sim.plan import SimConfig, plan_market
 
 SEED_7_EVENTS = 7035
-SEED_7_SHA256 = "da254f448260a5d479a7a0d1b33f75e4eac5dfe22af054bb40c6236142cf8bfb"
+SEED_7_SHA256 = "b907dac51af429b114f95dbc30911bb497b2df8c42b7264f52ee900334ad166f"
 
 
 def test_simulate_seed_7_plans_byte_identical_events() -> None:
