@@ -15,8 +15,9 @@ from decimal import Decimal
 from typing import Any
 
 from chargemesh.processors.governance import Revocation
+from chargemesh.processors.ledger import power
 from chargemesh.processors.reasons import Reason, Rejection
-from chargemesh.processors.statuses import LineKind
+from chargemesh.processors.statuses import GridEventKind, LineKind
 
 # The default finality window the ledger applies when the rules declare none
 # (``ledger/sessions.FINALITY_WINDOW_MS_DEFAULT``, repeated here: the audit does not import
@@ -146,6 +147,47 @@ def stop_problems(stop: dict[str, Any], billed_at_ms: Sequence[int],
             and rp["grid_event_id"] not in answered for rp in proposals):
         out.append(Rejection(Reason.REPRICE_STOP_NOT_DUE, f"{sid} stopped at {stopped_ms} as "
                              "unanswered; no proposal to it was unanswered past its deadline"))
+    return out
+
+
+# The ledger's plausibility margin (``ledger/sessions.PLAUSIBILITY_TOLERANCE``/``_SLACK_WH``).
+PLAUSIBILITY_TOLERANCE = Decimal("0.05")
+PLAUSIBILITY_SLACK_WH = 10
+
+
+def session_limits(limits_set: Sequence[dict[str, Any]]) -> list[list[int]]:
+    """A session's power limits ``[from_ms, until_ms, limit_w]`` from its ``PowerLimitSet``
+    decisions in the ledger's order: a RESTORED one ends the limits in force at its start
+    (``ledger/power._lift``)."""
+    out: list[list[int]] = []
+    for p in limits_set:
+        from_ms, until_ms = int(p["effective_from_ms"]), int(p["until_at_ms"])
+        if p["kind"] == GridEventKind.RESTORED:
+            for lim in out:
+                if lim[1] > from_ms and lim[0] < until_ms:
+                    lim[1] = max(lim[0], from_ms)
+        else:
+            out.append([from_ms, until_ms, int(p["power_limit_w"])])
+    return out
+
+
+def readings_over_limits(power_w: int, limits_set: Sequence[dict[str, Any]],
+                         start: tuple[int, int], readings: Sequence[tuple[int, int]]
+                         ) -> list[tuple[int, Rejection]]:
+    """Each settled reading (at ms, cumulative Wh; after the session's ``start``) whose energy
+    since the previous one exceeds the connector's ``power_w`` capped by the limits in force,
+    integrated over the interval (``ledger/power.energy_ceiling_wh``, the ledger's margin): its
+    index and the finding (M5)."""
+    s = {"power_w": power_w, "power_limits": [[*lim, ""] for lim in session_limits(limits_set)]}
+    out: list[tuple[int, Rejection]] = []
+    last_at, last_wh = start
+    for i, (at_ms, wh) in enumerate(readings):
+        ceiling_wh = power.energy_ceiling_wh(s, last_at, at_ms) * (1 + PLAUSIBILITY_TOLERANCE)
+        if wh - last_wh > ceiling_wh + PLAUSIBILITY_SLACK_WH:
+            out.append((i, Rejection(Reason.IMPLAUSIBLE_READING, f"{wh - last_wh} Wh in "
+                                     f"{at_ms - last_at} ms exceeds {power_w} W under the power "
+                                     "limits set (PowerLimitSet)")))
+        last_at, last_wh = at_ms, wh
     return out
 
 

@@ -69,6 +69,7 @@ SETTLEMENT_REVERSED = "chargemesh.settlement.v1.SettlementReversed"
 CLOSED_OUT = "chargemesh.session.v1.MeterClosedOut"
 SESSION_STOPPED = SESSION + "SessionStopped"
 REPRICE_ACCEPTED = SESSION + "RepriceAccepted"
+POWER_LIMIT_SET = SESSION + "PowerLimitSet"
 SLOT_RESERVED = "chargemesh.ledger.v1.SlotReserved"
 REPRICE_PROPOSED = SESSION + "RepriceProposed"
 GRID_ROUTED = "chargemesh.grid.v1.GridEventRouted"
@@ -388,8 +389,13 @@ class Audit:
                                   if e.event.event_type == SETTLEMENT_REVERSED}
         self.price_stops: dict[str, Entry] = {}  # the ledger's stops over the price (M6)
         self.answered: dict[str, set[str]] = {}
+        self.limits_set: dict[str, list[Entry]] = {}  # session -> its PowerLimitSet, in order
         for e in self.entries:
             kind, p = e.event.event_type, e.payload
+            if kind == POWER_LIMIT_SET and all(
+                    x.event.event_id != e.event.event_id
+                    for x in self.limits_set.get(p["session_id"], [])):
+                self.limits_set.setdefault(p["session_id"], []).append(e)
             if kind == SESSION_STOPPED and p.get("reason_code"):
                 self.price_stops.setdefault(p["session_id"], e)
             elif kind == REPRICE_ACCEPTED and e.record.topic == topics.ADMITTED.name:
@@ -467,11 +473,42 @@ class Audit:
                     self.answered.get(sid, set())):
                 on = entry if problem.reason == Reason.BILLED_AFTER_STOP else stop
                 self.find(problem.reason, on.record, on.event, problem.detail, sid)
+        if sid in self.limits_set:
+            self._check_power(entry, evidence)
         if p["kind"] in (fleet.CHARGE, fleet.INTERNAL):
             self._recompute(entry, evidence, close, priced_by)
         else:
             self._not_recomputed(str(p["kind"]))
         self._check_finality(entry, signing, close)
+
+    def _check_power(self, entry: Entry, evidence: list[Entry]) -> None:
+        """M5: every settled reading within the connector's power capped by the session's
+        PowerLimitSet decisions (the ledger refuses the rest IMPLAUSIBLE_READING)."""
+        sid = entry.payload["session_id"]
+        limits = sorted(self.limits_set[sid], key=lambda e: (e.record.partition,
+                                                              e.record.offset))
+        handshake = next((e for e in evidence if e.event.event_type
+                          == SESSION + "ConnectorHandshakeCompleted"), None)
+        if handshake is None:
+            return  # found already: no handshake in evidence
+        for lim in limits:
+            self.verify(lim)
+        calendars = self._before(self.calendars.get(entry.payload["identity"]["station_id"], []),
+                                 handshake)
+        connector_id = limits[0].payload["connector_id"]
+        power_w = max((int(c["power_w"]) for cal in calendars[-1:]
+                       for c in cal.payload["connectors"] if c["connector_id"] == connector_id),
+                      default=0)
+        readings = sorted((e for e in evidence
+                           if e.event.event_type == SESSION + "MeterReadingRecorded"),
+                          key=lambda e: int(e.payload["reading_seq"]))
+        hs = handshake.payload
+        for i, problem in billing.readings_over_limits(
+                power_w, [e.payload for e in limits],
+                (int(hs["started_at_ms"]), int(hs["meter_start_wh"])),
+                [(int(e.payload["read_at_ms"]), int(e.payload["cumulative_import_wh"]))
+                 for e in readings]):
+            self.find(problem.reason, readings[i].record, readings[i].event, problem.detail, sid)
 
     def _shape(self, shape: SettlementShape) -> None:
         self.report.settlements_by_shape[shape] = self.report.settlements_by_shape.get(

@@ -147,3 +147,25 @@ def test_a_stop_over_an_answered_or_undue_reprice_is_found() -> None:
         Reason.REPRICE_STOP_NOT_DUE]
     above = dict(STOP, reason_code="ABOVE_CEILING")  # a ceiling stop needs no deadline
     assert billing.stop_problems(above, [10_000], [], set()) == []
+
+
+MINUTE_MS = 60_000
+CURTAILED = {"kind": "CURTAILMENT", "effective_from_ms": 10 * MINUTE_MS,
+             "until_at_ms": 60 * MINUTE_MS, "power_limit_w": 3_000}
+RESTORED = {"kind": "RESTORED", "effective_from_ms": 30 * MINUTE_MS,
+            "until_at_ms": 60 * MINUTE_MS, "power_limit_w": 50_000}
+
+
+def test_readings_within_the_limits_set_pass_and_one_over_them_is_found() -> None:
+    start = (0, 0)
+    honest = [(10 * MINUTE_MS, 8_000), (20 * MINUTE_MS, 8_500)]  # 50 kW, then 3 kW
+    assert billing.readings_over_limits(50_000, [CURTAILED], start, honest) == []
+    over = [(10 * MINUTE_MS, 8_000), (20 * MINUTE_MS, 14_700)]  # 40 kW while curtailed
+    found = billing.readings_over_limits(50_000, [CURTAILED], start, over)
+    assert [(i, r.reason) for i, r in found] == [(1, Reason.IMPLAUSIBLE_READING)]
+
+
+def test_a_restoration_lifts_the_limit_from_its_start() -> None:
+    readings = [(30 * MINUTE_MS, 1_000), (40 * MINUTE_MS, 9_000)]  # 48 kW after the restore
+    assert billing.readings_over_limits(50_000, [CURTAILED, RESTORED], (0, 0), readings) == []
+    assert len(billing.readings_over_limits(50_000, [CURTAILED], (0, 0), readings)) == 1
