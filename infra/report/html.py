@@ -36,6 +36,7 @@ from chargemesh.infra.report.queries import (
     CUMULATIVE,
     HEATMAP_HOURS_MAX,
     HEATMAP_STATIONS_MAX,
+    MARKET_RULES_SQL,
     REPRICE_SESSIONS_MAX,
     JsonDict,
     Reader,
@@ -111,6 +112,10 @@ TABLES: tuple[TableSpec, ...] = (
               "WHERE {scope} GROUP BY status, currency ORDER BY status, currency",
               lambda r: [r[0], r[1], _s(r[2]), money(r[3], r[1]),
                          _s(r[4] // 1000) if r[0] == "PENDING" else "–"]),
+    TableSpec("market_rules", "Market rules in the day", "events, power_limits, "
+              "session_lifecycle, settlement_expiries, settlements",
+              ("rule", "grid event, tariff, session or settlement", "what happened", "at"),
+              "subject", MARKET_RULES_SQL, lambda r: [r[0], r[1], r[2], utc(r[3])]),
     TableSpec("disputes", "Disputes", "disputes_current",
               ("dispute", "station", "session", "kind", "status", "outcome", "evidence",
                "adjustment"), "dispute_id",

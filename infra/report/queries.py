@@ -277,3 +277,57 @@ def latencies(db: Reader) -> JsonDict:
     return {"scope": f"run {run_id}" if run_id else CUMULATIVE,
             "kinds": [{"kind": k, "count": n, "p50_ms": p50, "p99_ms": p99, "max_ms": top,
                        "values_ms": values.get(k, [])} for k, n, p50, p99, top in stats]}
+
+
+# ---- issue 16: the market rules in the day ------------------------------------------------------
+
+def _hhmm(column: str) -> str:
+    return f"substring(toString(toDateTime(intDiv({column}, 1000), 'UTC')), 1, 16)"
+
+
+def _field(name: str) -> str:
+    """A payload field of ``events.payload_json`` as text (a decimal may be a JSON string)."""
+    return f"replaceAll(visitParamExtractRaw(payload_json, '{name}'), '\"', '')"
+
+
+# One row per rule the day exercised: (rule, subject, detail, at_ms), from tables that hold them:
+# the grid's price windows and curtailments and the tariff versions (``events``), the sessions
+# limited (``power_limits``), the sessions stopped for an unanswered re-price
+# (``session_lifecycle``), the expiries (``settlement_expiries``) and the reversals
+# (``settlements`` kind REVERSAL). ``{scope}`` is the run's condition on ``subject``.
+MARKET_RULES_SQL = (
+    "SELECT rule, subject, detail, at_ms FROM ("
+    "SELECT 'price window' AS rule, " + _field("grid_event_id") + " AS subject, concat('zone ', "
+    + _field("grid_zone_id") + ", ': ', " + _field("rate_per_kwh") + ", ' per kWh from ', "
+    + _hhmm("toInt64(" + _field("from_at_ms") + ")") + ", ' until ', "
+    + _hhmm("toInt64(" + _field("until_at_ms") + ")") + ") AS detail, toInt64("
+    + _field("from_at_ms") + ") AS at_ms FROM events FINAL WHERE event_type = "
+    "'chargemesh.grid.v1.GridEventDeclared' AND " + _field("kind") + " = 'PRICE_SIGNAL' "
+    "UNION ALL SELECT 'curtailment (no observers)', " + _field("grid_event_id") + ", concat("
+    "'zone ', " + _field("grid_zone_id") + ", ': ', " + _field("kind") + ", ' to ', "
+    + _field("capacity_limit_w") + ", ' W from ', " + _hhmm("toInt64(" + _field("from_at_ms")
+    + ")") + ", ' until ', " + _hhmm("toInt64(" + _field("until_at_ms") + ")") + "), toInt64("
+    + _field("from_at_ms") + ") FROM events FINAL WHERE event_type = "
+    "'chargemesh.grid.v1.GridEventDeclared' AND " + _field("kind")
+    + " IN ('CURTAILMENT', 'CAPACITY_LIMIT') "
+    "UNION ALL SELECT 'sessions power-limited', grid_event_id, concat(toString(uniqExact("
+    "session_id)), ' sessions limited (PowerLimitSet), lowest limit ', toString(min("
+    "power_limit_w)), ' W'), "
+    "min(effective_from_ms) FROM power_limits FINAL GROUP BY grid_event_id "
+    "UNION ALL SELECT 'tariff version', " + _field("tariff_id") + ", concat('in force from ', "
+    + _hhmm("toInt64(" + _field("effective_from_ms") + ")") + ", ', ceiling ', "
+    + _field("energy_rate_ceiling_per_kwh") + ", ' ', " + _field("currency") + ", ' per kWh'), "
+    "toInt64(" + _field("effective_from_ms") + ") FROM events FINAL WHERE event_type = "
+    "'chargemesh.governance.v1.TariffFiled' AND toInt64OrZero(" + _field("effective_from_ms")
+    + ") > 0 "
+    "UNION ALL SELECT 'unanswered re-price', session_id, concat('stopped at ', "
+    + _hhmm("stopped_at_ms") + ", ' (', stop_reason, ': no answer by the deadline)'), "
+    "stopped_at_ms FROM session_lifecycle FINAL WHERE stage = 'STOPPED' AND stop_reason = "
+    "'REPRICE_REFUSED' "
+    "UNION ALL SELECT 'settlement expired', settlement_id, concat('closed ', "
+    + _hhmm("closed_at_ms") + ", ', expired ', " + _hhmm("expired_at_ms") + ", ', missing ', "
+    "arrayStringConcat(missing_signer_ids, ', ')), expired_at_ms FROM settlement_expiries FINAL "
+    "UNION ALL SELECT 'settlement reversed', settlement_id, concat('voids ', "
+    "adjusts_settlement_id, ': ', toString(total_amount), ' ', currency), admitted_at_ms "
+    "FROM settlements FINAL WHERE kind = 'REVERSAL'"
+    ") WHERE {scope} ORDER BY at_ms, rule, subject")

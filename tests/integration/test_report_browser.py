@@ -286,6 +286,20 @@ def test_every_table_shows_its_rows(seen: dict[str, Any], figures: dict[str, Any
 
 
 @pytest.mark.integration
+def test_the_market_rules_of_the_day_are_tabled(figures: dict[str, Any]) -> None:
+    """Issue 16: the simulator's price window, curtailment without observers, tariff version,
+    unanswered re-price, expiry (naming its missing signer) and reversal, one row each."""
+    (table,) = [t for t in figures["tables"] if t["key"] == "market_rules"]
+    rules = sorted(row[0] for row in table["rows"] if row[0] != "sessions power-limited")
+    assert rules == ["curtailment (no observers)", "price window", "settlement expired",
+                     "settlement reversed", "tariff version", "unanswered re-price"]
+    expired = next(row for row in table["rows"] if row[0] == "settlement expired")
+    assert "missing vehicle:" in expired[2]
+    reversal = next(row for row in table["rows"] if row[0] == "settlement reversed")
+    assert reversal[1].startswith("rev:") and "voids stl:" in reversal[2]
+
+
+@pytest.mark.integration
 def test_the_page_raises_no_script_error_and_logs_no_console_error(
         seen: dict[str, Any]) -> None:
     assert seen["errors"] == []
