@@ -388,7 +388,7 @@ class Audit:
         self.reversed_sessions = {e.payload["session_id"] for e in self.entries
                                   if e.event.event_type == SETTLEMENT_REVERSED}
         self.price_stops: dict[str, Entry] = {}  # the ledger's stops over the price (M6)
-        self.answered: dict[str, set[str]] = {}
+        self.answered: dict[str, list[Entry]] = {}
         self.limits_set: dict[str, list[Entry]] = {}  # session -> its PowerLimitSet, in order
         for e in self.entries:
             kind, p = e.event.event_type, e.payload
@@ -399,7 +399,7 @@ class Audit:
             if kind == SESSION_STOPPED and p.get("reason_code"):
                 self.price_stops.setdefault(p["session_id"], e)
             elif kind == REPRICE_ACCEPTED and e.record.topic == topics.ADMITTED.name:
-                self.answered.setdefault(p["session_id"], set()).add(p["grid_event_id"])
+                self.answered.setdefault(p["session_id"], []).append(e)
             if kind == SETTLEMENT_ADMITTED:
                 issued = self.admitted.setdefault(
                     p.get("adjusts_settlement_id") or p["settlement_id"], [])
@@ -467,10 +467,15 @@ class Audit:
             self.verify(stop)
             billed = [int(e.payload["read_at_ms"]) for e in evidence
                       if e.event.event_type == SESSION + "MeterReadingRecorded"]
+            # Answered before the stop: admitted ahead of the event that stopped the session (a
+            # late acceptance advancing the ledger's clock past the deadline is refused).
+            cause = self.by_hash.get(stop.event.body.prev_hash)
+            answered = {e.payload["grid_event_id"] for e in self.answered.get(sid, [])
+                        if cause is None or (e.record.partition, e.record.offset)
+                        < (cause.record.partition, cause.record.offset)}
             for problem in billing.stop_problems(
                     stop.payload, [*billed, int(close.payload["closed_at_ms"])],
-                    [e.payload for (s, _), e in self.proposed.items() if s == sid],
-                    self.answered.get(sid, set())):
+                    [e.payload for (s, _), e in self.proposed.items() if s == sid], answered):
                 on = entry if problem.reason == Reason.BILLED_AFTER_STOP else stop
                 self.find(problem.reason, on.record, on.event, problem.detail, sid)
         if sid in self.limits_set:

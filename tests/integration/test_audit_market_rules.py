@@ -109,3 +109,62 @@ def test_expiries_and_reversals_audit_clean_and_an_altered_one_is_named(mesh: Me
                    anchors, market.authority_id)
     assert ("EXPIRED_SIGNER_NOT_MISSING", unsigned.session_id) in {
         (f.code, f.session_id) for f in forged.findings}, forged.as_json()["findings"]
+
+
+PRICED_DAY = ("m5-", "m6cap-", "m6ign-", "mr3-night-")
+
+
+def test_curtailment_repricing_and_tariff_versions_audit_clean_and_altered_ones_are_named(
+        mesh: Mesh) -> None:
+    """The market-rules scenarios run on this stack (a curtailed and restored session, a spike
+    capped at the filed ceiling for its window, an ignored re-price stopped at its deadline, a
+    session over a tariff version's midnight): the audit recomputes them with no finding. A
+    re-signed settlement line above the filed ceiling is named RATE_ABOVE_FILED_CEILING, and a
+    re-signed stop earlier than what the settlement billed BILLED_AFTER_STOP."""
+    from tests.integration import (
+        test_market_rules_curtailment as curtailment,
+    )
+    from tests.integration import (
+        test_market_rules_repricing as repricing,
+    )
+    from tests.integration import (
+        test_market_rules_tariffs as tariffs,
+    )
+
+    curtailment.test_an_operators_curtailment_binds_the_running_session_and_restored_lifts_it(
+        mesh)
+    repricing.test_a_price_spike_is_capped_at_the_filed_ceiling_and_billed_only_in_its_window(
+        mesh)
+    repricing.test_an_ignored_reprice_stops_the_session_at_the_deadline_and_it_settles_to_then(
+        mesh)
+    tariffs.test_a_session_over_midnight_bills_each_part_under_the_tariff_in_force(mesh)
+
+    source = cli_audit.kafka_source(mesh.settings)
+    anchors = cli_audit.load_anchors(mesh.settings)
+    authority = mesh.world.root.credential_id
+    clean = audit(source, anchors, authority)
+    ours = [f for f in clean.findings if f.session_id.startswith(PRICED_DAY)]
+    assert [(f.code, f.session_id, f.event_type, f.detail) for f in ours] == []
+    assert clean.settlements_recomputed >= 4
+
+    processors = load_key_file(mesh.settings.processor_key_path)
+    admitted = "chargemesh.settlement.v1.SettlementAdmitted"
+
+    def above_ceiling(p: dict[str, Any]) -> dict[str, Any]:
+        lines = [dict(ln) for ln in p["lines"]]
+        repriced = next(ln for ln in lines if ln["kind"] == "ENERGY_REPRICED")
+        repriced["unit_rate_per_kwh"] = Decimal("1.20")
+        return dict(p, lines=lines)
+
+    forged = audit(_altered(source, admitted, "m6cap-s1", processors, above_ceiling), anchors,
+                   authority)
+    assert ("RATE_ABOVE_FILED_CEILING", "m6cap-s1") in {
+        (f.code, f.session_id) for f in forged.findings}, forged.as_json()["findings"]
+
+    def earlier(p: dict[str, Any]) -> dict[str, Any]:
+        return dict(p, stopped_at_ms=int(p["stopped_at_ms"]) - 10 * MINUTE_MS)
+
+    forged = audit(_altered(source, "chargemesh.session.v1.SessionStopped", "m6ign-s1",
+                            processors, earlier), anchors, authority)
+    assert ("BILLED_AFTER_STOP", "m6ign-s1") in {
+        (f.code, f.session_id) for f in forged.findings}, forged.as_json()["findings"]
