@@ -2,11 +2,12 @@
 
 * The energy billed never exceeds the claimed energy unless the claim allows an overrun: a
   session claiming 10 kWh that meters 14 kWh bills 10 kWh (its line says the 4 kWh beyond the
-  claim are not billed); its twin whose claim allows an overrun bills all 14 kWh.
+  claim are not billed); its twin whose claim allows an overrun bills all 14 kWh; the
+  regulator's audit recomputes both exactly.
 * A battery swap bills under the version of the station's tariff in force at the swap, at its
   time-of-use band's rate: a swap before the authority's new version settles under the old
   version (its swap fee, the booked rate, its tax), one after under the new one (its fee, its
-  band's rate, its tax).
+  band's rate, its tax); the audit recomputes both exactly.
 * A wireless trip bills each pass under the version of its segment's tariff in force at entry:
   passes before the new version at the old rate with the old tax, a pass after at the new
   version's rate with its own tax.
@@ -27,6 +28,7 @@ from chargemesh.streams.sdk.participant import now_ms
 from chargemesh.units import MINUTE_MS
 
 from tests.conftest import Mesh
+from tests.integration.test_audit_embodiments import audited, rate_authority
 from tests.integration.test_swap_mobile_pipeline import _swap, _swap_order
 from tests.integration.test_market_rules_tariffs import rejected
 from tests.integration.test_sessions_pipeline import Session, settlement_records
@@ -40,8 +42,9 @@ pytestmark = pytest.mark.integration
 def test_energy_beyond_the_claim_is_billed_only_when_the_claim_allows_an_overrun(
         mesh: Mesh) -> None:
     t = now_ms()
+    authority = rate_authority(mesh, f"mr3-claim-{t}", t)
     market = open_market(mesh, "mr3-claim", t, [sdk.connector("c1", 150_000)],
-                         tariff={"tax_percent": "10"}, posted="0.40")
+                         tariff={"tax_percent": "10"}, posted="0.40", authority=authority)
     vehicle = market.vehicle("ev")
     mesh.publish(*mesh.world.governance)
     mesh.world.governance.clear()
@@ -74,6 +77,7 @@ def test_energy_beyond_the_claim_is_billed_only_when_the_claim_allows_an_overrun
         "ORDER BY settlement_id",
         {"s": tuple(s["settlement_id"] for s in totals.values())}, count=2)
     assert rows == [(f"stl:{capped.session_id}", 10_000), (f"stl:{allowed.session_id}", 14_000)]
+    assert audited(mesh, authority.credential_id).settlements_checked == 2  # the same cap
 
 
 def test_a_clearing_price_above_the_tariffs_cap_is_refused_and_one_under_it_settles(
@@ -113,12 +117,13 @@ def test_a_clearing_price_above_the_tariffs_cap_is_refused_and_one_under_it_sett
 
 def test_a_swap_bills_under_the_tariff_version_in_force_and_its_band(mesh: Mesh) -> None:
     t = now_ms()
+    authority = rate_authority(mesh, f"mr3-swap-{t}", t)
     market = open_market(mesh, "mr3-swap", t, [sdk.connector("bay1", 1_000_000,
                                                              kind="SWAP_BAY")],
                          tariff={"swap_fee": "5.00", "tax_percent": "10"},
-                         grid_zone_id="zone-mr3-swap")
+                         grid_zone_id="zone-mr3-swap", authority=authority)
     new_version = sdk.tariff_filed(  # from slot 2: fee 4.00, 5 % tax, 0.20/kWh all day
-        mesh.world.root, tariff_id=market.tariff_id, jurisdiction="US-CA", currency="USD",
+        authority, tariff_id=market.tariff_id, jurisdiction="US-CA", currency="USD",
         ceiling_per_kwh="0.80", swap_fee="4.00", tax_percent="5",
         time_of_use=[(0, 24 * 60, "0.20")], effective_from_ms=market.start_ms + 2 * SLOT_MS,
         at_ms=t)
@@ -151,6 +156,7 @@ def test_a_swap_bills_under_the_tariff_version_in_force_and_its_band(mesh: Mesh)
                           "WHERE station_id = %(s)s ORDER BY settlement_id",
                           {"s": market.station_id}, count=2)
     assert [total for _, total in rows] == [Decimal("27.50"), Decimal("14.70")]
+    assert audited(mesh, authority.credential_id).settlements_checked == 2  # recomputed alike
 
 
 def test_a_wireless_trip_bills_each_pass_under_the_tariff_version_in_force(mesh: Mesh) -> None:
