@@ -29,9 +29,9 @@ from chargemesh.units import MINUTE_MS
 
 from tests.conftest import Mesh
 from tests.integration.test_audit_embodiments import audited, rate_authority
-from tests.integration.test_swap_mobile_pipeline import _swap, _swap_order
 from tests.integration.test_market_rules_tariffs import rejected
 from tests.integration.test_sessions_pipeline import Session, settlement_records
+from tests.integration.test_swap_mobile_pipeline import _swap, _swap_order
 from tests.integration.test_v2g_fleet_pipeline import Plug, v2g_operator
 from tests.support.market import SLOT_MS, open_market
 from tests.support.wireless_road import DELIVERED_WH, TAX, Road
