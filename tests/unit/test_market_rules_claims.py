@@ -7,7 +7,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargemesh.processors.settlement import Reading, Tariff, segments, settle, within_claim
+from chargemesh.processors.settlement import (
+    Reading,
+    Segment,
+    Tariff,
+    segments,
+    settle,
+    within_claim,
+)
 from chargemesh.schemas.codec import SchemaCatalog
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.units import HOUR_MS, MINUTE_MS
@@ -18,9 +25,10 @@ from tests.unit.test_sessions import Station, settlement_of
 USD = Tariff("t", "USD", 2, "HALF_UP", Decimal(10), Decimal("0.02"), Decimal(0))
 
 
-def _energy() -> list[Any]:
-    return segments(Reading(0, 0), [Reading(600_000, 8_000)], Reading(1_200_000, 20_000),
-                    Decimal("0.40"), [])
+def _energy() -> list[Segment]:
+    energy: list[Segment] = segments(Reading(0, 0), [Reading(600_000, 8_000)],
+                                     Reading(1_200_000, 20_000), Decimal("0.40"), [])
+    return energy
 
 
 def test_energy_beyond_the_claim_is_cut_at_the_claimed_wh() -> None:
