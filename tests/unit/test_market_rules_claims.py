@@ -15,7 +15,6 @@ from chargemesh.processors.settlement import (
     settle,
     within_claim,
 )
-from chargemesh.schemas.codec import SchemaCatalog
 from chargemesh.streams.sdk import participant as sdk
 from chargemesh.units import HOUR_MS, MINUTE_MS
 
@@ -93,13 +92,37 @@ def test_the_ledger_bills_at_most_the_claimed_energy() -> None:
 
 
 def test_claims_written_before_the_field_still_decode() -> None:
-    catalog = SchemaCatalog.packaged()
+    """Orders signed before ``overrun_allowed`` existed decode with it false (avro/history)."""
+    import io
+    import json
+    from importlib import resources
+
+    import fastavro
+    from chargemesh.schemas.codec import catalog, load_schema_json
+    from chargemesh.streams.envelope import open_payload
+
+    world = make_world()
+    vehicle = world.credential("old-ev", ["VEHICLE"], subject_id="old-ev")
+    ident = sdk.identity(station_id="old", vehicle=vehicle, rate_authority_id="auth-root",
+                         jurisdiction="US-CA", connector_id="c1")
+    order = sdk.order(vehicle, "posted", order_id="o-old", ident=ident, terms=sdk.claim(
+        energy_wh=2_000, start_ms=T0_MS, stop_ms=T0_MS + HOUR_MS, ceiling_rate_per_kwh="0.50",
+        currency="USD"), rate_per_kwh="0.30", at_ms=T0_MS)
+    record = open_payload(order)
+    del record["claim"]["overrun_allowed"]
+    root = resources.files("chargemesh.schemas").joinpath("avro", "history")
+    old = json.loads(root.joinpath(f"{order.event_type}.0.avsc").read_text())
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(old), record)
+    _, decoded = catalog().decode(load_schema_json(old).fingerprint, buffer.getvalue())
+    assert decoded["claim"]["overrun_allowed"] is False
     for name in ("chargemesh.orders.v1.BidPlaced", "chargemesh.orders.v1.WalkUpRequested",
                  "chargemesh.orders.v1.PostedPriceAccepted", "chargemesh.ledger.v1.SlotReserved",
                  "chargemesh.commodity.v1.ChargingSessionDeclared",
                  "chargemesh.wireless.v1.TripAuthorised"):
-        fields = catalog.current(name).parsed
-        assert "overrun_allowed" in str(fields)
+        previous = load_schema_json(json.loads(root.joinpath(f"{name}.0.avsc").read_text()))
+        assert catalog().by_fingerprint(previous.fingerprint) is not None
+        assert previous.fingerprint != catalog().current(name).fingerprint
 
 
 # ---- swaps and wireless trips bill under the version in force and its bands (M3) -------------
