@@ -120,6 +120,9 @@ class AuditReport:
     # embodiment (E1..E5 shape: V2G, INTERNAL_ACCOUNTING, SWAP, WIRELESS_TRIP, SESSION) -> count
     settlements_by_shape: dict[str, int] = dataclasses.field(default_factory=dict)
     totals_by_currency: dict[str, Decimal] = dataclasses.field(default_factory=dict)
+    # issue 16: SettlementExpired / SettlementReversed records checked, ledger stops over the
+    # price checked, sessions under a PowerLimitSet whose readings were judged
+    market_rules_checked: dict[str, int] = dataclasses.field(default_factory=dict)
     checkpoints_verified: int = 0
     checkpoints_skipped: int = 0
     # Records on the logs that do not decode at all: they name no authority, so they are not
@@ -465,6 +468,7 @@ class Audit:
         stop = self.price_stops.get(sid)
         if stop is not None:
             self.verify(stop)
+            self._checked(f"SessionStopped {stop.payload['reason_code']}")
             billed = [int(e.payload["read_at_ms"]) for e in evidence
                       if e.event.event_type == SESSION + "MeterReadingRecorded"]
             # Answered before the stop: admitted ahead of the event that stopped the session (a
@@ -498,6 +502,7 @@ class Audit:
             return  # found already: no handshake in evidence
         for lim in limits:
             self.verify(lim)
+        self._checked("PowerLimitSet")
         calendars = self._before(self.calendars.get(entry.payload["identity"]["station_id"], []),
                                  handshake)
         connector_id = limits[0].payload["connector_id"]
@@ -787,8 +792,12 @@ class Audit:
                 or e.record.partition != cause.record.partition
                 or e.record.offset <= cause.record.offset]
 
+    def _checked(self, what: str) -> None:
+        self.report.market_rules_checked[what] = self.report.market_rules_checked.get(what, 0) + 1
+
     def check_billing_record(self, entry: Entry) -> None:
         self.verify(entry)
+        self._checked(entry.event.event_type.rsplit(".", 1)[-1])
         if entry.event.event_type == SETTLEMENT_EXPIRED:
             problems = self._expiry_problems(entry)
         else:
