@@ -42,6 +42,7 @@ TOPIC_OF_TYPE = {
     "chargemesh.dispute.v1.DisputeOpened": topics.MARKET.name,
     "chargemesh.dispute.v1.DisputeEvidenceSubmitted": topics.MARKET.name,
     "chargemesh.dispute.v1.DisputeResolved": topics.MARKET.name,
+    "chargemesh.dispute.v1.PaymentFailed": topics.MARKET.name,  # opens a dispute (issue 16)
     "chargemesh.ledger.v1.RevocationRouted": topics.MARKET.name,
 }
 

@@ -76,3 +76,37 @@ def test_a_dispute_is_accepted_after_pruning_within_the_window_and_refused_after
     assert mesh.wait_rows("SELECT reason_code FROM rejections WHERE event_id = %(e)s",
                           {"e": too_late.event_id}) == [("DISPUTE_WINDOW_CLOSED",)]
     assert original["total_amount"] > Decimal(0)
+
+
+def test_a_payment_failure_from_the_vehicles_agent_opens_a_dispute_another_agent_is_refused(
+        mesh: Mesh) -> None:
+    market = open_market(mesh, "dpf", now_ms(), [sdk.connector("c1", 50_000)], hours=6,
+                         grid_zone_id="zone-dpf")
+    world = mesh.world
+    agent = world.credential("dpf-agent", ["PAYMENT_AGENT"], subject_id="dpf-agent")
+    impostor = world.credential("dpf-impostor", ["PAYMENT_AGENT"], subject_id="dpf-impostor")
+    vehicle = world.credential("dpf-paid-cred", ["VEHICLE"], subject_id="dpf-paid",
+                               attributes={"payment_agent": agent.credential_id})
+    session = Session(market, vehicle, "paid", market.start_ms, connector_id="c1")
+    mesh.publish(*world.governance)
+    world.governance.clear()
+    mesh.publish(session.booking)
+    _settle(mesh, (session, 26))
+    settlement_records(mesh, session.session_id, {"SettlementFinalised"})
+
+    at = market.start_ms + 30 * MINUTE_MS
+    where = {"settlement_id": f"stl:{session.session_id}", "session_id": session.session_id,
+             "station_id": market.station_id, "vehicle_credential_id": vehicle.credential_id,
+             "reason": "card declined"}
+    forged = sdk.payment_failed(impostor, at_ms=at, **where)
+    failed = sdk.payment_failed(agent, at_ms=at + 1_000, **where)
+    mesh.publish(forged, failed)
+    assert rejection_reasons(mesh, {forged.event_id}) == {
+        forged.event_id: "NOT_THE_PAYMENT_AGENT"}
+    assert mesh.wait_rows("SELECT reason_code FROM rejections WHERE event_id = %(e)s",
+                          {"e": forged.event_id}) == [("NOT_THE_PAYMENT_AGENT",)]
+    opened = mesh.wait_rows(
+        "SELECT dispute_id, kind, change, settlement_id, opened_by_credential_id FROM disputes "
+        "WHERE session_id = %(s)s", {"s": session.session_id})
+    assert opened == [(f"pay:{failed.event_id}", "PAYMENT_FAILURE", "OPENED",
+                       f"stl:{session.session_id}", agent.credential_id)]
