@@ -16,6 +16,7 @@ from decimal import Decimal
 import pytest
 
 from chargemesh.streams.sdk import participant as sdk
+from chargemesh.streams.sdk import swap_mobile
 from chargemesh.streams.sdk.participant import now_ms
 from chargemesh.units import DAY_MS, HOUR_MS, MINUTE_MS
 
@@ -110,3 +111,37 @@ def test_a_payment_failure_from_the_vehicles_agent_opens_a_dispute_another_agent
         "WHERE session_id = %(s)s", {"s": session.session_id})
     assert opened == [(f"pay:{failed.event_id}", "PAYMENT_FAILURE", "OPENED",
                        f"stl:{session.session_id}", agent.credential_id)]
+
+
+def test_a_battery_swap_is_disputed_and_voided_like_a_charging_session(mesh: Mesh) -> None:
+    from tests.integration.test_swap_mobile_pipeline import _swap, _swap_order
+
+    market = open_market(mesh, "dsws", now_ms(), [sdk.connector("bay1", 1_000_000,
+                                                                kind="SWAP_BAY")],
+                         tariff={"swap_fee": "5.00", "tax_percent": "10"},
+                         grid_zone_id="zone-dsws")
+    vehicle = market.vehicle("ev1")
+    mesh.publish(*mesh.world.governance)
+    mesh.world.governance.clear()
+    swapped = _swap(market, vehicle, "o1", 0, ("dsws-P1", 57_000), ("dsws-PA", 6_000))
+    mesh.publish(swap_mobile.pack_registered(
+        market.station, pack_id="dsws-P1", chemistry="NMC", state_of_health_permille=950,
+        capacity_wh=60_000, charge_wh=57_000, at_ms=market.start_ms - 60_000),
+        _swap_order(market, vehicle, "o1", 0), swapped)
+    session_id = market.order_id("swap-o1")
+    original = settlement_records(mesh, session_id, {"SettlementFinalised", "SettlementAdmitted"})[
+        "SettlementAdmitted"][1]
+    at = market.start_ms + 10 * MINUTE_MS
+    where = {"session_id": session_id, "station_id": market.station_id}
+    opened = sdk.dispute_opened(vehicle, dispute_id="dsws-d1", kind="METER_DISPUTE",
+                                claim="the pack came out short",
+                                settlement_id=original["settlement_id"],
+                                evidence_event_ids=[swapped.event_id], at_ms=at, **where)
+    voided = sdk.dispute_resolved(mesh.world.root, dispute_id="dsws-d1", outcome="VOIDED",
+                                  currency="USD", reasoning="pack gauge faulty",
+                                  at_ms=at + MINUTE_MS, **where)
+    mesh.publish(opened, voided)
+    credit = mesh.wait_rows(
+        "SELECT kind, adjusts_settlement_id, total_amount FROM settlements FINAL "
+        "WHERE session_id = %(s)s AND kind = 'CREDIT'", {"s": session_id})
+    assert credit == [("CREDIT", original["settlement_id"], -original["total_amount"])]
