@@ -285,6 +285,12 @@ class Planner(WorldPlanner):
         self.spike_event = event
         active = [v for v in self.visits if v.fate == "SETTLE" and v.station.grid_zone == zone
                   and v.start_ms < self.spike_ms <= v.close_ms]
+        # Each station with a session to re-price signs a heartbeat a minute before the signal:
+        # the ledger's clock is then at the signal's start when it proposes, so the deadline is
+        # the start + the rules' response time (a station quiet for longer would have an earlier
+        # deadline, passed by its next event before the vehicle's answer a minute in).
+        for st in sorted({v.station.sid: v.station for v in active}.items()):
+            self.day.add(sdk.heartbeat(st[1].participant, self.spike_ms - MINUTE_MS))
         for v in [x for x in active if x.market_rule != "IGNORE_REPRICE"]:
             self.day.add(sdk.reprice_accepted(
                 v.vehicle.participant, session_id=v.session_id, station_id=v.station.sid,
@@ -329,9 +335,6 @@ class Planner(WorldPlanner):
                     visit.energy_wh = visit.energy_wh * (deadline - visit.start_ms) // full
                 visit.close_ms, visit.pinned, visit.market_rule = deadline, True, "IGNORE_REPRICE"
                 self.visits.append(visit)
-                # its station's clock reaches the signal's start with it, so the deadline is
-                # the signal's start + the rules' response time
-                self.day.add(sdk.heartbeat(st.participant, self.spike_ms - MINUTE_MS))
                 self.count("reprice_unanswered")
                 break
         unsigned_car = self.build_vehicle(len(self.vehicles) + 3, "CAR", us)
@@ -351,7 +354,8 @@ class Planner(WorldPlanner):
                     reversed_car.participant.credential_id,
                     effective_at_ms=visit.close_ms - MINUTE_MS, reason_code="KEY_COMPROMISE",
                     detail="simulated key compromise found after a settlement")
-                self.day.add(revoke, at_ms=visit.close_ms + HOUR_MS)
+                self.day.add(revoke, at_ms=visit.close_ms + 2 * HOUR_MS)
+                self.reversing.append((visit, revoke))
                 self.settlements.add(f"rev:{visit.session_id}")
                 self.count("settlement_reversal")
                 break
@@ -488,10 +492,14 @@ class Planner(WorldPlanner):
                 events.append(self.spike_event)
                 barrier = tuple(("reprice", sid)
                                 for sid in self.grid_events[self.spike_event.event_id])
-            elif stop == self.revoke_ms:
+            # a settlement to be reversed is FINAL before its backdated revocation is published
+            # (else the revocation could overtake its countersignature, refused then)
+            barrier += tuple(("final", f"stl:{v.session_id}") for v, _ in self.reversing
+                             if start <= v.close_ms + 2 * MINUTE_MS < stop)
+            if stop == self.revoke_ms:
                 events.append(self.revoke_event)
                 if self.revoked_order:
-                    barrier = (("reevaluated", f"res:{self.revoked_order}"),)
+                    barrier += (("reevaluated", f"res:{self.revoked_order}"),)
             until = min(stop, self.end + HOUR_MS)
             out.append(Phase(f"day {hhmm(until - self.day0)}", until, tuple(events), barrier))
             start = stop

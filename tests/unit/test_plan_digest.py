@@ -7,8 +7,8 @@ import hashlib
 
 from chargemesh.infra.sim.plan import SimConfig, plan_market
 
-SEED_7_EVENTS = 7035
-SEED_7_SHA256 = "b907dac51af429b114f95dbc30911bb497b2df8c42b7264f52ee900334ad166f"
+SEED_7_EVENTS = 7048
+SEED_7_SHA256 = "366bb64a3b5deb6ec9d987e88de759844af7d58ea55928406c86f5f28dc716dc"
 
 
 def test_simulate_seed_7_plans_byte_identical_events() -> None:
