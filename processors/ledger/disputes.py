@@ -430,9 +430,12 @@ def _prune(state: LedgerState) -> None:
 
 DISPUTE_WINDOW_MS_DEFAULT = 90 * 24 * 3_600_000
 # ~770 serialised bytes per summary of a two-line settlement, ~120 more per further line
-# (tests/unit/test_market_rules_disputes.py measures it): 500 summaries use 0.4-0.6 MB of the
-# station's STATION_STATE_BYTES_MAX (900 kB), leaving the rest to the live ledger.
+# (tests/unit/test_market_rules_disputes.py measures it). The summaries are held to an estimate
+# of SETTLED_BYTES_KEPT_MAX of the 900 kB STATION_STATE_BYTES_MAX (a road operator's own trips
+# may use 600 kB of it: wireless.ROAD_STATE_BYTES_MAX), and to SETTLED_KEPT_MAX summaries.
 SETTLED_KEPT_MAX = 500
+SETTLED_BYTES_KEPT_MAX = 250_000
+SUMMARY_BYTES_EST, SUMMARY_LINE_BYTES_EST = 560, 130  # >= measured (summaries_bytes_est)
 EVIDENCE_IDS_SUMMARISED_MAX = 4  # more: the first and the last (the handshake, the close-out)
 _LINE_FIELDS = ("kind", "description", "quantity_wh", "unit_rate_per_kwh", "amount",
                 "from_at_ms", "until_at_ms")
@@ -503,15 +506,24 @@ def remember_settled(state: LedgerState, decisions: list[Decision], view: Govern
     horizon = state.clock_ms - dispute_window_ms(state) - ledger.FINISHED_KEPT_MS
     for session_id in [i for i, summary in kept.items() if summary["at"] < horizon]:
         del kept[session_id]
-    if len(kept) > SETTLED_KEPT_MAX:
-        oldest = sorted(kept, key=lambda i: (kept[i]["at"], i))[:len(kept) - SETTLED_KEPT_MAX]
-        live = sessions.sessions(state)
-        for session_id in oldest:
-            if session_id not in live:
-                state.extra["settled_forgotten_through_ms"] = max(
-                    int(state.extra.get("settled_forgotten_through_ms", 0)),
-                    kept[session_id]["at"])
-                del kept[session_id]
+    held_bytes = summaries_bytes_est(kept)
+    if len(kept) <= SETTLED_KEPT_MAX and held_bytes <= SETTLED_BYTES_KEPT_MAX:
+        return
+    live = sessions.sessions(state)
+    for session_id in sorted(kept, key=lambda i: (kept[i]["at"], i)):
+        if len(kept) <= SETTLED_KEPT_MAX and held_bytes <= SETTLED_BYTES_KEPT_MAX:
+            return
+        if session_id in live:
+            continue
+        held_bytes -= summaries_bytes_est({session_id: kept[session_id]})
+        state.extra["settled_forgotten_through_ms"] = max(
+            int(state.extra.get("settled_forgotten_through_ms", 0)), kept[session_id]["at"])
+        del kept[session_id]
+
+
+def summaries_bytes_est(kept: dict[str, dict[str, Any]]) -> int:
+    """An upper estimate of the serialised bytes of ``kept``."""
+    return sum(SUMMARY_BYTES_EST + SUMMARY_LINE_BYTES_EST * len(s["l"]) for s in kept.values())
 
 
 def _corrected(summary: dict[str, Any], p: dict[str, Any], voids: bool) -> None:

@@ -32,7 +32,8 @@ def test_a_settled_session_is_summarised_compactly_at_its_settlement() -> None:
     assert [ln[0] for ln in summary["l"]] == ["ENERGY", "TAX"]
     size = len(ledger.dump_state(d.state)) - len(ledger.dump_state(_without_summaries(d)))
     assert size < 800  # bytes per summary of a two-line settlement (README Limits)
-    assert disputes.SETTLED_KEPT_MAX * size < STATION_STATE_BYTES_MAX
+    assert size <= disputes.summaries_bytes_est({"s1": summary})  # the estimate bounds it
+    assert disputes.SETTLED_BYTES_KEPT_MAX + 600_000 < STATION_STATE_BYTES_MAX  # + a road's trips
 
 
 def _without_summaries(d: Disputed) -> ledger.LedgerState:
@@ -99,8 +100,9 @@ def test_past_the_kept_maximum_the_oldest_is_forgotten_and_refused_with_a_reason
     for i in range(disputes.SETTLED_KEPT_MAX):
         kept[f"x{i}"] = dict(template, i=f"stl:x{i}", at=template["at"] + 1 + i)
     _later(d, d.clock_ms + HOUR_MS)
-    assert "s1" not in kept and len(kept) == disputes.SETTLED_KEPT_MAX
-    assert d.state.extra["settled_forgotten_through_ms"] == template["at"]
+    assert "s1" not in kept and len(kept) <= disputes.SETTLED_KEPT_MAX
+    assert disputes.summaries_bytes_est(kept) <= disputes.SETTLED_BYTES_KEPT_MAX
+    assert d.state.extra["settled_forgotten_through_ms"] >= template["at"]
     assert reason(d.open(d.vehicle, evidence=[])) == "DISPUTE_WINDOW_CLOSED"
 
 
