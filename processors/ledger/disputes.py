@@ -424,8 +424,8 @@ def _prune(state: LedgerState) -> None:
 # summary from its admission until the window has closed (plus FINISHED_KEPT_MS, so a late
 # dispute is refused DISPUTE_WINDOW_CLOSED rather than UNKNOWN_SESSION): settlement id, the
 # parties, the rate authority, currency and rounding, the tax, the lines issued so far
-# (original and corrections) and the net total. At most SETTLED_KEPT_MAX summaries per station
-# (their bytes are within STATION_STATE_BYTES_MAX); past it the oldest is forgotten early and a
+# (original and corrections) and the net total. At most SETTLED_KEPT_MAX summaries and an
+# estimated SETTLED_BYTES_KEPT_MAX per station; past either the oldest is forgotten early and a
 # dispute naming it is refused DISPUTE_WINDOW_CLOSED (``forgotten_through_ms`` says up to when).
 
 DISPUTE_WINDOW_MS_DEFAULT = 90 * 24 * 3_600_000
