@@ -405,7 +405,8 @@ def deployment_events(settings: Settings, plan: MarketPlan) -> tuple[SignedEvent
                     if e.event_type == "chargemesh.governance.v1.AuthorityDeclared"
                     and e.body.author_credential_id == plan.root.credential_id)
     identity = deployment_identity(settings, plan.root, open_payload(declared)["jurisdiction"],
-                                   declared.body.occurred_at_ms)
+                                   declared.body.occurred_at_ms,
+                                   seed_secret=f"chargemesh-sim:{plan.root.credential_id}")
     return tuple(identity.events)
 
 

@@ -6,6 +6,7 @@ in tests/).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 from chargemesh.infra.config import Settings
 from chargemesh.infra.stack.supervisor import free_ports
 from chargemesh.infra.stack.worker import publisher, write_anchors
-from chargemesh.streams.envelope import SignedEvent
+from chargemesh.streams.envelope import SignedEvent, deterministic_event_ids
 from chargemesh.streams.sdk.participant import Participant
 
 ALL_DELEGATED_ROLES = ["STATION", "VEHICLE", "FLEET_AGENT", "METER", "GRID_OPERATOR", "OBSERVER",
@@ -85,20 +86,43 @@ class DeploymentIdentity:
 
 
 def deployment_identity(settings: Settings, root: Participant, jurisdiction: str,
-                        at_ms: int = 0) -> DeploymentIdentity:
+                        at_ms: int = 0, seed_secret: str | None = None) -> DeploymentIdentity:
     """The processors' PROCESSOR credential (key file ``settings.processor_key_path``, which every
     worker of the deployment shares) and the CHECKPOINT credential (its own key,
     ``settings.checkpoint_key_path``), issued by an issuer ``root`` (a trust anchor) delegates
     only those two roles. A key file already holding the credential this root issues is kept
     (another host handed the same file; a rerun of the same plan); any other is replaced."""
-    issuer = Participant.generate(f"{root.credential_id}:deployment-issuer")
-    processor = _deployment_key(settings.processor_key_path, f"{root.credential_id}:processor")
-    checkpoint = _deployment_key(settings.checkpoint_key_path,
-                                 f"{root.credential_id}:checkpoint")
-    events = [root.delegate_issuer(issuer, DEPLOYMENT_ROLES, [jurisdiction], at_ms=at_ms),
-              issuer.issue_credential(processor, ["PROCESSOR"], jurisdiction, at_ms=at_ms),
-              issuer.issue_credential(checkpoint, ["CHECKPOINT"], jurisdiction, at_ms=at_ms)]
+    issuer_id = f"{root.credential_id}:deployment-issuer"
+    if seed_secret is not None:
+        # A reproducible deployment (the simulator, whose root is itself seeded): the same plan
+        # issues the same credentials, byte for byte, so a faulted run compares with a clean one.
+        issuer = Participant.seeded(issuer_id, secret=seed_secret)
+        processor = _seeded_key(settings.processor_key_path, f"{root.credential_id}:processor",
+                                seed_secret)
+        checkpoint = _seeded_key(settings.checkpoint_key_path,
+                                 f"{root.credential_id}:checkpoint", seed_secret)
+    else:
+        issuer = Participant.generate(issuer_id)
+        processor = _deployment_key(settings.processor_key_path,
+                                    f"{root.credential_id}:processor")
+        checkpoint = _deployment_key(settings.checkpoint_key_path,
+                                     f"{root.credential_id}:checkpoint")
+    ids = (deterministic_event_ids(f"{issuer_id}:{seed_secret}") if seed_secret is not None
+           else contextlib.nullcontext())
+    with ids:
+        events = [root.delegate_issuer(issuer, DEPLOYMENT_ROLES, [jurisdiction], at_ms=at_ms),
+                  issuer.issue_credential(processor, ["PROCESSOR"], jurisdiction, at_ms=at_ms),
+                  issuer.issue_credential(checkpoint, ["CHECKPOINT"], jurisdiction,
+                                          at_ms=at_ms)]
     return DeploymentIdentity(issuer, processor, checkpoint, events)
+
+
+def _seeded_key(path: Path, credential_id: str, secret: str) -> Participant:
+    from chargemesh.streams.sdk.key_files import write_key_file
+
+    holder = Participant.seeded(credential_id, secret=secret)
+    write_key_file(path, holder, overwrite=True)
+    return holder
 
 
 def _deployment_key(path: Path, credential_id: str) -> Participant:
