@@ -10,14 +10,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from chargemesh.infra.stack import supervisor as processes
-
 from chargemesh.infra.config import Settings
-from chargemesh.infra.stack.worker import Record, TopicReader
 from chargemesh.infra.sim.plan import MarketPlan, SimConfig
+from chargemesh.infra.stack import supervisor as processes
 from chargemesh.infra.stack.embedded import CLICKHOUSE, STATE_FILE
+from chargemesh.infra.stack.worker import Record, TopicReader
 from chargemesh.sinks.clickhouse_sink import GROUP_ID_DEFAULT, SINK_TOPICS
-from chargemesh.streams.envelope import SignedEvent, open_payload
+from chargemesh.streams.envelope import SignedEvent, open_envelope, open_payload
 from chargemesh.streams.topics import (
     ADMITTED,
     DECISIONS,
@@ -246,7 +245,8 @@ def compare(plan: MarketPlan, base: Observed, got: Observed) -> dict[str, Any]:
             redelivered += len(copies) - 1
             if event_id in want and any(c != want[event_id][0] for c in copies):
                 differing += 1
-                problems.append(f"{topic}: {event_id} differs from the fault-free record")
+                problems.append(f"{topic}: {event_id} differs from the fault-free record"
+                                + _payload_difference(want[event_id][0], copies[0]))
     lost_rej, extra_rej = base.rejected - got.rejected, got.rejected - base.rejected
     lost += len(lost_rej)
     extra += len(extra_rej)
@@ -305,3 +305,14 @@ def hostile_check(plan: MarketPlan, got: Observed) -> tuple[list[str], list[str]
 
 def _order_id(event: SignedEvent) -> str:
     return str(open_payload(event).get("order_id", ""))
+
+
+def _payload_difference(want: bytes, have: bytes) -> str:
+    """Which payload fields of two records with one id differ (for the problem's line)."""
+    try:
+        a, b = open_payload(open_envelope(want)), open_payload(open_envelope(have))
+    except Exception:  # noqa: BLE001 - a record that does not open is shown as bytes only
+        return ""
+    fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    shown = ", ".join(f"{k}: {str(a.get(k))[:60]} != {str(b.get(k))[:60]}" for k in fields[:4])
+    return f" ({shown})" if shown else " (envelope only)"

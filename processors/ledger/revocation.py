@@ -89,7 +89,7 @@ def apply_revocation(state: LedgerState, cmd: Command, view: GovernanceView,
         state.outages.append(Outage(cid, effective, OUTAGE_FOREVER_MS, 0,
                                      CapacityCause.METER_REVOKED))
     _reservations(state, p, revoked, station_hit, meters_hit, out)
-    _sessions(state, p, revoked, out)
+    _sessions(state, p, revoked, out, cmd.occurred_at_ms)
     return None
 
 
@@ -119,7 +119,7 @@ def _reservations(state: LedgerState, p: dict[str, Any], revoked: frozenset[str]
 
 
 def _sessions(state: LedgerState, p: dict[str, Any], revoked: frozenset[str],
-              out: list[Decision]) -> None:
+              out: list[Decision], routed_at_ms: int) -> None:
     effective = p["effective_at_ms"]
     for s in sorted(sessions(state).values(), key=lambda x: x["session_id"]):
         parties = {s["station_credential_id"], s["vehicle_credential_id"],
@@ -142,21 +142,23 @@ def _sessions(state: LedgerState, p: dict[str, Any], revoked: frozenset[str],
                 s["status"] = SessionStatus.INADMISSIBLE
                 _reevaluated(state, out, p, ReevaluationSubject.SETTLEMENT, s["settlement_id"],
                              ReevaluationOutcome.INADMISSIBLE)
-                _reverse(state, s, p, out)
+                _reverse(state, s, p, out, routed_at_ms)
             else:
                 _reevaluated(state, out, p, ReevaluationSubject.SETTLEMENT, s["settlement_id"],
                              ReevaluationOutcome.UPHELD)
 
 
 def _reverse(state: LedgerState, s: dict[str, Any], p: dict[str, Any],
-             out: list[Decision]) -> None:
+             out: list[Decision], routed_at_ms: int) -> None:
     """An admitted settlement judged inadmissible is reversed on the billing feed by a record of
     its own (``SettlementReversed``, final at once): every line issued for it so far (the charge
     and any dispute corrections) negated, so the net is 0. Nothing is issued when no settlement
     was admitted (a V2G session still waiting for its clearing price) or a dispute voided it."""
     if not s["settlement_id"]:
         return
-    disputes.snapshot(state, s, s["settlement_id"], state.clock_ms)
+    # The time of the routed revocation, not the ledger's clock when it arrived: where the routed
+    # record lands among the station's own events depends on timing, the reversal must not.
+    disputes.snapshot(state, s, s["settlement_id"], routed_at_ms)
     held = disputes.disputed_settlements(state)[s["settlement_id"]]
     if held["voided"]:
         return
@@ -176,7 +178,7 @@ def _reverse(state: LedgerState, s: dict[str, Any], p: dict[str, Any],
         "energy_import_wh": -(s["close_out"]["final_import_wh"] - s["meter_start_wh"]),
         "reason_code": REVOKED, "revoked_credential_id": p["revoked_credential_id"],
         "revoked_at_ms": p["effective_at_ms"], "cause_event_id": p["revocation_event_id"],
-        "reversed_at_ms": state.clock_ms}))
+        "reversed_at_ms": routed_at_ms}))
 
 
 def _stop(state: LedgerState, s: dict[str, Any], stopped_at: int, out: list[Decision]) -> None:
