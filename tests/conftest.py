@@ -115,30 +115,39 @@ class Mesh:
         return TopicReader(self.settings, topic)
 
 
-@pytest.fixture(scope="session")
-def mesh(stack_settings: Settings) -> Iterator[Mesh]:
-    """The session stack with one root authority, its issuer, and a running processor worker."""
+import contextlib as _contextlib  # noqa: E402
+
+
+@_contextlib.contextmanager
+def running_mesh(settings: Settings) -> Iterator[Mesh]:
+    """A provisioned stack with one root authority, its issuer, a running processor worker and a
+    ClickHouse sink."""
     world = make_world()
-    world.deploy_identity(stack_settings)  # the processors' shared key, before the worker starts
-    write_anchors(stack_settings, world.root)
-    pub = publisher(stack_settings)
+    world.deploy_identity(settings)  # the processors' shared key, before the worker starts
+    write_anchors(settings, world.root)
+    pub = publisher(settings)
     for event in world.governance:
         pub.publish(event)
     pub.flush()
     world.governance.clear()
-    worker = WorkerProcess(stack_settings, index=0, loglevel="info").start()
+    worker = WorkerProcess(settings, index=0, loglevel="info").start()
     import threading
-
     from chargemesh.sinks.clickhouse_sink import ClickHouseSink
-
     stop = threading.Event()
-    sink = ClickHouseSink(stack_settings, group_id="test-session-sink")
+    sink = ClickHouseSink(settings, group_id="test-session-sink")
     sink_thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
     sink_thread.start()
     try:
-        yield Mesh(stack_settings, world, worker)
+        yield Mesh(settings, world, worker)
     finally:
         stop.set()
         sink_thread.join(30)
         sink.close()
         worker.stop()
+
+
+@pytest.fixture(scope="session")
+def mesh(stack_settings: Settings) -> Iterator[Mesh]:
+    """The session stack with one root authority, its issuer, and a running processor worker."""
+    with running_mesh(stack_settings) as session_mesh:
+        yield session_mesh

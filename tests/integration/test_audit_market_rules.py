@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 from decimal import Decimal
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from chargemesh.infra.config import Settings
+from chargemesh.infra.stack.embedded import EmbeddedStack
 from chargemesh.infra.cli import audit as cli_audit
 from chargemesh.processors.audit.replay import AuditSource, audit
 from chargemesh.streams.envelope import open_envelope, open_payload, seal
@@ -24,7 +27,7 @@ from chargemesh.streams.sdk.key_files import load_key_file
 from chargemesh.streams.sdk.participant import Participant, now_ms
 from chargemesh.units import MINUTE_MS
 
-from tests.conftest import Mesh
+from tests.conftest import Mesh, running_mesh
 from tests.integration.test_market_rules_finality import _settle
 from tests.integration.test_sessions_pipeline import Session, settlement_records
 from tests.support.market import HOUR_MS, open_market
@@ -114,13 +117,28 @@ def test_expiries_and_reversals_audit_clean_and_an_altered_one_is_named(mesh: Me
 PRICED_DAY = ("m5-", "m6cap-", "m6ign-", "mr3-night-")
 
 
+@pytest.fixture
+def own_mesh(new_stack_settings: Callable[[], Settings]) -> Iterator[Mesh]:
+    """A stack of its own: the market-rules scenarios below are those tests' own, with their
+    fixed ids, and run again on the session's stack they would replay."""
+    settings = new_stack_settings()
+    stack = EmbeddedStack(settings)
+    stack.up()
+    try:
+        with running_mesh(settings) as private:
+            yield private
+    finally:
+        stack.down()
+
+
 def test_curtailment_repricing_and_tariff_versions_audit_clean_and_altered_ones_are_named(
-        mesh: Mesh) -> None:
+        own_mesh: Mesh) -> None:
     """The market-rules scenarios run on this stack (a curtailed and restored session, a spike
     capped at the filed ceiling for its window, an ignored re-price stopped at its deadline, a
     session over a tariff version's midnight): the audit recomputes them with no finding. A
     re-signed settlement line above the filed ceiling is named RATE_ABOVE_FILED_CEILING, and a
     re-signed stop earlier than what the settlement billed BILLED_AFTER_STOP."""
+    mesh = own_mesh
     from tests.integration import (
         test_market_rules_curtailment as curtailment,
     )
