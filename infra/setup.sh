@@ -39,6 +39,10 @@ if [ ! -x .venv/bin/python ]; then
     quiet python3 -m venv .venv
 fi
 
+# setuptools builds through build/ and packs whatever it finds there: a module moved or deleted
+# since the last install would ship again (and import-linter would read it). Build from clean.
+rm -rf build ./*.egg-info
+
 # Dependencies first (pip skips what is already satisfied), then the project itself again so a
 # code change lands even when the version number did not move.
 quiet .venv/bin/python -m pip install --disable-pip-version-check '.[embedded,test]'
