@@ -87,6 +87,8 @@ class Decision:
     topic: str
     key: str
     private: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # When it was decided, where that is not the ledger's clock (None: the clock at sealing).
+    at_ms: int | None = None
 
     @property
     def name(self) -> str:

@@ -118,10 +118,7 @@ def seal_decision(signer: Signer, state: ledger.LedgerState, cause: SignedEvent,
 
     ``scope`` (the station) keeps ids distinct when one cause reaches many stations."""
     wire = dict(decision.payload)
-    # A routed revocation's decisions carry its time: where the routed record lands among the
-    # station's own events depends on timing (a worker restart), what it decides must not.
-    at_ms = (cause.body.occurred_at_ms if cause.event_type == revocation.REVOCATION_ROUTED
-             else state.clock_ms)
+    at_ms = state.clock_ms if decision.at_ms is None else decision.at_ms
     return seal(decision.event_type, wire, author=signer, subject_key=decision.key,
                 occurred_at_ms=at_ms,
                 chain_id=(wire.get("session_id") or wire.get("reservation_id")

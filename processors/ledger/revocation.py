@@ -21,6 +21,7 @@ and ClickHouse (``credential_reevaluations``) show what the revocation did and d
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from chargemesh.processors.decisions import Decision, DecisionType, decided
@@ -88,8 +89,13 @@ def apply_revocation(state: LedgerState, cmd: Command, view: GovernanceView,
     for cid in meters_hit:
         state.outages.append(Outage(cid, effective, OUTAGE_FOREVER_MS, 0,
                                      CapacityCause.METER_REVOKED))
+    first = len(out)
     _reservations(state, p, revoked, station_hit, meters_hit, out)
     _sessions(state, p, revoked, out, cmd.occurred_at_ms)
+    # Decided at the routed revocation's time, not the ledger's clock when it arrived: where the
+    # routed record lands among the station's own events depends on timing (a worker restart),
+    # what it decides must not.
+    out[first:] = [dataclasses.replace(d, at_ms=cmd.occurred_at_ms) for d in out[first:]]
     return None
 
 
